@@ -8,13 +8,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PG ?= 18
 export IDEMPOTENCY_PG := $(PG)
+# pytest-xdist workers, each with its own throwaway server (JOBS=0: one process).
+# Whole test files go to one worker, so a module's own server starts once.
+JOBS ?= 2
+PYTEST := $(PY) -m pytest -n $(JOBS) --dist loadfile
 
 UP_FILES := sql/045_create_idempotency_records.sql sql/046_create_idempotency_cleanup_job.sql
 DOWN_FILES := sql/046_create_idempotency_cleanup_job.down.sql sql/045_create_idempotency_records.down.sql
 # Every file alone, stop at the first error, never read ~/.psqlrc.
 PSQL_FLAGS := -v ON_ERROR_STOP=1 --no-psqlrc --single-transaction
 
-.PHONY: help install test lint fmt migrate rollback stop clean
+.PHONY: help install test test-all lint fmt migrate rollback stop clean export bench
 
 help: ## show this list
 	@echo "Usage: make TARGET [PG=15|16|18] [DATABASE_URL=postgresql://...]"
@@ -30,18 +34,22 @@ install: ## create .venv with pytest, psycopg, pytest-postgresql, the PostgreSQL
 	$(PY) -m pip install --quiet --group dev
 	@echo "installed into $(VENV); next: make test"
 
-test: ## run the test suite against a throwaway server (or DATABASE_URL); PYTEST_ARGS=... passes options
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: ## run the suite (all but slow tests) on a throwaway server (or DATABASE_URL); PYTEST_ARGS=... passes options
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
-lint: ## sqlfluff on the SQL, ruff on the Python
+test-all: ## run the whole suite, slow tests included (what CI runs)
+	$(PYTEST) $(PYTEST_ARGS)
+
+lint: ## sqlfluff and squawk on the SQL, ruff on the Python
 	$(VENV)/bin/sqlfluff lint sql
-	$(VENV)/bin/ruff check tests
-	$(VENV)/bin/ruff format --check tests
+	$(VENV)/bin/squawk sql/*.sql
+	$(VENV)/bin/ruff check tests bench
+	$(VENV)/bin/ruff format --check tests bench
 
 fmt: ## apply sqlfluff and ruff fixes
 	$(VENV)/bin/sqlfluff fix sql
-	$(VENV)/bin/ruff check --fix tests
-	$(VENV)/bin/ruff format tests
+	$(VENV)/bin/ruff check --fix tests bench
+	$(VENV)/bin/ruff format tests bench
 
 migrate: ## apply the up migrations in order with psql (to DATABASE_URL/PG*, else a local server it starts)
 	@url="$$($(PY) -m tests.servers url)"; psql="$$($(PY) -m tests.servers psql)"; \
@@ -54,6 +62,13 @@ rollback: ## apply the down migrations in reverse order with psql (same server a
 	for file in $(DOWN_FILES); do \
 	    echo "applying $$file"; "$$psql" $(PSQL_FLAGS) -d "$$url" -f "$$file"; \
 	done
+
+export: ## write copies named for TOOL=sqlx|golang-migrate|flyway|dbmate|sqitch into DEST=dir (never overwrites)
+	@test -n "$(TOOL)" && test -n "$(DEST)" || { echo "usage: make export TOOL=sqlx|golang-migrate|flyway|dbmate|sqitch DEST=dir"; exit 2; }
+	$(PY) -m tests.export "$(TOOL)" "$(DEST)"
+
+bench: ## pgbench every hot path against pgbench -S (SIZE=10000000 adds 10M rows, QUICK=1 tiny) -> bench/results/
+	$(PY) bench/run.py $(if $(SIZE),--size $(SIZE)) $(if $(filter-out 0,$(QUICK)),--quick)
 
 stop: ## stop the local server that migrate/rollback started
 	$(PY) -m tests.servers stop

@@ -9,10 +9,11 @@ server only databases named idempotency_test_<pid>_* are created and dropped.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -49,7 +50,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Serv
     if conninfo is not None:
         yield servers.server_from_conninfo(conninfo)
         return
-    datadir = servers.throwaway_datadir("idempotency-test-")
+    datadir = servers.throwaway_datadir("idempotency-test-", in_memory=True)
     local = servers.LocalServer(datadir)
     local.initdb()
     local.start()
@@ -74,6 +75,7 @@ def migrated_template(pg_server: servers.Server) -> Iterator[str]:
         janitor.drop()
 
 
+@contextlib.contextmanager
 def _throwaway(pg_server: servers.Server, template: str | None) -> Iterator[str]:
     name = f"idempotency_test_{os.getpid()}_{next(_names)}"
     janitor = _janitor(pg_server, name, template_dbname=template)
@@ -85,15 +87,24 @@ def _throwaway(pg_server: servers.Server, template: str | None) -> Iterator[str]
 
 
 @pytest.fixture
+def fresh_database(pg_server: servers.Server, migrated_template: str) -> Iterator[Callable[[], str]]:
+    """A factory of more fresh migrated databases for one test, all dropped after it."""
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(_throwaway(pg_server, migrated_template))
+
+
+@pytest.fixture
 def database(pg_server: servers.Server, migrated_template: str) -> Iterator[str]:
     """Name of a fresh database with the migrations applied, dropped after the test."""
-    yield from _throwaway(pg_server, migrated_template)
+    with _throwaway(pg_server, migrated_template) as name:
+        yield name
 
 
 @pytest.fixture
 def empty_database(pg_server: servers.Server) -> Iterator[str]:
     """Name of a fresh database with nothing applied, dropped after the test."""
-    yield from _throwaway(pg_server, "template0")
+    with _throwaway(pg_server, "template0") as name:
+        yield name
 
 
 @pytest.fixture
@@ -119,3 +130,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (CI is set, so a skip fails): {reason}"
     return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist, a worker hands its reliability figures to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        from tests import reliability
+
+        workeroutput["reliability"] = reliability.figures()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """Under pytest-xdist, the controller adds up what each worker counted."""
+    from tests import reliability
+
+    reliability.merge(getattr(node, "workeroutput", {}).get("reliability", {}))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The reliability figures (tests/reliability.py), when reliability tests ran."""
+    from tests import reliability
+
+    lines = reliability.summary_lines()
+    if lines:
+        terminalreporter.write_sep("=", "reliability figures")
+        for line in lines:
+            terminalreporter.write_line(line)

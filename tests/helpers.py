@@ -24,6 +24,24 @@ DOWN_FILES = (
 )
 
 
+# The report's repository queries (IdempotencyRepository::get / ::save), with
+# psycopg placeholders for its $1..$5; in REPORT_SAVE the fifth is the TTL in hours.
+REPORT_GET = """
+SELECT request_id, operation, result_payload, status_code, created_at, expires_at
+FROM idempotency_records
+WHERE request_id = %s AND expires_at > now()
+"""
+REPORT_SAVE = """
+INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
+VALUES (%s, %s, %s, %s, now() + INTERVAL '1 hour' * %s)
+ON CONFLICT (request_id) DO UPDATE SET
+    operation = EXCLUDED.operation,
+    result_payload = EXCLUDED.result_payload,
+    status_code = EXCLUDED.status_code,
+    expires_at = EXCLUDED.expires_at
+"""
+
+
 def apply(conn: psycopg.Connection, path: Path) -> None:
     """Run a migration file the way a runner does: its whole text, one transaction.
 
@@ -178,3 +196,19 @@ def split_statements(text: str) -> list[str]:
         current.append(char)
         i += 1
     return statements
+
+
+Snapshot = dict[str, list[tuple[Any, ...]]]
+
+
+def migration_states(conn: psycopg.Connection, schema: str = "public") -> tuple[Snapshot, Snapshot, Snapshot]:
+    """Catalog snapshots of the three states the files move between, taken on an
+    empty database (left empty again): nothing, 045 applied, 045 and 046 applied."""
+    empty = catalog_snapshot(conn, schema)
+    apply(conn, UP_FILES[0])
+    table_only = catalog_snapshot(conn, schema)
+    apply(conn, UP_FILES[1])
+    migrated = catalog_snapshot(conn, schema)
+    apply_all(conn, DOWN_FILES)
+    assert catalog_snapshot(conn, schema) == empty, "the down files must leave the database as it was"
+    return empty, table_only, migrated

@@ -6,25 +6,9 @@ import uuid
 
 import psycopg
 
-from tests.helpers import count
+from tests.helpers import REPORT_GET, REPORT_SAVE, count
 
-# The report's save query (IdempotencyRepository::save), with $5 = TTL in hours.
-SAVE = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-    VALUES (%s, %s, %s, %s, now() + INTERVAL '1 hour' * %s)
-    ON CONFLICT (request_id) DO UPDATE SET
-        operation = EXCLUDED.operation,
-        result_payload = EXCLUDED.result_payload,
-        status_code = EXCLUDED.status_code,
-        expires_at = EXCLUDED.expires_at
-"""
-
-# The report's get query: only records that have not expired.
-GET = """
-    SELECT request_id, operation, result_payload, status_code, created_at, expires_at
-    FROM idempotency_records
-    WHERE request_id = %s AND expires_at > now()
-"""
+SAVE, GET = REPORT_SAVE, REPORT_GET
 
 
 def test_insert_then_query_returns_the_stored_record(conn: psycopg.Connection) -> None:
