@@ -1,0 +1,152 @@
+"""`make export TOOL=... DEST=...` writes copies named for each migration tool, copies the
+SQL unchanged, never overwrites a different file, and says what it wrote."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import export
+from tests.helpers import DOWN_FILES, ROOT, UP_FILES
+
+UP_045, UP_046 = (path.read_text() for path in UP_FILES)
+DOWN_046, DOWN_045 = (path.read_text() for path in DOWN_FILES)
+
+# Every file each tool must receive, with the SQL it must hold (None: checked elsewhere).
+EXPECTED: dict[str, dict[str, str | None]] = {
+    "sqlx": {
+        "045_create_idempotency_records.sql": UP_045,
+        "045_create_idempotency_records.down.sql": DOWN_045,
+        "046_create_idempotency_cleanup_job.sql": UP_046,
+        "046_create_idempotency_cleanup_job.down.sql": DOWN_046,
+    },
+    "golang-migrate": {
+        "045_create_idempotency_records.up.sql": UP_045,
+        "045_create_idempotency_records.down.sql": DOWN_045,
+        "046_create_idempotency_cleanup_job.up.sql": UP_046,
+        "046_create_idempotency_cleanup_job.down.sql": DOWN_046,
+    },
+    "flyway": {
+        "V45__create_idempotency_records.sql": UP_045,
+        "U45__create_idempotency_records.sql": DOWN_045,
+        "V46__create_idempotency_cleanup_job.sql": UP_046,
+        "U46__create_idempotency_cleanup_job.sql": DOWN_046,
+    },
+    "dbmate": {
+        "045_create_idempotency_records.sql": None,
+        "046_create_idempotency_cleanup_job.sql": None,
+    },
+    "sqitch": {
+        "sqitch.plan": None,
+        "deploy/045_create_idempotency_records.sql": None,
+        "revert/045_create_idempotency_records.sql": None,
+        "verify/045_create_idempotency_records.sql": None,
+        "deploy/046_create_idempotency_cleanup_job.sql": None,
+        "revert/046_create_idempotency_cleanup_job.sql": None,
+        "verify/046_create_idempotency_cleanup_job.sql": None,
+    },
+}
+
+# How each tool recognises its files (from each tool's documented naming rules).
+NAME_RULES = {
+    "sqlx": r"\d+_[a-z_]+(\.down)?\.sql",
+    "golang-migrate": r"\d+_[a-z_]+\.(up|down)\.sql",
+    "flyway": r"[VU][1-9]\d*__[a-z_]+\.sql",
+    "dbmate": r"\d+_[a-z_]+\.sql",
+    "sqitch": r"sqitch\.plan|(deploy|revert|verify)/\d+_[a-z_]+\.sql",
+}
+
+
+def files_under(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): p.read_text() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def run_export(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tests.export", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("tool", sorted(EXPECTED))
+def test_export_writes_the_names_each_tool_expects(tool: str, tmp_path: Path) -> None:
+    result = run_export(tool, str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    written = files_under(tmp_path)
+    assert sorted(written) == sorted(EXPECTED[tool]), f"{tool}: unexpected set of files"
+    for name, content in written.items():
+        assert re.fullmatch(NAME_RULES[tool], name), f"{tool}: {name} does not follow the tool's naming rule"
+        assert f"wrote: {tmp_path / name}" in result.stdout, f"{tool}: {name} not reported as written"
+        if EXPECTED[tool][name] is not None:
+            assert content == EXPECTED[tool][name], f"{tool}: {name} must be a byte-for-byte copy"
+
+
+def test_dbmate_files_hold_the_up_and_down_under_its_markers(tmp_path: Path) -> None:
+    export.export("dbmate", tmp_path)
+    for up, down, name in (
+        (UP_045, DOWN_045, "045_create_idempotency_records.sql"),
+        (UP_046, DOWN_046, "046_create_idempotency_cleanup_job.sql"),
+    ):
+        text = (tmp_path / name).read_text()
+        assert text.startswith("-- migrate:up\n"), f"{name}: dbmate allows nothing before -- migrate:up"
+        up_part, marker, down_part = text.removeprefix("-- migrate:up\n").partition("\n-- migrate:down\n")
+        assert marker, f"{name}: no -- migrate:down marker"
+        assert up_part.strip() == up.strip(), f"{name}: the up section must be the up file unchanged"
+        assert down_part.strip() == down.strip(), f"{name}: the down section must be the down file unchanged"
+
+
+def test_sqitch_scripts_wrap_the_files_and_the_plan_orders_the_changes(tmp_path: Path) -> None:
+    export.export("sqitch", tmp_path)
+    for kind, texts in (("deploy", (UP_045, UP_046)), ("revert", (DOWN_045, DOWN_046))):
+        for text, change in zip(
+            texts, ("045_create_idempotency_records", "046_create_idempotency_cleanup_job"), strict=True
+        ):
+            script = (tmp_path / kind / f"{change}.sql").read_text()
+            assert script == f"BEGIN;\n\n{text.rstrip()}\n\nCOMMIT;\n", f"{kind}/{change}: the file inside BEGIN/COMMIT"
+    plan = (tmp_path / "sqitch.plan").read_text().splitlines()
+    changes = [line for line in plan if line and not line.startswith("%")]
+    assert changes[0].startswith("045_create_idempotency_records 2"), changes
+    assert changes[1].startswith("046_create_idempotency_cleanup_job [045_create_idempotency_records] "), (
+        "046 must require 045 in the plan"
+    )
+
+
+def test_export_refuses_to_overwrite_a_different_file_and_writes_nothing(tmp_path: Path) -> None:
+    existing = tmp_path / "046_create_idempotency_cleanup_job.up.sql"
+    existing.write_text("-- the project's own migration 046\n")
+    result = run_export("golang-migrate", str(tmp_path))
+    assert result.returncode == 1, "a conflicting file must make the export fail"
+    assert str(existing) in result.stderr, f"the message must name the file: {result.stderr}"
+    assert files_under(tmp_path) == {existing.name: "-- the project's own migration 046\n"}, "nothing may be written"
+
+
+def test_export_again_is_a_no_op(tmp_path: Path) -> None:
+    assert run_export("sqitch", str(tmp_path)).returncode == 0
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    again = run_export("sqitch", str(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert "wrote:" not in again.stdout, f"identical files must not be written again: {again.stdout}"
+    assert again.stdout.count("unchanged (same content):") == len(before)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_export_rejects_an_unknown_tool(tmp_path: Path) -> None:
+    result = run_export("liquibase", str(tmp_path))
+    assert result.returncode == 2 and "usage:" in result.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written for an unknown tool"
+
+
+def test_make_export_runs_the_exporter(tmp_path: Path) -> None:
+    dest = tmp_path / "app" / "db" / "migrations"
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "export", "TOOL=flyway", f"DEST={dest}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(files_under(dest)) == sorted(EXPECTED["flyway"])
+    assert f"wrote: {dest / 'V45__create_idempotency_records.sql'}" in result.stdout
