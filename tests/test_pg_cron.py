@@ -1,0 +1,198 @@
+"""The pg_cron schedule the docs give works on a real pg_cron: one job however often it is
+scheduled, it really fires and deletes expired rows, the documented unschedule removes it, and
+046.down removes it too (and does nothing where pg_cron or the job is absent).
+
+pg_cron is a preloaded library, so these tests start their own PostgreSQL 15 server (Debian's
+postgresql-15 with postgresql-15-cron) with shared_preload_libraries = 'pg_cron' and
+cron.database_name set to a database created here. The server is shared by the module; every test
+starts from a clean state (no jobs, no run history, migrations freshly applied).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests import helpers, servers
+from tests.test_docs import Block, pg_cron_blocks, run_block
+
+SERVER_BINARY = Path("/usr/lib/postgresql/15/bin/postgres")
+CONTROL = Path("/usr/share/postgresql/15/extension/pg_cron.control")
+CRON_DATABASE = "idempotency_cron"
+JOB = "cleanup-idempotency"
+FIRE_TIMEOUT = 75.0  # seconds: an every-minute job fires within 60 s of being scheduled
+
+
+def _settings() -> dict[str, str]:
+    return {
+        "shared_preload_libraries": "'pg_cron'",
+        "cron.database_name": f"'{CRON_DATABASE}'",
+        # Jobs run in background workers rather than over a libpq connection:
+        # no host, port or password to get right for the server user.
+        "cron.use_background_workers": "on",
+        "max_worker_processes": "16",
+        "cron.host": "'127.0.0.1'",
+    }
+
+
+@pytest.fixture(scope="module")
+def cron_server() -> Iterator[servers.Server]:
+    if not SERVER_BINARY.exists():
+        pytest.skip(f"PostgreSQL 15 is not installed ({SERVER_BINARY} is absent; apt-get install postgresql-15)")
+    if not CONTROL.exists():
+        pytest.skip(
+            f"pg_cron for PostgreSQL 15 is not installed ({CONTROL} is absent; apt-get install postgresql-15-cron)"
+        )
+    datadir = servers.throwaway_datadir("idempotency-pg-cron-")
+    local = servers.LocalServer(datadir, "15")
+    try:
+        local.initdb()
+        local.configure(_settings())
+        local.start()
+        server = local.server()
+        with server.connect(autocommit=True) as admin:
+            admin.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(CRON_DATABASE)))
+        with server.connect(CRON_DATABASE, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_cron")
+        yield server
+    finally:
+        local.stop("immediate")
+        shutil.rmtree(datadir.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def cron(cron_server: servers.Server) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the pg_cron database, reset to: no jobs, no history, migrated."""
+    with cron_server.connect(CRON_DATABASE, autocommit=True) as conn:
+        _reset(conn)
+        try:
+            yield conn
+        finally:
+            _reset(conn)
+
+
+def _reset(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT cron.unschedule(jobid) FROM cron.job")
+    conn.execute("DELETE FROM cron.job_run_details")
+    helpers.apply_all(conn, helpers.DOWN_FILES)
+    helpers.apply_all(conn, helpers.UP_FILES)
+
+
+def documented(snippet: str) -> Block:
+    """The one pg_cron block of the docs that contains `snippet`."""
+    found = [block for block in pg_cron_blocks() if snippet in block.text]
+    assert len(found) == 1, f"the docs have exactly one pg_cron block containing {snippet!r}, found {len(found)}"
+    return found[0]
+
+
+def _jobs(conn: psycopg.Connection, name: str = JOB) -> list[tuple[int, str, str]]:
+    return conn.execute("SELECT jobid, schedule, command FROM cron.job WHERE jobname = %s", (name,)).fetchall()
+
+
+@pytest.mark.slow
+def test_the_documented_pg_cron_blocks_all_run(cron: psycopg.Connection) -> None:
+    blocks = pg_cron_blocks()
+    ran = []
+    for block in blocks:
+        run_block(cron, block)
+        ran.append(block)
+    assert ran and ran == blocks, "every pg_cron block of the docs ran here, in document order"
+
+
+@pytest.mark.slow
+def test_the_documented_schedule_creates_one_job_however_often_it_runs(cron: psycopg.Connection) -> None:
+    schedule = documented("cron.schedule(")
+    run_block(cron, schedule)
+    first = _jobs(cron)
+    run_block(cron, schedule)
+    again = _jobs(cron)
+    assert len(first) == 1, f"scheduling creates one job named {JOB}, found {first}"
+    assert again == first, f"scheduling again keeps the one job (same jobid), found {again}"
+    assert first[0][1] == "0 * * * *", "the documented schedule is hourly, on the hour"
+    assert "cleanup_expired_idempotency_records()" in first[0][2], "the job calls the cleanup function"
+
+
+@pytest.mark.slow
+def test_the_documented_unschedule_removes_the_job(cron: psycopg.Connection) -> None:
+    run_block(cron, documented("cron.schedule("))
+    unschedule = documented("cron.unschedule(")
+    run_block(cron, unschedule)
+    assert _jobs(cron) == [], "after the documented unschedule no job is left"
+    run_block(cron, unschedule)  # where the job is already gone it does nothing
+    assert _jobs(cron) == []
+
+
+@pytest.mark.slow
+def test_046_down_unschedules_the_job_and_drops_the_function(cron: psycopg.Connection) -> None:
+    run_block(cron, documented("cron.schedule("))
+    helpers.apply(cron, helpers.DOWN_FILES[0])
+    assert _jobs(cron) == [], "046.down removes the cleanup-idempotency job"
+    function = cron.execute("SELECT to_regprocedure('cleanup_expired_idempotency_records()')").fetchone()
+    assert function == (None,), "046.down drops the function"
+
+
+@pytest.mark.slow
+def test_046_down_leaves_other_jobs_alone_and_runs_without_the_job(cron: psycopg.Connection) -> None:
+    cron.execute("SELECT cron.schedule('some-other-job', '0 3 * * *', 'SELECT 1')")
+    helpers.apply(cron, helpers.DOWN_FILES[0])
+    helpers.apply(cron, helpers.DOWN_FILES[0])
+    assert len(_jobs(cron, "some-other-job")) == 1, "046.down touches no job but cleanup-idempotency"
+
+
+def test_046_down_runs_where_pg_cron_is_absent(conn: psycopg.Connection) -> None:
+    absent = conn.execute("SELECT to_regclass('cron.job')").fetchone()
+    assert absent == (None,), "the suite's databases have no pg_cron"
+    helpers.apply(conn, helpers.DOWN_FILES[0])
+    function = conn.execute("SELECT to_regprocedure('cleanup_expired_idempotency_records()')").fetchone()
+    assert function == (None,), "046.down drops the function where pg_cron is absent"
+
+
+def _seed_expired_and_live(conn: psycopg.Connection) -> tuple[list[str], list[str]]:
+    expired = [str(uuid.uuid4()) for _ in range(3)]
+    live = [str(uuid.uuid4()) for _ in range(2)]
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
+            "VALUES (%s, 'payment', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')",
+            [(key,) for key in expired],
+        )
+        cur.executemany(
+            "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) "
+            "VALUES (%s, 'payment', '{}', now() + INTERVAL '1 day')",
+            [(key,) for key in live],
+        )
+    return expired, live
+
+
+def _wait_for_a_run(conn: psycopg.Connection, jobid: int, timeout: float) -> list[tuple[str, str | None]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = conn.execute(
+            "SELECT status, return_message FROM cron.job_run_details "
+            "WHERE jobid = %s AND status IN ('succeeded', 'failed')",
+            (jobid,),
+        ).fetchall()
+        if runs:
+            return runs
+        time.sleep(1)
+    return []
+
+
+@pytest.mark.slow
+def test_an_every_minute_job_fires_and_deletes_the_expired_rows(cron: psycopg.Connection) -> None:
+    expired, live = _seed_expired_and_live(cron)
+    row = cron.execute(
+        "SELECT cron.schedule(%s, '* * * * *', $$SELECT cleanup_expired_idempotency_records()$$)", (JOB,)
+    ).fetchone()
+    assert row is not None
+    runs = _wait_for_a_run(cron, row[0], FIRE_TIMEOUT)
+    assert runs, f"the every-minute job ran within {FIRE_TIMEOUT:.0f} s (cron.job_run_details has no finished run)"
+    assert runs[0][0] == "succeeded", f"the job's run succeeded, got {runs[0]}"
+    left = {str(r[0]) for r in cron.execute("SELECT request_id FROM idempotency_records")}
+    assert left == set(live), f"the job deleted the {len(expired)} expired rows and kept the live ones, left {left}"
