@@ -1,0 +1,209 @@
+"""The SQL of the recipes in the guide's "Patterns" section, and what the tests need to run them.
+
+Each recipe is written here once, with psycopg named placeholders. The guide shows the
+same text with literal values; tests/test_patterns_in_docs.py renders every recipe with
+the literals the guide uses and checks the guide contains it character for character,
+so the SQL the tests prove and the SQL users copy cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
+
+import psycopg
+
+from tests.helpers import ROOT
+
+GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
+
+# The report's repository queries, the naive versions the recipes improve on.
+REPORT_GET = """\
+SELECT result_payload, status_code
+FROM idempotency_records
+WHERE request_id = %(request_id)s
+  AND expires_at > now()"""
+
+REPORT_SAVE = """\
+INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
+VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '1 hour' * %(ttl_hours)s)
+ON CONFLICT (request_id) DO UPDATE SET
+    operation = EXCLUDED.operation,
+    result_payload = EXCLUDED.result_payload,
+    status_code = EXCLUDED.status_code,
+    expires_at = EXCLUDED.expires_at"""
+
+# Recipes 1, 3 and 5: claim the key first, in the business transaction. Inserts a
+# placeholder record, or takes over an expired one with a fresh lifetime (created_at
+# too); returns a row only to the request that now owns the key. The lifetime
+# depends on the operation.
+CLAIM = """\
+INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
+SELECT
+    request.request_id,
+    request.operation,
+    '{}',
+    NULL,
+    now() + CASE
+        WHEN request.operation IN ('payment', 'transfer') THEN INTERVAL '72 hours'
+        WHEN request.operation IN ('login', 'auth') THEN INTERVAL '1 hour'
+        ELSE INTERVAL '24 hours'
+    END
+FROM (VALUES (%(request_id)s::UUID, %(operation)s::VARCHAR(100))) AS request (request_id, operation)
+ON CONFLICT (request_id) DO UPDATE SET
+    operation = EXCLUDED.operation,
+    result_payload = EXCLUDED.result_payload,
+    status_code = EXCLUDED.status_code,
+    created_at = EXCLUDED.created_at,
+    expires_at = EXCLUDED.expires_at
+WHERE idempotency_records.expires_at <= now()
+RETURNING request_id"""
+
+# Recipe 1, owner's side: store the real result before the transaction commits.
+RECORD_RESULT = """\
+UPDATE idempotency_records
+SET result_payload = %(result_payload)s, status_code = %(status_code)s
+WHERE request_id = %(request_id)s"""
+
+# Recipe 1, duplicate's side (and recipe 3: only records still valid are replayed).
+LOOKUP = """\
+SELECT operation, result_payload, status_code
+FROM idempotency_records
+WHERE request_id = %(request_id)s
+  AND expires_at > now()"""
+
+# Recipe 1, "409 while in progress": the first statement of the transaction.
+TRY_LOCK = """\
+SELECT pg_try_advisory_xact_lock(hashtextextended(%(request_id)s::UUID::TEXT, 0)) AS acquired"""
+
+# Recipe 2: the report's save, refused when the key belongs to another operation.
+GUARDED_SAVE = """\
+INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
+VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '1 hour' * %(ttl_hours)s)
+ON CONFLICT (request_id) DO UPDATE SET
+    operation = EXCLUDED.operation,
+    result_payload = EXCLUDED.result_payload,
+    status_code = EXCLUDED.status_code,
+    expires_at = EXCLUDED.expires_at
+WHERE idempotency_records.operation = EXCLUDED.operation
+RETURNING request_id"""
+
+# Recipe 4: one bounded batch of the cleanup, its own transaction in autocommit.
+BATCH_SIZE = 1000
+CLEANUP_BATCH = """\
+DELETE FROM idempotency_records
+WHERE request_id = ANY (ARRAY(
+    SELECT request_id
+    FROM idempotency_records
+    WHERE expires_at <= now()
+    ORDER BY expires_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+))"""
+
+# Recipe 4 on the server alone: batches committed one by one inside a DO block.
+CLEANUP_LOOP = """\
+DO $cleanup$
+DECLARE
+    batch_deleted BIGINT;
+BEGIN
+    LOOP
+        DELETE FROM idempotency_records
+        WHERE request_id = ANY (ARRAY(
+            SELECT request_id
+            FROM idempotency_records
+            WHERE expires_at <= now()
+            ORDER BY expires_at
+            LIMIT 1000
+            FOR UPDATE SKIP LOCKED
+        ));
+        GET DIAGNOSTICS batch_deleted = ROW_COUNT;
+        COMMIT;
+        EXIT WHEN batch_deleted < 1000;
+    END LOOP;
+END
+$cleanup$"""
+
+PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def render(query: str, **literals: str) -> str:
+    """The recipe as the guide prints it: every placeholder replaced by the SQL
+    literal text given for it. Only compared with the guide, never executed."""
+    missing = set(PLACEHOLDER.findall(query)) - literals.keys()
+    assert not missing, f"no literal given for {sorted(missing)}"
+    return PLACEHOLDER.sub(lambda match: literals[match.group(1)], query)
+
+
+# Concurrency tools: real sessions, each a thread with its own connection.
+
+T = TypeVar("T")
+
+
+@contextmanager
+def together(
+    count: int,
+    work: Callable[[threading.Barrier], T],
+    release: Callable[[], None] = lambda: None,
+    timeout: float = 30.0,
+) -> Iterator[list[Future[T]]]:
+    """Start work(barrier) in `count` threads; each passes the shared barrier before its
+    first statement. Yields their futures. Leaving the block calls `release` (open the
+    gate the threads may wait on, even when the block failed), then waits for them."""
+    barrier = threading.Barrier(count, timeout=timeout)
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        try:
+            yield [pool.submit(work, barrier) for _ in range(count)]
+        finally:
+            release()
+
+
+def results(futures: list[Future[T]], timeout: float = 30.0) -> list[T]:
+    return [future.result(timeout=timeout) for future in futures]
+
+
+@contextmanager
+def gate(conn: psycopg.Connection, key: int) -> Iterator[Callable[[], None]]:
+    """Hold a session advisory lock on `key` that a business operation can wait on
+    (pg_advisory_xact_lock(key)), so the test decides when it may finish. Yields the
+    function that opens the gate; the gate is opened at the end of the block anyway."""
+    opened = False
+
+    def open_gate() -> None:
+        nonlocal opened
+        if not opened:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            opened = True
+
+    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+    try:
+        yield open_gate
+    finally:
+        open_gate()
+
+
+WAITERS = """\
+SELECT count(*)
+FROM pg_stat_activity
+WHERE datname = current_database()
+  AND wait_event_type = 'Lock'
+  AND wait_event = %(wait_event)s"""
+
+
+def wait_for_waiters(conn: psycopg.Connection, wait_event: str, expected: int, timeout: float = 20.0) -> None:
+    """Block until `expected` sessions of this database wait on a lock of this kind
+    (pg_stat_activity.wait_event: advisory, transactionid, tuple...)."""
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while time.monotonic() < deadline:
+        row = conn.execute(WAITERS, {"wait_event": wait_event}).fetchone()
+        seen = int(row[0]) if row else 0
+        if seen >= expected:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"expected {expected} sessions waiting on a {wait_event} lock, saw {seen}")
