@@ -1,0 +1,130 @@
+"""`make bench` runs end to end: the driver's quick mode writes its CSV, JSON and PNG.
+
+A smoke test of the benchmark's plumbing on the session server. It asserts nothing
+about speed: the numbers only have to exist, be positive and carry their columns."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.run import pgbench_binary
+from tests import servers
+from tests.helpers import ROOT
+
+EXPECTED_COLUMNS = ["phase", "workload", "size", "metric", "unit", "median", "min", "max", "rounds"]
+EXPECTED_PHASES = {"lookup", "save", "cleanup", "floor", "storage"}
+EXPECTED_WORKLOADS = {
+    "lookup-hit",
+    "lookup-miss",
+    "lookup-expired",
+    "lookup-hit-narrow",
+    "pgbench -S",
+    "save-new",
+    "save-existing",
+    "pk-only-new",
+    "pk-only-existing",
+    "lookup-baseline",
+    "cleanup-single",
+    "cleanup-batched",
+    "vacuum-after-cleanup",
+    "truncate",
+    "drop-partition",
+}
+
+
+@pytest.fixture(scope="module")
+def results(pg_server: servers.Server, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the driver once in quick mode against the session server."""
+    try:
+        pgbench = pgbench_binary(pg_server)
+    except FileNotFoundError:
+        pytest.skip("pgbench is found neither next to the server, nor in the selected major's binaries, nor on PATH")
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "DATABASE_URL": pg_server.url(), "PGBENCH": pgbench}
+    env.pop("PGOPTIONS", None)
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--rounds", "2", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, f"bench/run.py --quick failed:\n{completed.stdout}\n{completed.stderr}"
+    return out
+
+
+def _rows(results: Path) -> list[dict[str, str]]:
+    with open(results / "bench.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_csv_has_the_expected_columns(results: Path) -> None:
+    with open(results / "bench.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header == EXPECTED_COLUMNS, f"bench.csv columns: expected {EXPECTED_COLUMNS}, got {header}"
+
+
+@pytest.mark.slow
+def test_csv_covers_every_phase_and_workload(results: Path) -> None:
+    rows = _rows(results)
+    phases = {row["phase"] for row in rows}
+    workloads = {row["workload"] for row in rows if row["phase"] != "storage"}
+    assert phases == EXPECTED_PHASES, f"bench.csv phases: expected {sorted(EXPECTED_PHASES)}, got {sorted(phases)}"
+    assert workloads == EXPECTED_WORKLOADS, f"bench.csv workloads differ: {sorted(workloads ^ EXPECTED_WORKLOADS)}"
+
+
+@pytest.mark.slow
+def test_every_measured_number_is_positive(results: Path) -> None:
+    for row in _rows(results):
+        name = f"{row['phase']}/{row['workload']}/{row['size']}/{row['metric']}"
+        for column in ("median", "min", "max"):
+            value = float(row[column])
+            assert math.isfinite(value) and value > 0, f"{name}: {column} should be a positive number, got {value}"
+        assert int(row["rounds"]) >= 1, f"{name}: no round recorded"
+        assert float(row["min"]) <= float(row["median"]) <= float(row["max"]), f"{name}: median outside min-max"
+
+
+@pytest.mark.slow
+def test_lookups_and_saves_carry_ratios_to_their_anchors(results: Path) -> None:
+    metrics = {(row["workload"], row["metric"]) for row in _rows(results)}
+    for workload in ("lookup-hit", "lookup-miss", "lookup-expired"):
+        assert (workload, "ratio_to_pgbench_S") in metrics, f"{workload}: no ratio to pgbench -S"
+    for workload in ("save-new", "save-existing"):
+        assert (workload, "ratio_to_pk_only") in metrics, f"{workload}: no ratio to the PK-only table"
+    for workload in ("cleanup-single", "cleanup-batched"):
+        assert (workload, "p99_ratio_to_baseline") in metrics, f"{workload}: no p99 ratio to the baseline"
+
+
+@pytest.mark.slow
+def test_json_holds_results_targets_and_the_machine(results: Path) -> None:
+    document = json.loads((results / "bench.json").read_text())
+    assert document["results"] == [
+        {**row, "size": int(row["size"]), "rounds": int(row["rounds"])}
+        | {column: float(row[column]) for column in ("median", "min", "max")}
+        for row in _rows(results)
+    ], "bench.json results should hold the same rows as bench.csv"
+    targets = document["targets"]
+    assert len(targets) == 4, f"bench.json should state the four targets, got {len(targets)}"
+    for target in targets:
+        assert isinstance(target["met"], bool) and target["measured"], f"target {target['target']}: not evaluated"
+    assert document["meta"]["machine"]["cpus"] > 0, "bench.json should describe the machine"
+    assert document["meta"]["settings"]["server_version"], "bench.json should name the server version"
+    for size, plans in document["notes"]["lookup_plans"].items():
+        for kind, plan in plans.items():
+            assert plan["uses_primary_key"], f"lookup {kind} at {size} rows should be a primary key index scan:\n{plan}"
+
+
+@pytest.mark.slow
+def test_png_plot_is_written(results: Path) -> None:
+    data = (results / "bench.png").read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n"), "bench.png should be a PNG image"
+    assert len(data) > 10_000, f"bench.png is suspiciously small ({len(data)} bytes)"
