@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:  # `python bench/run.py` as well as `python -m ben
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from tests import helpers, servers  # noqa: E402
+from tests import helpers, patterns, servers  # noqa: E402
 
 BENCH_DIR = ROOT / "bench"
 EXPIRED_FRACTION = 0.10  # share of every lookup table that has expired: the cleanup's N among M
@@ -63,6 +63,9 @@ LOOKUP_PAYLOAD = 200  # bytes of result_payload in the lookup and save tables (t
 STORAGE_PAYLOADS = (50, 200, 2048)
 SCENARIO_ROWS = 40_000  # the report: "~40,000 active records", "~8 MB table, ~4 MB indexes"
 CLEANUP_BATCH = 5_000  # rows per transaction in the caller-batched cleanup
+# The guide's batch (Patterns, recipe 4), its size a parameter here.
+BATCH_DELETE = patterns.CLEANUP_BATCH.replace(f"LIMIT {patterns.BATCH_SIZE}", "LIMIT %s")
+assert "LIMIT %s" in BATCH_DELETE
 CLEANUP_PAUSE = 0.02  # seconds between two batches: lets concurrent lookups through
 LOAD_BATCH = 250_000
 
@@ -601,11 +604,7 @@ def cleanup_batched(conn: psycopg.Connection) -> int:
     """The caller's loop: delete at most CLEANUP_BATCH expired rows per transaction, pause, repeat."""
     deleted = 0
     while True:
-        cursor = conn.execute(
-            "DELETE FROM idempotency_records WHERE request_id IN ("
-            " SELECT request_id FROM idempotency_records WHERE expires_at <= now() LIMIT %s)",
-            (CLEANUP_BATCH,),
-        )
+        cursor = conn.execute(BATCH_DELETE, (CLEANUP_BATCH,))
         deleted += cursor.rowcount
         if cursor.rowcount < CLEANUP_BATCH:
             return deleted
