@@ -74,4 +74,4 @@ stop: ## stop the local server that migrate/rollback started
 	$(PY) -m tests.servers stop
 
 clean: stop ## stop the local server and delete its data, the venv and caches
-	rm -rf "$$($(PY) -m tests.servers datadir)" $(VENV) .pytest_cache .ruff_cache
+	data="$$($(PY) -m tests.servers datadir)"; rm -rf "$$data" "$$data.password" $(VENV) .pytest_cache .ruff_cache

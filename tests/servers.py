@@ -21,6 +21,7 @@ import dataclasses
 import importlib.util
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -221,26 +222,45 @@ class LocalServer:
             log = self.logfile.read_text() if self.logfile.exists() else ""
             raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}{log}")
 
-    def initdb(self, settings: Mapping[str, str] = FAST_SETTINGS) -> None:
+    @property
+    def password_file(self) -> Path:
+        """Where a server made with a password keeps it, readable by its maker only."""
+        return self.datadir.parent / f"{self.datadir.name}.password"
+
+    def initdb(self, settings: Mapping[str, str] = FAST_SETTINGS, *, password: bool = False) -> None:
+        """Create the cluster. Connections are trusted unless `password` is set: then
+        TCP logins need a random password (scram-sha-256), kept in password_file."""
         self.datadir.mkdir(parents=True, exist_ok=True)
-        if self.as_user:
-            owner = pwd.getpwnam(SERVER_USER)
+        owner = pwd.getpwnam(SERVER_USER) if self.as_user else None
+        if owner is not None:
             os.chown(self.datadir, owner.pw_uid, owner.pw_gid)
         os.chmod(self.datadir, 0o700)
-        self._check(
-            str(self.bindir / "initdb"),
-            "--pgdata",
-            str(self.datadir),
-            "--username",
-            "postgres",
-            "--auth",
-            "trust",
-            "--encoding",
-            "UTF8",
-            "--locale",
-            "C",
-            "--no-sync",
-        )
+        auth = ["--auth", "trust"]
+        pwfile = self.datadir.parent / f".{self.datadir.name}.initdb-password"
+        if password:
+            self.password_file.touch(mode=0o600)
+            self.password_file.write_text(secrets.token_urlsafe(24))
+            pwfile.touch(mode=0o600)
+            pwfile.write_text(self.password_file.read_text())
+            if owner is not None:
+                os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+            auth = ["--auth-local", "trust", "--auth-host", "scram-sha-256", "--pwfile", str(pwfile)]
+        try:
+            self._check(
+                str(self.bindir / "initdb"),
+                "--pgdata",
+                str(self.datadir),
+                "--username",
+                "postgres",
+                *auth,
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+                "--no-sync",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         self.configure({**settings, "port": str(_free_port())})
 
     def configure(self, settings: Mapping[str, str]) -> None:
@@ -285,7 +305,7 @@ class LocalServer:
             host="127.0.0.1",
             port=self.port,
             user="postgres",
-            password=None,
+            password=self.password_file.read_text() if self.password_file.exists() else None,
             dbname="postgres",
             bindir=self.bindir,
         )
@@ -347,7 +367,8 @@ def _main(argv: list[str]) -> int:
             return 0
         local = dev_server()
         if not (local.datadir / "PG_VERSION").exists():
-            local.initdb({**FAST_SETTINGS, "fsync": "on", "full_page_writes": "on"})
+            # It outlives the command and listens on TCP: no passwordless logins.
+            local.initdb({**FAST_SETTINGS, "fsync": "on", "full_page_writes": "on"}, password=True)
         if not local.is_running():
             local.start()
             # wait until it accepts connections
