@@ -52,6 +52,16 @@ def apply(conn: psycopg.Connection, path: Path) -> None:
         conn.execute(path.read_text())
 
 
+def sqlstate_of(conn: psycopg.Connection, query: Any, params: tuple[object, ...] = ()) -> str | None:
+    """The SQLSTATE a statement fails with (None if it succeeds); its transaction is rolled back."""
+    try:
+        with conn.transaction():
+            conn.execute(query, params)
+    except psycopg.Error as error:
+        return error.sqlstate
+    return None
+
+
 def apply_all(conn: psycopg.Connection, paths: tuple[Path, ...]) -> None:
     for path in paths:
         apply(conn, path)

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.helpers import REPORT_GET, REPORT_SAVE
+from tests.helpers import REPORT_GET, REPORT_SAVE, sqlstate_of
 
 _numbers = itertools.count(1)
 
@@ -70,16 +70,6 @@ def acting_as(conn: psycopg.Connection, role: str) -> Iterator[psycopg.Connectio
         yield conn
     finally:
         conn.execute("RESET ROLE")
-
-
-def sqlstate_of(conn: psycopg.Connection, query: str | sql.Composable, params: tuple[object, ...] = ()) -> str | None:
-    """The SQLSTATE a statement fails with (None if it succeeds); its transaction is rolled back."""
-    try:
-        with conn.transaction():
-            conn.execute(query, params)
-    except psycopg.Error as error:
-        return error.sqlstate
-    return None
 
 
 def _seed_expired(conn: psycopg.Connection) -> str:

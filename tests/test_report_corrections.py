@@ -14,7 +14,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.helpers import REPORT_SAVE, ROOT, explain, plan_nodes
+from tests.helpers import REPORT_SAVE, ROOT, explain, plan_nodes, sqlstate_of
 
 GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
 
@@ -23,15 +23,6 @@ REPORT_CLEANUP = "DELETE FROM idempotency_records WHERE expires_at <= NOW()"
 STORAGE_ROWS = 40_000
 PAYLOAD_BYTES = 200
 STORAGE_TOLERANCE = 0.15  # random UUIDs split primary-key pages differently from run to run
-
-
-def _sqlstate(conn: psycopg.Connection, query: str, params: tuple[object, ...] = ()) -> str | None:
-    try:
-        with conn.transaction():
-            conn.execute(query, params)
-    except psycopg.Error as error:
-        return error.sqlstate
-    return None
 
 
 def test_the_primary_key_is_a_btree_not_a_hash_index(conn: psycopg.Connection) -> None:
@@ -52,7 +43,7 @@ def test_the_primary_key_is_a_btree_not_a_hash_index(conn: psycopg.Connection) -
 
 
 def test_an_expired_record_with_the_default_created_at_is_rejected(conn: psycopg.Connection) -> None:
-    state = _sqlstate(
+    state = sqlstate_of(
         conn,
         "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) "
         "VALUES (%s, 'test', '{}', NOW() - INTERVAL '1 hour')",
@@ -63,12 +54,12 @@ def test_an_expired_record_with_the_default_created_at_is_rejected(conn: psycopg
 
 @pytest.mark.parametrize("ttl_hours", [0, -1])
 def test_the_reports_save_rejects_a_ttl_that_is_not_positive(conn: psycopg.Connection, ttl_hours: int) -> None:
-    state = _sqlstate(conn, REPORT_SAVE, (str(uuid.uuid4()), "payment", "{}", 201, ttl_hours))
+    state = sqlstate_of(conn, REPORT_SAVE, (str(uuid.uuid4()), "payment", "{}", 201, ttl_hours))
     assert state == "23514", f"a TTL of {ttl_hours} hours violates chk_expires_at; got SQLSTATE {state}"
 
 
 def test_the_reports_save_rejects_a_missing_ttl(conn: psycopg.Connection) -> None:
-    state = _sqlstate(conn, REPORT_SAVE, (str(uuid.uuid4()), "payment", "{}", 201, None))
+    state = sqlstate_of(conn, REPORT_SAVE, (str(uuid.uuid4()), "payment", "{}", 201, None))
     assert state == "23502", f"a NULL TTL makes expires_at NULL, which NOT NULL rejects; got SQLSTATE {state}"
 
 
@@ -86,7 +77,7 @@ def test_infinity_is_allowed_and_never_cleaned_up(conn: psycopg.Connection) -> N
 
 
 def test_status_code_may_be_null(conn: psycopg.Connection) -> None:
-    state = _sqlstate(conn, REPORT_SAVE, (str(uuid.uuid4()), "payment", "{}", None, 24))
+    state = sqlstate_of(conn, REPORT_SAVE, (str(uuid.uuid4()), "payment", "{}", None, 24))
     assert state is None, f"status_code is nullable; the save failed with SQLSTATE {state}"
 
 
@@ -111,7 +102,7 @@ def test_the_retention_update_violates_the_check_exactly_when_the_interval_is_no
         "VALUES (%s, 'payment', '{}', NOW() + INTERVAL '72 hours')",
         (str(uuid.uuid4()),),
     )
-    state = _sqlstate(conn, RETENTION, (interval,))
+    state = sqlstate_of(conn, RETENTION, (interval,))
     assert state == sqlstate, f"expires_at = created_at + '{interval}': expected SQLSTATE {sqlstate}, got {state}"
 
 
