@@ -36,7 +36,6 @@ import math
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -221,24 +220,12 @@ class Samples:
 @contextlib.contextmanager
 def bench_server() -> Iterator[servers.Server]:
     """The user's server (DATABASE_URL / PG*), else a throwaway one with normal durability."""
-    conninfo = servers.external_conninfo()
-    if conninfo is not None:
-        yield servers.server_from_conninfo(conninfo)
-        return
-    datadir = servers.throwaway_datadir("idempotency-bench-")
-    local = servers.LocalServer(datadir)
     settings = dict(BENCH_SETTINGS)
-    if not (local.bindir.parent / "lib" / "pg_stat_statements.so").exists() and not list(
-        local.bindir.parent.glob("lib/*/pg_stat_statements.so")
-    ):
+    lib = servers.bindir().parent / "lib"
+    if not (lib / "pg_stat_statements.so").exists() and not list(lib.glob("*/pg_stat_statements.so")):
         settings.pop("shared_preload_libraries")
-    local.initdb(settings)
-    local.start()
-    try:
-        yield local.server()
-    finally:
-        local.stop("fast")
-        shutil.rmtree(datadir.parent, ignore_errors=True)
+    with servers.session_server("idempotency-bench-", settings) as server:
+        yield server
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -44,21 +43,10 @@ def _load_migrations(host: str, port: int, user: str, dbname: str, password: str
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+def pg_server() -> Iterator[servers.Server]:
     """The PostgreSQL server the whole session runs against."""
-    conninfo = servers.external_conninfo()
-    if conninfo is not None:
-        yield servers.server_from_conninfo(conninfo)
-        return
-    datadir = servers.throwaway_datadir("idempotency-test-", in_memory=True)
-    local = servers.LocalServer(datadir)
-    local.initdb()
-    local.start()
-    try:
-        yield local.server()
-    finally:
-        local.stop("immediate")
-        shutil.rmtree(datadir.parent, ignore_errors=True)
+    with servers.session_server("idempotency-test-", in_memory=True) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ Command line (used by the Makefile):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psycopg
@@ -324,6 +325,27 @@ def throwaway_datadir(prefix: str, *, in_memory: bool = False) -> Path:
     base = Path(tempfile.mkdtemp(prefix=prefix, dir=MEMORY_DIR if memory else None))
     os.chmod(base, 0o755)  # the server user (as root) must reach the data directory inside
     return base / "data"
+
+
+@contextlib.contextmanager
+def session_server(
+    prefix: str, settings: Mapping[str, str] = FAST_SETTINGS, *, in_memory: bool = False
+) -> Iterator[Server]:
+    """The user's server (DATABASE_URL, PG*) if one is configured, else a throwaway
+    local one with `settings`, started here and stopped and removed afterwards."""
+    conninfo = external_conninfo()
+    if conninfo is not None:
+        yield server_from_conninfo(conninfo)
+        return
+    datadir = throwaway_datadir(prefix, in_memory=in_memory)
+    local = LocalServer(datadir)
+    try:
+        local.initdb(settings)
+        local.start()
+        yield local.server()
+    finally:
+        local.stop("immediate")
+        shutil.rmtree(datadir.parent, ignore_errors=True)
 
 
 def dev_server(major: str | None = None) -> LocalServer:
