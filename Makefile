@@ -43,35 +43,35 @@ test-all: ## run the whole suite, slow tests included (what CI runs)
 lint: ## sqlfluff and squawk on the SQL, ruff on the Python
 	$(VENV)/bin/sqlfluff lint sql
 	$(VENV)/bin/squawk sql/*.sql
-	$(VENV)/bin/ruff check tests bench
-	$(VENV)/bin/ruff format --check tests bench
+	$(VENV)/bin/ruff check tests bench tooling
+	$(VENV)/bin/ruff format --check tests bench tooling
 
 fmt: ## apply sqlfluff and ruff fixes
 	$(VENV)/bin/sqlfluff fix sql
-	$(VENV)/bin/ruff check --fix tests bench
-	$(VENV)/bin/ruff format tests bench
+	$(VENV)/bin/ruff check --fix tests bench tooling
+	$(VENV)/bin/ruff format tests bench tooling
 
 migrate: ## apply the up migrations in order with psql (to DATABASE_URL/PG*, else a local server it starts)
-	@url="$$($(PY) -m tests.servers url)"; psql="$$($(PY) -m tests.servers psql)"; \
+	@url="$$($(PY) -m tooling.servers url)"; psql="$$($(PY) -m tooling.servers psql)"; \
 	for file in $(UP_FILES); do \
 	    echo "applying $$file"; "$$psql" $(PSQL_FLAGS) -d "$$url" -f "$$file"; \
 	done
 
 rollback: ## apply the down migrations in reverse order with psql (same server as migrate)
-	@url="$$($(PY) -m tests.servers url)"; psql="$$($(PY) -m tests.servers psql)"; \
+	@url="$$($(PY) -m tooling.servers url)"; psql="$$($(PY) -m tooling.servers psql)"; \
 	for file in $(DOWN_FILES); do \
 	    echo "applying $$file"; "$$psql" $(PSQL_FLAGS) -d "$$url" -f "$$file"; \
 	done
 
 export: ## write copies named for TOOL=sqlx|golang-migrate|flyway|dbmate|sqitch into DEST=dir (never overwrites)
 	@test -n "$(TOOL)" && test -n "$(DEST)" || { echo "usage: make export TOOL=sqlx|golang-migrate|flyway|dbmate|sqitch DEST=dir"; exit 2; }
-	$(PY) -m tests.export "$(TOOL)" "$(DEST)"
+	$(PY) -m tooling.export "$(TOOL)" "$(DEST)"
 
 bench: ## pgbench every hot path against pgbench -S (SIZE=10000000 adds 10M rows, QUICK=1 tiny) -> bench/results/
 	$(PY) bench/run.py $(if $(SIZE),--size $(SIZE)) $(if $(filter-out 0,$(QUICK)),--quick)
 
 stop: ## stop the local server that migrate/rollback started
-	$(PY) -m tests.servers stop
+	$(PY) -m tooling.servers stop
 
 clean: stop ## stop the local server and delete its data, the venv and caches
-	data="$$($(PY) -m tests.servers datadir)"; rm -rf "$$data" "$$data.password" $(VENV) .pytest_cache .ruff_cache
+	data="$$($(PY) -m tooling.servers datadir)"; rm -rf "$$data" "$$data.password" $(VENV) .pytest_cache .ruff_cache

@@ -54,7 +54,8 @@ if str(ROOT) not in sys.path:  # `python bench/run.py` as well as `python -m ben
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from tests import helpers, patterns, servers  # noqa: E402
+from tests import helpers, patterns  # noqa: E402
+from tooling import servers  # noqa: E402
 
 BENCH_DIR = ROOT / "bench"
 EXPIRED_FRACTION = 0.10  # share of every lookup table that has expired: the cleanup's N among M

@@ -1,7 +1,7 @@
 """Server and database lifecycle for the suite.
 
 One server per session: the user's own (DATABASE_URL, PGHOST, PGPORT, PGSERVICE)
-or a throwaway local one (tests/servers.py). On it, a template database with the
+or a throwaway local one (tooling/servers.py). On it, a template database with the
 up migrations applied; every test that asks for `database` gets its own clone,
 dropped afterwards, so tests are independent and run in any order. On a user's
 server only databases named idempotency_test_<pid>_* are created and dropped.
@@ -18,7 +18,8 @@ import psycopg
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from tests import helpers, servers
+from tests import helpers
+from tooling import servers
 
 _names = itertools.count(1)
 

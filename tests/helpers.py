@@ -12,16 +12,9 @@ from typing import Any
 
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-SQL_DIR = ROOT / "sql"
-UP_FILES = (
-    SQL_DIR / "045_create_idempotency_records.sql",
-    SQL_DIR / "046_create_idempotency_cleanup_job.sql",
-)
-DOWN_FILES = (
-    SQL_DIR / "046_create_idempotency_cleanup_job.down.sql",
-    SQL_DIR / "045_create_idempotency_records.down.sql",
-)
+from tooling import DOWN_FILES, ROOT, SQL_DIR, UP_FILES
+
+__all__ = ["DOWN_FILES", "ROOT", "SQL_DIR", "UP_FILES"]
 
 
 # The report's repository queries (IdempotencyRepository::get / ::save), with

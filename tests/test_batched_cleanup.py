@@ -12,9 +12,9 @@ import uuid
 import psycopg
 import pytest
 
-from tests import servers
 from tests.helpers import count, describe_plan, explain, plan_nodes, psql
 from tests.patterns import BATCH_SIZE, CLAIM, CLEANUP_BATCH, CLEANUP_LOOP, gate, results, together, wait_for_waiters
+from tooling import servers
 
 DELETION_LOG = """
     CREATE TABLE deletion_log (

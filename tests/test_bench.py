@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from bench.run import pgbench_binary
-from tests import servers
 from tests.helpers import ROOT
+from tooling import servers
 
 EXPECTED_COLUMNS = ["phase", "workload", "size", "metric", "unit", "median", "min", "max", "rounds"]
 EXPECTED_PHASES = {"lookup", "save", "cleanup", "floor", "storage"}

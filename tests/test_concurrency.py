@@ -27,7 +27,7 @@ import pytest
 
 from tests import reliability
 from tests.helpers import REPORT_SAVE, count
-from tests.servers import Server
+from tooling.servers import Server
 
 T = TypeVar("T")
 

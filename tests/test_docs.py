@@ -30,7 +30,7 @@ from psycopg import sql
 
 from tests import helpers
 from tests.helpers import ROOT
-from tests.servers import Server
+from tooling.servers import Server
 
 GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
 DOCUMENTS = (GUIDE, ROOT / "README.md")

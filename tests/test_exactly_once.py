@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from tests import servers
 from tests.patterns import (
     CLAIM,
     LOOKUP,
@@ -31,6 +30,7 @@ from tests.patterns import (
     together,
     wait_for_waiters,
 )
+from tooling import servers
 
 DUPLICATES = 8
 GATE = 900_001  # advisory lock key of the test's gate

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import export
 from tests.helpers import DOWN_FILES, ROOT, UP_FILES
+from tooling import export
 
 UP_045, UP_046 = (path.read_text() for path in UP_FILES)
 DOWN_046, DOWN_045 = (path.read_text() for path in DOWN_FILES)
@@ -67,7 +67,7 @@ def files_under(directory: Path) -> dict[str, str]:
 
 def run_export(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tests.export", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tooling.export", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
 
 

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from tests import reliability
 from tests.helpers import DOWN_FILES, UP_FILES, apply_all, catalog_snapshot, count, migration_states, split_statements
-from tests.servers import FAST_SETTINGS, LocalServer, Server, throwaway_datadir
+from tooling.servers import FAST_SETTINGS, LocalServer, Server, throwaway_datadir
 
 SAVE = """
     INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)

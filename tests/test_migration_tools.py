@@ -1,7 +1,7 @@
 """The files run unchanged by other migration tools: dbmate, sqitch and (emulated) sqlx.
 
 Each tool gets the files exactly as `make export TOOL=... DEST=...` writes them
-(tests/export.py), so the recipe in docs/README_IDEMPOTENCY.md is what runs here. After
+(tooling/export.py), so the recipe in docs/README_IDEMPOTENCY.md is what runs here. After
 every step the catalog is compared with the one the files leave when applied directly
 (helpers.migration_states), apart from each tool's own bookkeeping table.
 
@@ -23,9 +23,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import export, helpers
+from tests import helpers
 from tests.helpers import Snapshot, catalog_snapshot, migration_states
-from tests.servers import Server
+from tooling import export
+from tooling.servers import Server
 
 Bookkeeping = tuple[str, ...]
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import helpers, servers
+from tests import helpers
 from tests.test_docs import Block, pg_cron_blocks, run_block
+from tooling import servers
 
 SERVER_BINARY = Path("/usr/lib/postgresql/15/bin/postgres")
 CONTROL = Path("/usr/share/postgresql/15/extension/pg_cron.control")

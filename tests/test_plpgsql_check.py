@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import helpers, servers
+from tests import helpers
+from tooling import servers
 
 CONTROL = Path("/usr/share/postgresql/15/extension/plpgsql_check.control")
 

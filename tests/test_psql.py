@@ -23,7 +23,7 @@ import pytest
 
 from tests import helpers
 from tests.helpers import DOWN_FILES, UP_FILES, Snapshot, catalog_snapshot, migration_states, split_statements
-from tests.servers import Server
+from tooling.servers import Server
 
 # psql's exit status (psql(1), "Exit Status").
 EXIT_SCRIPT_ERROR = 3  # an error in a script with ON_ERROR_STOP set

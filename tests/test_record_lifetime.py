@@ -15,8 +15,8 @@ import uuid
 import psycopg
 import pytest
 
-from tests import servers
 from tests.patterns import CLAIM, LOOKUP, REPORT_SAVE
+from tooling import servers
 
 INSERT_AGED = """
     INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)

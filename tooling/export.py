@@ -1,6 +1,6 @@
 """Write the migrations into a folder, named the way a migration tool expects.
 
-    python -m tests.export TOOL DEST        (make export TOOL=... DEST=...)
+    python -m tooling.export TOOL DEST        (make export TOOL=... DEST=...)
 
 TOOL is one of:
 
@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.helpers import SQL_DIR
+from tooling import SQL_DIR
 
 UP_NAME = re.compile(r"^(?P<version>\d+)_(?P<name>[a-z0-9_]+)\.sql$")
 
@@ -201,7 +201,7 @@ def export(tool: str, dest: Path, sql_dir: Path = SQL_DIR) -> list[tuple[Path, b
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in TOOLS:
-        print(f"usage: python -m tests.export {{{'|'.join(TOOLS)}}} DEST", file=sys.stderr)
+        print(f"usage: python -m tooling.export {{{'|'.join(TOOLS)}}} DEST", file=sys.stderr)
         return 2
     tool, dest = argv[0], Path(argv[1])
     try:

@@ -8,11 +8,11 @@ root, so as root the server runs as the `postgres` system user (created if absen
 
 Command line (used by the Makefile):
 
-    python -m tests.servers url      print a URL to apply migrations to, starting the
+    python -m tooling.servers url      print a URL to apply migrations to, starting the
                                      local development server when none is configured
-    python -m tests.servers psql     print the path of a psql client
-    python -m tests.servers datadir  print the local development server's data directory
-    python -m tests.servers stop     stop the local development server
+    python -m tooling.servers psql     print the path of a psql client
+    python -m tooling.servers datadir  print the local development server's data directory
+    python -m tooling.servers stop     stop the local development server
 """
 
 from __future__ import annotations
