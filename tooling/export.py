@@ -379,18 +379,24 @@ def sql_copies(items: list[Migration]) -> Files:
     return files
 
 
+def alembic_revision(m: Migration) -> str:
+    """A revision id that fits alembic_version.version_num, a VARCHAR(32)."""
+    return f"idempotency_{m.version}"
+
+
 def for_alembic(request: Request) -> Files:
     files: Files = {}
     previous = request.after
     for m in request.migrations:
+        revision = alembic_revision(m)
         files[f"{m.stem}.py"] = ALEMBIC_TEMPLATE.format(
             title=m.title,
-            revision=m.stem,
+            revision=revision,
             revises=previous or "",
             stem=m.stem,
             down_revision=repr(previous),
         )
-        previous = m.stem
+        previous = revision
     return {**files, **sql_copies(request.migrations)}
 
 
