@@ -84,21 +84,27 @@ def test_dbmate_up_rollback_up(
     assert "Applying" not in again.stdout, f"nothing may be pending after up: {again.stdout}"
 
 
+def dbmate_with_user_history(server: Server, db: str, tmp_path: Path) -> tuple[Path, list[str], dict[str, str]]:
+    """A dbmate folder holding the user's own timestamped migration, applied with dbmate up;
+    returns the folder, the dbmate command and its environment."""
+    migrations_dir = tmp_path / "db" / "migrations"
+    migrations_dir.mkdir(parents=True)
+    user = export.Migration(USER_VERSION, "create_shop_orders", USER_UP.read_text(), USER_DOWN.read_text())
+    (migrations_dir / f"{user.stem}.sql").write_text(export.dbmate_text(user))
+    env = tool_env(DATABASE_URL=dbmate_url(server, db))
+    dbmate_args = [require("dbmate"), "--migrations-dir", str(migrations_dir), "--no-dump-schema"]
+    run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
+    return migrations_dir, dbmate_args, env
+
+
 def test_dbmate_next_to_a_timestamped_history(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
     """With --after, 045/046 get the versions after the user's newest, so dbmate's rollback
     (the newest version) undoes 046, then 045, and never the user's own migration."""
-    dbmate = require("dbmate")
     states = migration_states(empty_conn)
-    migrations_dir = tmp_path / "db" / "migrations"
-    migrations_dir.mkdir(parents=True)
-    user = export.Migration(USER_VERSION, "create_shop_orders", USER_UP.read_text(), USER_DOWN.read_text())
-    (migrations_dir / f"{user.stem}.sql").write_text(export.dbmate_text(user))
-    env = tool_env(DATABASE_URL=dbmate_url(pg_server, empty_database))
-    dbmate_args = [dbmate, "--migrations-dir", str(migrations_dir), "--no-dump-schema"]
+    migrations_dir, dbmate_args, env = dbmate_with_user_history(pg_server, empty_database, tmp_path)
     bookkeeping = ("schema_migrations", USER_TABLE)
-    run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
 
     export.export("dbmate", migrations_dir, after=USER_VERSION)
     run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
@@ -118,14 +124,7 @@ def test_dbmate_rolls_back_the_users_migration_when_ours_keep_045(
 ) -> None:
     """The pitfall the guide warns of: without --after, 045/046 are applied after the user's
     timestamped migration, but rollback picks the highest version, which is the user's."""
-    dbmate = require("dbmate")
-    migrations_dir = tmp_path / "db" / "migrations"
-    migrations_dir.mkdir(parents=True)
-    user = export.Migration(USER_VERSION, "create_shop_orders", USER_UP.read_text(), USER_DOWN.read_text())
-    (migrations_dir / f"{user.stem}.sql").write_text(export.dbmate_text(user))
-    env = tool_env(DATABASE_URL=dbmate_url(pg_server, empty_database))
-    dbmate_args = [dbmate, "--migrations-dir", str(migrations_dir), "--no-dump-schema"]
-    run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
+    migrations_dir, dbmate_args, env = dbmate_with_user_history(pg_server, empty_database, tmp_path)
     export.export("dbmate", migrations_dir)
     run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
     assert has_table(empty_conn, "idempotency_records"), "dbmate up must apply 045 after the user's history"

@@ -121,20 +121,21 @@ def no_after(tool: str, request: Request, why: str) -> None:
         raise UsageError(f"--after does not apply to {tool}: {why}")
 
 
-def for_sqlx(request: Request) -> Files:
+def pairs(items: list[Migration], up: str, down: str, folder: str = "") -> Files:
+    """Each migration as two files, folder/STEM{up} and folder/STEM{down}, holding its SQL unchanged."""
     files: Files = {}
-    for m in renumbered(request):
-        files[f"{m.stem}.sql"] = m.up
-        files[f"{m.stem}.down.sql"] = m.down
+    for m in items:
+        files[f"{folder}{m.stem}{up}"] = m.up
+        files[f"{folder}{m.stem}{down}"] = m.down
     return files
+
+
+def for_sqlx(request: Request) -> Files:
+    return pairs(renumbered(request), ".sql", ".down.sql")
 
 
 def for_golang_migrate(request: Request) -> Files:
-    files: Files = {}
-    for m in renumbered(request):
-        files[f"{m.stem}.up.sql"] = m.up
-        files[f"{m.stem}.down.sql"] = m.down
-    return files
+    return pairs(renumbered(request), ".up.sql", ".down.sql")
 
 
 def for_flyway(request: Request) -> Files:
@@ -253,20 +254,13 @@ def liquibase_changeset(m: Migration) -> str:
 def for_liquibase(request: Request) -> Files:
     no_after("liquibase", request, "it runs changesets in changelog order: include changelog.xml after yours")
     changesets = "".join(liquibase_changeset(m) for m in request.migrations)
-    files: Files = {"changelog.xml": f"{LIQUIBASE_HEAD}{changesets}</databaseChangeLog>\n"}
-    for m in request.migrations:
-        files[f"{m.stem}.sql"] = m.up
-        files[f"{m.stem}.down.sql"] = m.down
-    return files
+    changelog = f"{LIQUIBASE_HEAD}{changesets}</databaseChangeLog>\n"
+    return {"changelog.xml": changelog, **pairs(request.migrations, ".sql", ".down.sql")}
 
 
 def for_yoyo(request: Request) -> Files:
     # yoyo reads NAME.rollback.sql as the rollback of NAME.sql; a `.down.sql` would be a migration.
-    files: Files = {}
-    for m in renumbered(request):
-        files[f"{m.stem}.sql"] = m.up
-        files[f"{m.stem}.rollback.sql"] = m.down
-    return files
+    return pairs(renumbered(request), ".sql", ".rollback.sql")
 
 
 # node-pg-migrate cuts an SQL migration at lines matching these (case-insensitive).
@@ -371,14 +365,6 @@ def downgrade() -> None:
 '''
 
 
-def sql_copies(items: list[Migration]) -> Files:
-    files: Files = {}
-    for m in items:
-        files[f"sql/{m.stem}.sql"] = m.up
-        files[f"sql/{m.stem}.down.sql"] = m.down
-    return files
-
-
 def alembic_revision(m: Migration) -> str:
     """A revision id that fits alembic_version.version_num, a VARCHAR(32)."""
     return f"idempotency_{m.version}"
@@ -397,7 +383,7 @@ def for_alembic(request: Request) -> Files:
             down_revision=repr(previous),
         )
         previous = revision
-    return {**files, **sql_copies(request.migrations)}
+    return {**files, **pairs(request.migrations, ".sql", ".down.sql", "sql/")}
 
 
 DJANGO_TEMPLATE = '''"""{title}: runs sql/{stem}.sql whole, and sql/{stem}.down.sql to unapply."""
@@ -433,7 +419,7 @@ def for_django(request: Request) -> Files:
         dependencies = f"[({app!r}, {previous!r})]" if previous else "[]"
         files[f"{m.stem}.py"] = DJANGO_TEMPLATE.format(title=m.title, stem=m.stem, dependencies=dependencies)
         previous = m.stem
-    return {**files, **sql_copies(request.migrations)}
+    return {**files, **pairs(request.migrations, ".sql", ".down.sql", "sql/")}
 
 
 TOOLS: dict[str, Callable[[Request], Files]] = {
