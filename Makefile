@@ -63,8 +63,8 @@ rollback: ## apply the down migrations in reverse order with psql (same server a
 	    echo "applying $$file"; "$$psql" $(PSQL_FLAGS) -d "$$url" -f "$$file"; \
 	done
 
-export: ## write copies named for TOOL=sqlx|golang-migrate|flyway|dbmate|sqitch into DEST=dir (never overwrites)
-	@test -n "$(TOOL)" && test -n "$(DEST)" || { echo "usage: make export TOOL=sqlx|golang-migrate|flyway|dbmate|sqitch DEST=dir"; exit 2; }
+export: ## write copies named for TOOL=sqlx|golang-migrate|flyway|dbmate|sqitch|liquibase|yoyo|node-pg-migrate|graphile-migrate|alembic into DEST=dir (never overwrites)
+	@test -n "$(TOOL)" && test -n "$(DEST)" || { echo "usage: make export TOOL=sqlx|golang-migrate|flyway|dbmate|sqitch|liquibase|yoyo|node-pg-migrate|graphile-migrate|alembic DEST=dir"; exit 2; }
 	$(PY) -m tooling.export "$(TOOL)" "$(DEST)"
 
 bench: ## pgbench every hot path against pgbench -S (SIZE=10000000 adds 10M rows, QUICK=1 tiny) -> bench/results/

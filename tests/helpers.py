@@ -4,13 +4,16 @@ catalog snapshots, plan inspection and psql."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tooling import DOWN_FILES, ROOT, SQL_DIR, UP_FILES
 
@@ -215,3 +218,51 @@ def migration_states(conn: psycopg.Connection, schema: str = "public") -> tuple[
     apply_all(conn, DOWN_FILES)
     assert catalog_snapshot(conn, schema) == empty, "the down files must leave the database as it was"
     return empty, table_only, migrated
+
+
+# --- other migration tools (tests/test_migration_tools.py, tests/test_tools_*.py) ----------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The user's own earlier migration, versioned by a timestamp, and the table it creates.
+USER_VERSION = "20250101120000"
+USER_TABLE = "shop_orders"
+USER_UP = FIXTURES / "user_history_shop_orders.sql"
+USER_DOWN = FIXTURES / "user_history_shop_orders.down.sql"
+
+
+def without(snapshot: Snapshot, tables: tuple[str, ...]) -> Snapshot:
+    """The snapshot minus rows about the given tables (a tool's bookkeeping, the user's
+    own): their columns, keys, indexes, sequences and row types."""
+
+    def ours(row: tuple[object, ...]) -> bool:
+        name = str(row[0]).lstrip("_")
+        return not any(name.startswith(table.lstrip("_")) for table in tables)
+
+    return {kind: [row for row in rows if ours(row)] for kind, rows in snapshot.items()}
+
+
+def require(program: str) -> str:
+    """Path of a tool's program; skips (a failure in CI) when it is not installed."""
+    found = shutil.which(program)
+    if found is None:
+        pytest.skip(f"{program} is not installed (CI installs it: see .ci/run)")
+    return found
+
+
+def run_tool(
+    args: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool's command, asserting it exits 0; the message carries its output."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+    return result
+
+
+def tool_env(**settings: str) -> dict[str, str]:
+    """The environment a tool runs with: ours plus its settings (credentials go here, never in argv)."""
+    return {**os.environ, **settings}
+
+
+def has_table(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
+    return bool(row and row[0])

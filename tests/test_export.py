@@ -40,6 +40,37 @@ EXPECTED: dict[str, dict[str, str | None]] = {
         "045_create_idempotency_records.sql": None,
         "046_create_idempotency_cleanup_job.sql": None,
     },
+    "liquibase": {
+        "changelog.xml": None,
+        "045_create_idempotency_records.sql": UP_045,
+        "045_create_idempotency_records.down.sql": DOWN_045,
+        "046_create_idempotency_cleanup_job.sql": UP_046,
+        "046_create_idempotency_cleanup_job.down.sql": DOWN_046,
+    },
+    "yoyo": {
+        "045_create_idempotency_records.sql": UP_045,
+        "045_create_idempotency_records.rollback.sql": DOWN_045,
+        "046_create_idempotency_cleanup_job.sql": UP_046,
+        "046_create_idempotency_cleanup_job.rollback.sql": DOWN_046,
+    },
+    "node-pg-migrate": {
+        "045_create_idempotency_records.sql": None,
+        "046_create_idempotency_cleanup_job.sql": None,
+    },
+    "graphile-migrate": {
+        "committed/000001-create-idempotency-records.sql": None,
+        "committed/000002-create-idempotency-cleanup-job.sql": None,
+        "down/045_create_idempotency_records.down.sql": DOWN_045,
+        "down/046_create_idempotency_cleanup_job.down.sql": DOWN_046,
+    },
+    "alembic": {
+        "045_create_idempotency_records.py": None,
+        "046_create_idempotency_cleanup_job.py": None,
+        "sql/045_create_idempotency_records.sql": UP_045,
+        "sql/045_create_idempotency_records.down.sql": DOWN_045,
+        "sql/046_create_idempotency_cleanup_job.sql": UP_046,
+        "sql/046_create_idempotency_cleanup_job.down.sql": DOWN_046,
+    },
     "sqitch": {
         "sqitch.plan": None,
         "deploy/045_create_idempotency_records.sql": None,
@@ -58,6 +89,11 @@ NAME_RULES = {
     "flyway": r"[VU][1-9]\d*__[a-z_]+\.sql",
     "dbmate": r"\d+_[a-z_]+\.sql",
     "sqitch": r"sqitch\.plan|(deploy|revert|verify)/\d+_[a-z_]+\.sql",
+    "liquibase": r"changelog\.xml|\d+_[a-z_]+(\.down)?\.sql",
+    "yoyo": r"\d+_[a-z_]+(\.rollback)?\.sql",
+    "node-pg-migrate": r"\d+_[a-z_]+\.sql",
+    "graphile-migrate": r"committed/\d{6}-[-a-z]+\.sql|down/\d+_[a-z_]+\.down\.sql",
+    "alembic": r"\d+_[a-z_]+\.py|sql/\d+_[a-z_]+(\.down)?\.sql",
 }
 
 
@@ -134,7 +170,7 @@ def test_export_again_is_a_no_op(tmp_path: Path) -> None:
 
 
 def test_export_rejects_an_unknown_tool(tmp_path: Path) -> None:
-    result = run_export("liquibase", str(tmp_path))
+    result = run_export("flywheel", str(tmp_path))
     assert result.returncode == 2 and "usage:" in result.stderr
     assert not any(tmp_path.iterdir()), "nothing may be written for an unknown tool"
 
@@ -150,3 +186,73 @@ def test_make_export_runs_the_exporter(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert sorted(files_under(dest)) == sorted(EXPECTED["flyway"])
     assert f"wrote: {dest / 'V45__create_idempotency_records.sql'}" in result.stdout
+
+
+def test_after_gives_the_next_versions_of_the_users_history(tmp_path: Path) -> None:
+    result = run_export("golang-migrate", str(tmp_path), "--after", "20250101120000")
+    assert result.returncode == 0, result.stderr
+    assert sorted(files_under(tmp_path)) == [
+        "20250101120001_create_idempotency_records.down.sql",
+        "20250101120001_create_idempotency_records.up.sql",
+        "20250101120002_create_idempotency_cleanup_job.down.sql",
+        "20250101120002_create_idempotency_cleanup_job.up.sql",
+    ]
+    assert (tmp_path / "20250101120001_create_idempotency_records.up.sql").read_text() == UP_045
+
+
+@pytest.mark.parametrize(
+    ("tool", "after", "message"),
+    [
+        ("sqitch", "20250101120000", "sqitch.plan"),
+        ("liquibase", "20250101120000", "changelog order"),
+        ("graphile-migrate", "1", "DEST/committed"),
+        ("dbmate", "create_orders", "expected the version number"),
+        ("django", None, "APP_LABEL"),
+    ],
+)
+def test_after_that_does_not_fit_the_tool_is_a_usage_error(
+    tool: str, after: str | None, message: str, tmp_path: Path
+) -> None:
+    result = run_export(tool, str(tmp_path), *(["--after", after] if after else []))
+    assert result.returncode == 2, f"{tool} --after {after}: expected a usage error, got {result.returncode}"
+    assert message in result.stderr, result.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written on a usage error"
+
+
+def test_node_pg_migrate_refuses_sql_with_a_line_it_would_take_for_a_marker(tmp_path: Path) -> None:
+    sql_dir = tmp_path / "sql"
+    sql_dir.mkdir()
+    for path in (*UP_FILES, *DOWN_FILES):
+        (sql_dir / path.name).write_text(path.read_text())
+    down = sql_dir / DOWN_FILES[0].name
+    down.write_text("-- Down migration of 046, run before 045's\n" + down.read_text())
+    with pytest.raises(export.ExportRefused, match=r"046_create_idempotency_cleanup_job \(down\).*marker"):
+        export.export("node-pg-migrate", tmp_path / "out", sql_dir)
+    assert not (tmp_path / "out").exists(), "nothing may be written"
+
+
+def test_graphile_migrate_chains_after_the_committed_history(tmp_path: Path) -> None:
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    body = "CREATE TABLE shop_orders (order_id BIGINT);\n"
+    user_hash = export.graphile_hash(body, None)
+    (committed / "000001-create-shop-orders.sql").write_text(f"--! Previous: -\n--! Hash: {user_hash}\n\n{body}")
+    export.export("graphile-migrate", tmp_path)
+    first = (committed / "000002-create-idempotency-records.sql").read_text()
+    headers, first_body = export.graphile_parts(first)
+    assert headers["Previous"] == user_hash, "045 must name the user's newest migration as its previous"
+    assert headers["Hash"] == export.graphile_hash(UP_045, user_hash)
+    assert first_body == UP_045.strip() + "\n", "the body must be 045 unchanged"
+    second_headers, _ = export.graphile_parts((committed / "000003-create-idempotency-cleanup-job.sql").read_text())
+    assert second_headers["Previous"] == headers["Hash"], "046 must chain after 045"
+    again = run_export("graphile-migrate", str(tmp_path))
+    assert again.returncode == 0 and "wrote:" not in again.stdout, "exporting again must change nothing"
+
+
+def test_django_migrations_depend_on_the_apps_newest(tmp_path: Path) -> None:
+    export.export("django", tmp_path, after="shop.20250101120000_create_shop_orders")
+    first = (tmp_path / "045_create_idempotency_records.py").read_text()
+    second = (tmp_path / "046_create_idempotency_cleanup_job.py").read_text()
+    assert "dependencies = [('shop', '20250101120000_create_shop_orders')]" in first, first
+    assert "dependencies = [('shop', '045_create_idempotency_records')]" in second, second
+    assert (tmp_path / "sql" / "045_create_idempotency_records.sql").read_text() == UP_045

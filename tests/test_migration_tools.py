@@ -1,4 +1,6 @@
-"""The files run unchanged by other migration tools: dbmate, sqitch and (emulated) sqlx.
+"""The files run unchanged by other migration tools: dbmate, sqitch and (emulated) sqlx;
+tests/test_tools_*.py do the same for Liquibase, yoyo, Alembic, Django, node-pg-migrate
+and graphile-migrate.
 
 Each tool gets the files exactly as `make export TOOL=... DEST=...` writes them
 (tooling/export.py), so the recipe in docs/README_IDEMPOTENCY.md is what runs here. After
@@ -13,10 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,34 +23,23 @@ import psycopg
 import pytest
 
 from tests import helpers
-from tests.helpers import Snapshot, catalog_snapshot, migration_states
+from tests.helpers import (
+    USER_DOWN,
+    USER_TABLE,
+    USER_UP,
+    USER_VERSION,
+    catalog_snapshot,
+    has_table,
+    migration_states,
+    require,
+    run_tool,
+    tool_env,
+    without,
+)
 from tooling import export
 from tooling.servers import Server
 
 Bookkeeping = tuple[str, ...]
-
-
-def without(snapshot: Snapshot, tables: Bookkeeping) -> Snapshot:
-    """The snapshot minus rows about a tool's own tables (their columns, keys, row types)."""
-
-    def ours(row: tuple[object, ...]) -> bool:
-        name = str(row[0]).lstrip("_")
-        return not any(name.startswith(table.lstrip("_")) for table in tables)
-
-    return {kind: [row for row in rows if ours(row)] for kind, rows in snapshot.items()}
-
-
-def run_tool(args: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
-    return result
-
-
-def require(program: str) -> str:
-    found = shutil.which(program)
-    if found is None:
-        pytest.skip(f"{program} is not installed (CI installs it: see .ci/run)")
-    return found
 
 
 # --- dbmate -------------------------------------------------------------------------
@@ -70,7 +58,7 @@ def test_dbmate_up_rollback_up(
     states = migration_states(empty_conn)
     migrations_dir = tmp_path / "db" / "migrations"
     export.export("dbmate", migrations_dir)
-    env = {**os.environ, "DATABASE_URL": dbmate_url(pg_server, empty_database)}
+    env = tool_env(DATABASE_URL=dbmate_url(pg_server, empty_database))
     # --no-dump-schema: dbmate would otherwise write db/schema.sql with pg_dump after each step.
     dbmate_args = [dbmate, "--migrations-dir", str(migrations_dir), "--no-dump-schema"]
     bookkeeping = ("schema_migrations",)
@@ -96,6 +84,55 @@ def test_dbmate_up_rollback_up(
     assert "Applying" not in again.stdout, f"nothing may be pending after up: {again.stdout}"
 
 
+def dbmate_with_user_history(server: Server, db: str, tmp_path: Path) -> tuple[Path, list[str], dict[str, str]]:
+    """A dbmate folder holding the user's own timestamped migration, applied with dbmate up;
+    returns the folder, the dbmate command and its environment."""
+    migrations_dir = tmp_path / "db" / "migrations"
+    migrations_dir.mkdir(parents=True)
+    user = export.Migration(USER_VERSION, "create_shop_orders", USER_UP.read_text(), USER_DOWN.read_text())
+    (migrations_dir / f"{user.stem}.sql").write_text(export.dbmate_text(user))
+    env = tool_env(DATABASE_URL=dbmate_url(server, db))
+    dbmate_args = [require("dbmate"), "--migrations-dir", str(migrations_dir), "--no-dump-schema"]
+    run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
+    return migrations_dir, dbmate_args, env
+
+
+def test_dbmate_next_to_a_timestamped_history(
+    pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    """With --after, 045/046 get the versions after the user's newest, so dbmate's rollback
+    (the newest version) undoes 046, then 045, and never the user's own migration."""
+    states = migration_states(empty_conn)
+    migrations_dir, dbmate_args, env = dbmate_with_user_history(pg_server, empty_database, tmp_path)
+    bookkeeping = ("schema_migrations", USER_TABLE)
+
+    export.export("dbmate", migrations_dir, after=USER_VERSION)
+    run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
+    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "dbmate up must build 045 and 046"
+    applied = [row[0] for row in empty_conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert applied == [USER_VERSION, "20250101120001", "20250101120002"], applied
+
+    run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
+    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[1], "the first rollback must undo 046"
+    run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
+    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[0], "the second rollback must undo 045"
+    assert has_table(empty_conn, USER_TABLE), "the user's own migration must stay applied"
+
+
+def test_dbmate_rolls_back_the_users_migration_when_ours_keep_045(
+    pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    """The pitfall the guide warns of: without --after, 045/046 are applied after the user's
+    timestamped migration, but rollback picks the highest version, which is the user's."""
+    migrations_dir, dbmate_args, env = dbmate_with_user_history(pg_server, empty_database, tmp_path)
+    export.export("dbmate", migrations_dir)
+    run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
+    assert has_table(empty_conn, "idempotency_records"), "dbmate up must apply 045 after the user's history"
+    run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
+    assert not has_table(empty_conn, USER_TABLE), "dbmate rollback undoes the highest version: the user's"
+    assert has_table(empty_conn, "idempotency_records"), "and leaves 045/046 applied"
+
+
 # --- sqitch -------------------------------------------------------------------------
 
 
@@ -109,13 +146,12 @@ def sqitch_env(tmp_path: Path, psql: str) -> dict[str, str]:
     system_config.write_text("")
     project_config = home / "project.conf"
     project_config.write_text(f'[core]\n\tengine = pg\n[engine "pg"]\n\tclient = {psql}\n')
-    return {
-        **os.environ,
-        "HOME": str(home),
-        "SQITCH_USER_CONFIG": str(user_config),
-        "SQITCH_SYSTEM_CONFIG": str(system_config),
-        "SQITCH_CONFIG": str(project_config),
-    }
+    return tool_env(
+        HOME=str(home),
+        SQITCH_USER_CONFIG=str(user_config),
+        SQITCH_SYSTEM_CONFIG=str(system_config),
+        SQITCH_CONFIG=str(project_config),
+    )
 
 
 def sqitch_target(server: Server, db: str) -> str:
@@ -158,6 +194,53 @@ def test_sqitch_deploy_revert_deploy_with_verify(
     assert catalog_snapshot(empty_conn) == states[2], "sqitch deploy after revert must rebuild both"
     again = run_tool([sqitch, "deploy", target], cwd=project, env=env)
     assert "Nothing to deploy" in again.stdout, again.stdout
+
+
+def sqitch_user_project(project: Path) -> str:
+    """The user's own sqitch project, one change named after its timestamp; returns its name."""
+    change = f"{USER_VERSION}_create_shop_orders"
+    project.mkdir()
+    (project / "sqitch.plan").write_text(
+        "%syntax-version=1.0.0\n%project=shop\n\n"
+        f"{change} 2025-01-01T12:00:00Z Shop <shop@example.com> # create shop orders\n"
+    )
+    for kind, text in (("deploy", USER_UP.read_text()), ("revert", USER_DOWN.read_text())):
+        (project / kind).mkdir()
+        (project / kind / f"{change}.sql").write_text(export.in_transaction(text))
+    return change
+
+
+def test_sqitch_next_to_a_project_of_its_own(
+    pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    """The guide's recipe for an existing sqitch project: export into an empty folder, copy
+    the scripts, append the two change lines to the project's plan; revert --to steps back."""
+    sqitch = require("sqitch")
+    states = migration_states(empty_conn)
+    project = tmp_path / "shop"
+    user_change = sqitch_user_project(project)
+    env = sqitch_env(tmp_path, pg_server.tool("psql"))
+    target = sqitch_target(pg_server, empty_database)
+    run_tool([sqitch, "deploy", target], cwd=project, env=env)
+
+    exported = tmp_path / "exported"
+    export.export("sqitch", exported)
+    for kind in ("deploy", "revert", "verify"):
+        (project / kind).mkdir(exist_ok=True)
+        for script in (exported / kind).glob("*.sql"):
+            (project / kind / script.name).write_text(script.read_text())
+    ours = [line for line in (exported / "sqitch.plan").read_text().splitlines() if line and line[0] != "%"]
+    with (project / "sqitch.plan").open("a") as plan:
+        plan.write("\n".join(ours) + "\n")
+
+    run_tool([sqitch, "deploy", "--verify", target], cwd=project, env=env)
+    bookkeeping = (USER_TABLE,)
+    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "deploy must build 045 and 046"
+    run_tool([sqitch, "revert", "-y", target, "--to", "@HEAD^"], cwd=project, env=env)
+    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[1], "revert --to @HEAD^ must undo 046"
+    run_tool([sqitch, "revert", "-y", target, "--to", user_change], cwd=project, env=env)
+    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[0], "revert --to the user's change: 045 too"
+    assert has_table(empty_conn, USER_TABLE), "the user's own change must stay deployed"
 
 
 # --- sqlx (emulated) ----------------------------------------------------------------

@@ -1,14 +1,32 @@
 """Write the migrations into a folder, named the way a migration tool expects.
 
-    python -m tooling.export TOOL DEST        (make export TOOL=... DEST=...)
+    python3 -m tooling.export TOOL DEST [--after NEWEST]      (make export TOOL=... DEST=...)
 
 TOOL is one of:
 
-    sqlx            the files as they are: NNN_name.sql (up) and NNN_name.down.sql (down)
-    golang-migrate  NNN_name.up.sql and NNN_name.down.sql
-    flyway          V45__name.sql (versioned) and U45__name.sql (undo, a Flyway Teams feature)
-    dbmate          NNN_name.sql: the up under `-- migrate:up`, the down under `-- migrate:down`
-    sqitch          sqitch.plan and deploy/, revert/, verify/ scripts
+    sqlx              the files as they are: NNN_name.sql (up) and NNN_name.down.sql (down)
+    golang-migrate    NNN_name.up.sql and NNN_name.down.sql
+    flyway            V45__name.sql (versioned) and U45__name.sql (undo, a Flyway Teams feature)
+    dbmate            NNN_name.sql: the up under `-- migrate:up`, the down under `-- migrate:down`
+    sqitch            sqitch.plan and deploy/, revert/, verify/ scripts
+    liquibase         changelog.xml whose changesets run the files whole (splitStatements="false")
+                      with the down files as their rollback, beside the files as they are
+    yoyo              NNN_name.sql (up) and NNN_name.rollback.sql (down)
+    node-pg-migrate   NNN_name.sql: the up under `-- Up Migration`, the down under `-- Down Migration`
+    graphile-migrate  committed/NNNNNN-name.sql with graphile-migrate's Previous/Hash headers, chained
+                      after the migrations already committed in DEST; down/ keeps the down files
+    alembic           NNN_name.py revisions that run sql/NNN_name.sql (upgrade) and .down.sql (downgrade)
+    django            NNN_name.py migrations whose RunSQL runs sql/NNN_name.sql and its .down.sql
+
+--after NEWEST names the newest migration of the project the files join:
+    for sqlx, golang-migrate, flyway, dbmate, yoyo and node-pg-migrate, a version number
+    (e.g. a timestamp 20250101120000): the files get the next numbers (20250101120001,
+    20250101120002), so they sort after that history instead of before it;
+    for alembic, the revision id the first file revises (its down_revision);
+    for django (required there), APP_LABEL or APP_LABEL.MIGRATION: the app the files go
+    into and, if it has migrations already, the newest one, which the first file depends on.
+liquibase (changelog order), sqitch (plan order) and graphile-migrate (hash chain) do
+not order by version and take no --after.
 
 The SQL text of every migration is copied unchanged. Only sqitch gets more: it runs
 each script with psql outside any transaction, so its deploy and revert scripts wrap
@@ -22,7 +40,9 @@ already exists with the same content is left as it is.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import hashlib
 import re
 import sys
 from collections.abc import Callable
@@ -46,6 +66,10 @@ class Migration:
     def stem(self) -> str:
         return f"{self.version}_{self.name}"
 
+    @property
+    def title(self) -> str:
+        return self.name.replace("_", " ")
+
 
 def migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
     """Every NNN_name.sql of sql_dir with its NNN_name.down.sql, in version order."""
@@ -62,25 +86,61 @@ def migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
 Files = dict[str, str]  # relative path -> content
 
 
-def for_sqlx(items: list[Migration]) -> Files:
+class UsageError(Exception):
+    """The options do not fit the tool."""
+
+
+class ExportRefused(Exception):
+    """A file to write exists with other content, or the SQL cannot be carried unchanged."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What a layout is built from: the migrations, --after, and the folder written to."""
+
+    migrations: list[Migration]
+    after: str | None
+    dest: Path
+
+
+def renumbered(request: Request) -> list[Migration]:
+    """The migrations with the numbers that follow --after (same width), or as they are."""
+    if request.after is None:
+        return request.migrations
+    if not request.after.isdigit():
+        raise UsageError(f"--after {request.after}: expected the version number of your newest migration")
+    width, newest = len(request.after), int(request.after)
+    return [
+        dataclasses.replace(m, version=str(newest + position).zfill(width))
+        for position, m in enumerate(request.migrations, start=1)
+    ]
+
+
+def no_after(tool: str, request: Request, why: str) -> None:
+    if request.after is not None:
+        raise UsageError(f"--after does not apply to {tool}: {why}")
+
+
+def pairs(items: list[Migration], up: str, down: str, folder: str = "") -> Files:
+    """Each migration as two files, folder/STEM{up} and folder/STEM{down}, holding its SQL unchanged."""
     files: Files = {}
     for m in items:
-        files[f"{m.stem}.sql"] = m.up
-        files[f"{m.stem}.down.sql"] = m.down
+        files[f"{folder}{m.stem}{up}"] = m.up
+        files[f"{folder}{m.stem}{down}"] = m.down
     return files
 
 
-def for_golang_migrate(items: list[Migration]) -> Files:
-    files: Files = {}
-    for m in items:
-        files[f"{m.stem}.up.sql"] = m.up
-        files[f"{m.stem}.down.sql"] = m.down
-    return files
+def for_sqlx(request: Request) -> Files:
+    return pairs(renumbered(request), ".sql", ".down.sql")
 
 
-def for_flyway(items: list[Migration]) -> Files:
+def for_golang_migrate(request: Request) -> Files:
+    return pairs(renumbered(request), ".up.sql", ".down.sql")
+
+
+def for_flyway(request: Request) -> Files:
     files: Files = {}
-    for m in items:
+    for m in renumbered(request):
         version = str(int(m.version))  # V45, not V045: Flyway compares versions as numbers anyway
         files[f"V{version}__{m.name}.sql"] = m.up
         files[f"U{version}__{m.name}.sql"] = m.down
@@ -92,9 +152,9 @@ def dbmate_text(m: Migration) -> str:
     return f"-- migrate:up\n{m.up.rstrip()}\n\n-- migrate:down\n{m.down.rstrip()}\n"
 
 
-def for_dbmate(items: list[Migration]) -> Files:
+def for_dbmate(request: Request) -> Files:
     # dbmate takes the leading digits of the name as the version: 045 stays 045.
-    return {f"{m.stem}.sql": dbmate_text(m) for m in items}
+    return {f"{m.stem}.sql": dbmate_text(m) for m in renumbered(request)}
 
 
 SQITCH_PROJECT = "idempotency_records"
@@ -143,14 +203,15 @@ def in_transaction(text: str) -> str:
     return f"BEGIN;\n\n{text.rstrip()}\n\nCOMMIT;\n"
 
 
-def for_sqitch(items: list[Migration]) -> Files:
+def for_sqitch(request: Request) -> Files:
+    no_after("sqitch", request, "it orders changes by sqitch.plan: append the two change lines to yours")
     lines = ["%syntax-version=1.0.0", f"%project={SQITCH_PROJECT}", ""]
     files: Files = {}
     previous: str | None = None
-    for m in items:
+    for m in request.migrations:
         change = sqitch_change(m)
         requires = f" [{previous}]" if previous else ""
-        lines.append(f"{change}{requires} {SQITCH_PLANNED} # {m.name.replace('_', ' ')}")
+        lines.append(f"{change}{requires} {SQITCH_PLANNED} # {m.title}")
         files[f"deploy/{change}.sql"] = in_transaction(m.up)
         files[f"revert/{change}.sql"] = in_transaction(m.down)
         verify = SQITCH_VERIFY[m.name]
@@ -159,26 +220,231 @@ def for_sqitch(items: list[Migration]) -> Files:
     return {"sqitch.plan": "\n".join(lines) + "\n", **files}
 
 
-TOOLS: dict[str, Callable[[list[Migration]], Files]] = {
+# Liquibase's defaults split a file at every semicolon (cutting a dollar-quoted DO
+# body apart) and read `--comment`-like lines of formatted SQL as directives. An XML
+# changelog whose <sqlFile> sends each file whole, comments and all, avoids both.
+LIQUIBASE_AUTHOR = "idempotency-records"
+LIQUIBASE_HEAD = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by make export TOOL=liquibase. Each changeset sends its file whole
+     (splitStatements="false": the files hold dollar-quoted DO blocks), in one
+     transaction; its rollback sends the down file the same way. -->
+<databaseChangeLog
+    xmlns="http://www.liquibase.org/xml/ns/dbchangelog"
+    xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+    xsi:schemaLocation="http://www.liquibase.org/xml/ns/dbchangelog
+        http://www.liquibase.org/xml/ns/dbchangelog/dbchangelog-latest.xsd">
+"""
+LIQUIBASE_FILE = '<sqlFile path="{path}" relativeToChangelogFile="true" splitStatements="false" stripComments="false"/>'
+
+
+def liquibase_changeset(m: Migration) -> str:
+    up = LIQUIBASE_FILE.format(path=f"{m.stem}.sql")
+    down = LIQUIBASE_FILE.format(path=f"{m.stem}.down.sql")
+    return (
+        f'    <changeSet id="{m.stem}" author="{LIQUIBASE_AUTHOR}">\n'
+        f"        {up}\n"
+        f"        <rollback>\n"
+        f"            {down}\n"
+        f"        </rollback>\n"
+        f"    </changeSet>\n"
+    )
+
+
+def for_liquibase(request: Request) -> Files:
+    no_after("liquibase", request, "it runs changesets in changelog order: include changelog.xml after yours")
+    changesets = "".join(liquibase_changeset(m) for m in request.migrations)
+    changelog = f"{LIQUIBASE_HEAD}{changesets}</databaseChangeLog>\n"
+    return {"changelog.xml": changelog, **pairs(request.migrations, ".sql", ".down.sql")}
+
+
+def for_yoyo(request: Request) -> Files:
+    # yoyo reads NAME.rollback.sql as the rollback of NAME.sql; a `.down.sql` would be a migration.
+    return pairs(renumbered(request), ".sql", ".rollback.sql")
+
+
+# node-pg-migrate cuts an SQL migration at lines matching these (case-insensitive).
+NODE_PG_MIGRATE_MARKER = re.compile(r"^\s*--[\s-]*(up|down)\s+migration", re.IGNORECASE | re.MULTILINE)
+
+
+def node_pg_migrate_text(m: Migration) -> str:
+    for kind, text in (("up", m.up), ("down", m.down)):
+        found = NODE_PG_MIGRATE_MARKER.search(text)
+        if found is not None:
+            raise ExportRefused(
+                f"{m.stem} ({kind}): the line {found.group(0).strip()!r} would be read by node-pg-migrate "
+                "as its Up/Down Migration marker; reword that comment"
+            )
+    return f"-- Up Migration\n{m.up.rstrip()}\n\n-- Down Migration\n{m.down.rstrip()}\n"
+
+
+def for_node_pg_migrate(request: Request) -> Files:
+    return {f"{m.stem}.sql": node_pg_migrate_text(m) for m in renumbered(request)}
+
+
+# graphile-migrate: committed/NNNNNN[-slug].sql, each naming the hash of the one before.
+GRAPHILE_NAME = re.compile(r"^(?P<number>[0-9]+)(-[-_a-zA-Z0-9]*)?\.sql$")
+GRAPHILE_HEADER = re.compile(r"^--! (?P<key>[A-Z][a-zA-Z0-9_]*)(?::(?P<value>.*))?$")
+
+
+def graphile_hash(body: str, previous: str | None) -> str:
+    """graphile-migrate's calculateHash: sha1 of the previous hash, a newline and the body."""
+    text = ((previous or "") + "\n" + body.strip()).strip() + "\n"
+    return "sha1:" + hashlib.sha1(text.encode()).hexdigest()
+
+
+def graphile_parts(text: str) -> tuple[dict[str, str], str]:
+    """Headers and body of a committed migration, as graphile-migrate parses them."""
+    headers: dict[str, str] = {}
+    lines = text.split("\n")
+    count = 0
+    for line in lines:
+        match = GRAPHILE_HEADER.match(line)
+        if match is None:
+            break
+        headers[match["key"]] = (match["value"] or "").strip()
+        count += 1
+    return headers, "\n".join(lines[count:]).strip() + "\n"
+
+
+def graphile_history(committed: Path, ours: set[str]) -> tuple[int, str | None]:
+    """Number and hash of the newest committed migration in DEST that is not one of ours."""
+    newest: tuple[int, str | None] = (0, None)
+    if not committed.is_dir():
+        return newest
+    for path in committed.glob("*.sql"):
+        match = GRAPHILE_NAME.match(path.name)
+        if match is None:
+            continue
+        headers, body = graphile_parts(path.read_text())
+        if body not in ours and int(match["number"]) > newest[0]:
+            newest = (int(match["number"]), headers.get("Hash"))
+    return newest
+
+
+def for_graphile_migrate(request: Request) -> Files:
+    no_after("graphile-migrate", request, "it chains after the migrations already in DEST/committed by itself")
+    bodies = [m.up.strip() + "\n" for m in request.migrations]
+    number, previous = graphile_history(request.dest / "committed", set(bodies))
+    files: Files = {}
+    for m, body in zip(request.migrations, bodies, strict=True):
+        number += 1
+        current = graphile_hash(body, previous)
+        header = f"--! Previous: {previous or '-'}\n--! Hash: {current}\n--! Message: {m.title}\n\n"
+        files[f"committed/{number:06d}-{m.name.replace('_', '-')}.sql"] = header + body
+        files[f"down/{m.stem}.down.sql"] = m.down
+        previous = current
+    return files
+
+
+ALEMBIC_TEMPLATE = '''"""{title}
+
+Revision ID: {revision}
+Revises: {revises}
+Runs sql/{stem}.sql whole (upgrade) and sql/{stem}.down.sql (downgrade).
+"""
+
+from pathlib import Path
+
+from alembic import op
+
+revision = "{revision}"
+down_revision = {down_revision}
+branch_labels = None
+depends_on = None
+
+SQL = Path(__file__).resolve().parent / "sql"
+
+
+def upgrade() -> None:
+    op.execute((SQL / "{stem}.sql").read_text())
+
+
+def downgrade() -> None:
+    op.execute((SQL / "{stem}.down.sql").read_text())
+'''
+
+
+def alembic_revision(m: Migration) -> str:
+    """A revision id that fits alembic_version.version_num, a VARCHAR(32)."""
+    return f"idempotency_{m.version}"
+
+
+def for_alembic(request: Request) -> Files:
+    files: Files = {}
+    previous = request.after
+    for m in request.migrations:
+        revision = alembic_revision(m)
+        files[f"{m.stem}.py"] = ALEMBIC_TEMPLATE.format(
+            title=m.title,
+            revision=revision,
+            revises=previous or "",
+            stem=m.stem,
+            down_revision=repr(previous),
+        )
+        previous = revision
+    return {**files, **pairs(request.migrations, ".sql", ".down.sql", "sql/")}
+
+
+DJANGO_TEMPLATE = '''"""{title}: runs sql/{stem}.sql whole, and sql/{stem}.down.sql to unapply."""
+
+from pathlib import Path
+
+from django.db import migrations
+
+SQL = Path(__file__).resolve().parent / "sql"
+
+
+class Migration(migrations.Migration):
+    dependencies = {dependencies}
+
+    # One-element lists: RunSQL sends each file as one statement instead of splitting it.
+    operations = [
+        migrations.RunSQL(
+            sql=[(SQL / "{stem}.sql").read_text()],
+            reverse_sql=[(SQL / "{stem}.down.sql").read_text()],
+        ),
+    ]
+'''
+DJANGO_AFTER = re.compile(r"^(?P<app>[A-Za-z_][A-Za-z0-9_]*)(\.(?P<migration>[A-Za-z0-9_]+))?$")
+
+
+def for_django(request: Request) -> Files:
+    match = DJANGO_AFTER.match(request.after or "")
+    if match is None:
+        raise UsageError("django needs --after APP_LABEL or APP_LABEL.NEWEST_MIGRATION (the app the files go into)")
+    app, previous = match["app"], match["migration"]
+    files: Files = {}
+    for m in request.migrations:
+        dependencies = f"[({app!r}, {previous!r})]" if previous else "[]"
+        files[f"{m.stem}.py"] = DJANGO_TEMPLATE.format(title=m.title, stem=m.stem, dependencies=dependencies)
+        previous = m.stem
+    return {**files, **pairs(request.migrations, ".sql", ".down.sql", "sql/")}
+
+
+TOOLS: dict[str, Callable[[Request], Files]] = {
     "sqlx": for_sqlx,
     "golang-migrate": for_golang_migrate,
     "flyway": for_flyway,
     "dbmate": for_dbmate,
     "sqitch": for_sqitch,
+    "liquibase": for_liquibase,
+    "yoyo": for_yoyo,
+    "node-pg-migrate": for_node_pg_migrate,
+    "graphile-migrate": for_graphile_migrate,
+    "alembic": for_alembic,
+    "django": for_django,
 }
 
 
-class ExportRefused(Exception):
-    """A file to write exists with other content."""
-
-
-def export(tool: str, dest: Path, sql_dir: Path = SQL_DIR) -> list[tuple[Path, bool]]:
+def export(tool: str, dest: Path, sql_dir: Path = SQL_DIR, *, after: str | None = None) -> list[tuple[Path, bool]]:
     """Write the files for `tool` under `dest`; return (path, written) for each.
 
     written is False for a file that already held exactly this content. Raises
-    ExportRefused, having written nothing, when any file exists with other content.
+    ExportRefused, having written nothing, when any file exists with other content,
+    and UsageError when --after does not fit the tool.
     """
-    files = TOOLS[tool](migrations(sql_dir))
+    files = TOOLS[tool](Request(migrations(sql_dir), after, dest))
     conflicts = [
         dest / relative
         for relative, content in files.items()
@@ -199,13 +465,21 @@ def export(tool: str, dest: Path, sql_dir: Path = SQL_DIR) -> list[tuple[Path, b
     return results
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python3 -m tooling.export", description="Write the migrations for TOOL.")
+    parser.add_argument("tool", choices=list(TOOLS), metavar="TOOL", help="|".join(TOOLS))
+    parser.add_argument("dest", type=Path, metavar="DEST", help="folder to write into")
+    parser.add_argument("--after", metavar="NEWEST", help="your newest migration: the files sort after it")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in TOOLS:
-        print(f"usage: python -m tooling.export {{{'|'.join(TOOLS)}}} DEST", file=sys.stderr)
-        return 2
-    tool, dest = argv[0], Path(argv[1])
+    args = parse(argv)  # exits with status 2 and a usage line on bad arguments
     try:
-        results = export(tool, dest)
+        results = export(args.tool, args.dest, after=args.after)
+    except UsageError as error:
+        print(f"usage error: {error}", file=sys.stderr)
+        return 2
     except ExportRefused as refused:
         print(refused, file=sys.stderr)
         return 1
