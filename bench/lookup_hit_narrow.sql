@@ -3,4 +3,5 @@
 \set i random(:expired + 1, :size)
 SELECT result_payload, status_code
 FROM idempotency_records
-WHERE request_id = md5(:i::text)::uuid AND expires_at > now();
+WHERE request_id = md5(:i::text)::uuid
+  AND expires_at > now();

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import pgbench_binary
+from bench.pgbench import pgbench_binary
 from tests.helpers import ROOT
 from tooling import servers
 
