@@ -1,4 +1,6 @@
 -- Save of an existing key: the repository's upsert, taking the UPDATE branch.
+-- The guide's save (The repository's queries) with a 24-hour TTL; tests/test_bench.py
+-- fails if the two differ.
 \set k random(1, :size)
 INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
 VALUES (md5(:k::text)::uuid, 'payment', :payload, 201, now() + INTERVAL '1 hour' * 24)

@@ -1,4 +1,6 @@
 -- Save of a new key: the repository's upsert, taking the INSERT branch.
+-- The guide's save (The repository's queries) with a 24-hour TTL; tests/test_bench.py
+-- fails if the two differ.
 -- Keys from 10^12 up never collide with the loaded rows (1..:size).
 \set k random(1000000000000, 9000000000000000000)
 INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)

@@ -1,7 +1,11 @@
 """`make bench` runs end to end: the driver's quick mode writes its CSV, JSON and PNG.
 
-A smoke test of the benchmark's plumbing on the session server. It asserts nothing
-about speed: the numbers only have to exist, be positive and carry their columns."""
+A smoke test of the benchmark's plumbing on the session server (slow). It asserts nothing
+about speed: the numbers only have to exist, be positive and carry their columns.
+
+And the benchmark measures what the guide says (fast): its own copies of the guide's SQL
+(the repository's get and save, the narrow lookup, the cleanup batch) are the guide's text;
+it imports nothing from tests/."""
 
 from __future__ import annotations
 
@@ -9,14 +13,17 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.database import read_sql, script_statement
 from bench.pgbench import pgbench_binary
 from tests.helpers import ROOT
+from tests.patterns import CLEANUP_BATCH, GUIDE, REPORT_GET, render
 from tooling import servers
 
 EXPECTED_COLUMNS = ["phase", "workload", "size", "metric", "unit", "median", "min", "max", "rounds"]
@@ -128,3 +135,57 @@ def test_png_plot_is_written(results: Path) -> None:
     data = (results / "bench.png").read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n"), "bench.png should be a PNG image"
     assert len(data) > 10_000, f"bench.png is suspiciously small ({len(data)} bytes)"
+
+
+# The benchmark's copies of the guide's SQL. Each pgbench script is the guide's statement
+# with pgbench's variables in place of the parameters; a change on either side fails here.
+
+BENCH_GET = {"request_id": "md5(:i::text)::uuid"}
+BENCH_SAVE = {
+    "$1": "md5(:k::text)::uuid",
+    "$2": "'payment'",
+    "$3": ":payload",
+    "$4": "201",
+    "$5": "24",
+}
+
+
+def _guide_prepared(name: str) -> str:
+    """The statement of `PREPARE name (...) AS` in the guide's repository queries."""
+    match = re.search(rf"^PREPARE {name} \([^)]*\) AS\n(.*?);$", GUIDE.read_text(), re.MULTILINE | re.DOTALL)
+    assert match is not None, f"{GUIDE.name}: no PREPARE {name} among the repository's queries"
+    return match.group(1)
+
+
+def _bound(statement: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$\d", lambda match: values[match.group(0)], statement)
+
+
+def _same(copy: str, original: str, where: str) -> None:
+    assert copy == original, f"{where} differs from the guide's text:\n--- bench\n{copy}\n--- guide\n{original}"
+
+
+@pytest.mark.parametrize("name", ["lookup_hit.sql", "lookup_miss.sql", "lookup_expired.sql"])
+def test_bench_lookup_is_the_repositorys_get(name: str) -> None:
+    _same(script_statement(name), _bound(_guide_prepared("idempotency_get"), {"$1": BENCH_GET["request_id"]}), name)
+
+
+def test_bench_narrow_lookup_is_the_guides_duplicate_check() -> None:
+    _same(script_statement("lookup_hit_narrow.sql"), render(REPORT_GET, **BENCH_GET), "lookup_hit_narrow.sql")
+
+
+@pytest.mark.parametrize("name", ["save_new.sql", "save_existing.sql"])
+def test_bench_save_is_the_repositorys_save(name: str) -> None:
+    _same(script_statement(name), _bound(_guide_prepared("idempotency_save"), BENCH_SAVE), name)
+
+
+def test_bench_batch_is_the_guides_cleanup_batch() -> None:
+    _same(read_sql("cleanup_batch.sql"), CLEANUP_BATCH, "cleanup_batch.sql")
+
+
+def test_bench_imports_nothing_from_tests() -> None:
+    """The benchmark runs from the tooling, never from tests/ (what `grep -rn "tests\\." Makefile bench` checks)."""
+    uses = re.compile(r"\btests\.|\bfrom tests\b|\bimport tests\b")
+    for path in [ROOT / "Makefile", *sorted((ROOT / "bench").rglob("*.py"))]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not uses.search(line), f"{path.relative_to(ROOT)}:{number} uses tests/: {line.strip()}"
