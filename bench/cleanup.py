@@ -1,6 +1,7 @@
 """Cleanup phase: N expired rows among M deleted while hit lookups run, by the installed
-cleanup_expired_idempotency_records() and by the guide's batch from the caller, against
-the lookups alone; then the vacuum each cleanup leaves behind."""
+cleanup_expired_idempotency_records(), by the design report's original body (the anchor,
+bench/cleanup_anchor.sql) and by the guide's batch from the caller, against the lookups
+alone; then the vacuum each cleanup leaves behind."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ BATCH_DELETE = GUIDE_BATCH.replace("LIMIT 1000", "LIMIT %s")
 assert BATCH_DELETE.count("LIMIT %s") == 1, "bench/cleanup_batch.sql: expected one LIMIT 1000 to parametrise"
 BASELINE = "lookup-baseline"
 INSTALLED = "cleanup-single"
+ANCHOR = "cleanup-anchor"
 BATCHED = "cleanup-batched"
 
 
@@ -72,6 +74,13 @@ def cleanup_installed(conn: psycopg.Connection) -> int:
     return int(row[0])
 
 
+def cleanup_anchor(conn: psycopg.Connection) -> int:
+    """The design report's original body, created by create_anchor()."""
+    row = conn.execute("SELECT deleted_count FROM bench_cleanup_anchor()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def cleanup_batched(conn: psycopg.Connection) -> int:
     """The caller's loop: delete at most CLEANUP_BATCH expired rows per transaction, pause, repeat."""
     deleted = 0
@@ -85,8 +94,15 @@ def cleanup_batched(conn: psycopg.Connection) -> int:
 
 CLEANUPS: dict[str, Callable[[psycopg.Connection], int]] = {
     INSTALLED: cleanup_installed,
+    ANCHOR: cleanup_anchor,
     BATCHED: cleanup_batched,
 }
+
+
+def create_anchor(conn: psycopg.Connection) -> None:
+    """bench_cleanup_anchor() in the schema of the measured table (the connection's search_path)."""
+    with conn.transaction():
+        conn.execute(read_sql("cleanup_anchor.sql"))
 
 
 def restore_expired(conn: psycopg.Connection, size: int, expired: int, now: dt.datetime) -> None:
@@ -142,12 +158,16 @@ def measure_cleanup(
 
 
 def add_round_ratios(ctx: Context, size: int) -> None:
-    """This round's ratios: each cleanup's lookup p99 to the baseline's."""
+    """This round's ratios: each cleanup's lookup p99 to the baseline's; the installed
+    cleanup's rows/s, WAL and lookup p99 to the anchor's."""
     last = ctx.samples.last
     baseline = last("cleanup", BASELINE, size, "latency_p99", "ms")
     for workload in CLEANUPS:
         during_p99 = last("cleanup", workload, size, "latency_p99", "ms")
         ctx.samples.add("cleanup", workload, size, "p99_ratio_to_baseline", "x", during_p99 / baseline)
+    for metric, unit in (("rows_per_s", "rows/s"), ("wal_bytes", "bytes"), ("latency_p99", "ms")):
+        ratio = last("cleanup", INSTALLED, size, metric, unit) / last("cleanup", ANCHOR, size, metric, unit)
+        ctx.samples.add("cleanup", INSTALLED, size, f"{metric}_ratio_to_anchor", "x", ratio)
 
 
 def run(ctx: Context) -> None:
@@ -159,6 +179,7 @@ def run(ctx: Context) -> None:
     waits: dict[str, Counter[str]] = {workload: Counter() for workload in CLEANUPS}
     with ctx.connect() as stats, ctx.connect(schema) as setup:  # stats: public, where pg_stat_statements is
         ctx.notes["pg_stat_statements"] = reset_statements(stats)
+        create_anchor(setup)
         for round_ in range(ctx.config.rounds):
             progress(f"cleanup: {expired:,} expired among {size:,}, round {round_ + 1}/{ctx.config.rounds}")
             for workload in rotate([BASELINE, *CLEANUPS], round_):
@@ -186,6 +207,8 @@ def run(ctx: Context) -> None:
         "expired": expired,
         "batch": CLEANUP_BATCH,
         "pause_s": CLEANUP_PAUSE,
+        "anchor": "the design report's body, one DELETE ... WHERE expires_at <= now() (bench/cleanup_anchor.sql)",
+        "scaled_down": ctx.config.quick,
         "wait_events": {workload: dict(counter.most_common(8)) for workload, counter in waits.items()},
         "plan": describe_plan(plan),
     }

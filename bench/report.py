@@ -1,5 +1,6 @@
-"""The report: each target judged, the table of every median with its spread on stdout,
-and bench.csv, bench.json and bench.png in the output directory."""
+"""The report: each target judged, the installed cleanup beside its anchor, the table of
+every median with its spread on stdout, and bench.csv, bench.json and bench.png in the
+output directory."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from bench.cleanup import INSTALLED
+from bench.cleanup import ANCHOR, INSTALLED
 from bench.config import Config
 from bench.database import connect
 from bench.plot import plot
@@ -31,6 +32,7 @@ REPORTED_SETTINGS = (
     "autovacuum",
     "random_page_cost",
 )
+ANCHOR_TARGET = 0.9  # the installed cleanup's rows/s against the report's body (issue: within 10%)
 
 
 def target(name: str, measured: str, value: float, met: bool) -> dict[str, Any]:
@@ -80,12 +82,34 @@ def p99_target(samples: Samples, size: int) -> dict[str, Any]:
     )
 
 
+def cleanup_scale(config: Config, notes: dict[str, Any]) -> str:
+    """`N expired among M`, said to be scaled down in quick mode."""
+    scale = f"{notes['cleanup']['expired']:,} expired among {notes['cleanup']['rows']:,}"
+    return f"{scale} (quick mode: scaled down from 100,000 among 1,000,000)" if config.quick else scale
+
+
+def anchor_target(samples: Samples, config: Config, notes: dict[str, Any]) -> dict[str, Any]:
+    size = max(config.sizes)
+    ratios = {
+        metric: samples.median("cleanup", INSTALLED, size, f"{metric}_ratio_to_anchor")
+        for metric in ("rows_per_s", "wal_bytes", "latency_p99")
+    }
+    return target(
+        f"cleanup rows/s >= {ANCHOR_TARGET}x the report's body (anchor)",
+        f"{ratios['rows_per_s']:.2f}x rows/s, {ratios['wal_bytes']:.2f}x WAL, {ratios['latency_p99']:.2f}x lookup p99"
+        f" during it, installed function vs anchor, at {cleanup_scale(config, notes)}",
+        ratios["rows_per_s"],
+        ratios["rows_per_s"] >= ANCHOR_TARGET,
+    )
+
+
 def evaluate_targets(samples: Samples, config: Config, notes: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         lookup_target(samples, config.sizes),
         save_target(samples, config),
         growth_target(samples, config.sizes),
         p99_target(samples, max(config.sizes)),
+        anchor_target(samples, config, notes),
     ]
 
 
@@ -138,6 +162,25 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def anchor_lines(samples: Samples, config: Config, notes: dict[str, Any]) -> list[str]:
+    """The installed cleanup beside the report's body, medians of the rounds."""
+    size = max(config.sizes)
+    metrics = (("rows_per_s", "rows/s"), ("wal_bytes", "WAL bytes"), ("latency_p99", "lookup p99 ms"))
+    lines = [
+        f"cleanup, installed function vs the report's body (anchor), {cleanup_scale(config, notes)}:",
+        f"{'':<28}" + "".join(f"{label:>16}" for _, label in metrics),
+    ]
+    for label, workload in (("installed function", INSTALLED), ("anchor (report's body)", ANCHOR)):
+        values = "".join(f"{fmt(samples.median('cleanup', workload, size, metric)):>16}" for metric, _ in metrics)
+        lines.append(f"{label:<28}{values}")
+    ratios = "".join(
+        f"{fmt(samples.median('cleanup', INSTALLED, size, f'{metric}_ratio_to_anchor')) + 'x':>16}"
+        for metric, _ in metrics
+    )
+    lines.append(f"{'installed / anchor':<28}{ratios}")
+    return lines
+
+
 def write_files(rows: list[dict[str, Any]], document: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bench.csv", "w", newline="") as handle:
@@ -153,6 +196,8 @@ def report(samples: Samples, config: Config, meta: dict[str, Any], notes: dict[s
     write_files(rows, {"meta": meta, "results": rows, "targets": targets, "notes": notes}, config.out)
     plot(samples, config, config.out / "bench.png")
     print("\n".join(table_lines(rows)))
+    print()
+    print("\n".join(anchor_lines(samples, config, notes)))
     print()
     for item in targets:
         print(f"{'MET   ' if item['met'] else 'MISSED'} {item['target']}: {item['measured']}")

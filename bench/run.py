@@ -7,7 +7,9 @@ measured in the same run:
     lookup  hit / miss / hit-on-expired at each table size   vs  pgbench -S (built-in PK lookup)
     save    upsert of a new key / of an existing key          vs  the same upsert on a PK-only table
     cleanup delete N expired rows among M, with lookups
-            running, single statement and caller-batched      vs  TRUNCATE / dropping a partition
+            running: the installed function, and the guide's
+            batch from the caller                             vs  the report's body (one DELETE)
+    floor   the same expired rows removed in bulk             by  TRUNCATE / dropping a partition
     storage bytes per row of the table and each index at payloads of 50 B, 200 B and 2 KB,
             and the report's 40,000-row scenario
 
