@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import psycopg
+from psycopg import sql
 
 from bench.config import EXPIRED_FRACTION, LOOKUP_PAYLOAD
 from bench.context import Context, progress, rotate
@@ -67,18 +68,15 @@ class WaitSampler(threading.Thread):
                 time.sleep(0.02)
 
 
-def cleanup_installed(conn: psycopg.Connection) -> int:
-    """The migrations' cleanup_expired_idempotency_records(), as installed."""
-    row = conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone()
-    assert row is not None
-    return int(row[0])
+def cleanup_function(name: str) -> Callable[[psycopg.Connection], int]:
+    """A call of the cleanup function `name`, returning its deleted_count."""
 
+    def call(conn: psycopg.Connection) -> int:
+        row = conn.execute(sql.SQL("SELECT deleted_count FROM {}()").format(sql.Identifier(name))).fetchone()
+        assert row is not None
+        return int(row[0])
 
-def cleanup_anchor(conn: psycopg.Connection) -> int:
-    """The design report's original body, created by create_anchor()."""
-    row = conn.execute("SELECT deleted_count FROM bench_cleanup_anchor()").fetchone()
-    assert row is not None
-    return int(row[0])
+    return call
 
 
 def cleanup_batched(conn: psycopg.Connection) -> int:
@@ -93,8 +91,8 @@ def cleanup_batched(conn: psycopg.Connection) -> int:
 
 
 CLEANUPS: dict[str, Callable[[psycopg.Connection], int]] = {
-    INSTALLED: cleanup_installed,
-    ANCHOR: cleanup_anchor,
+    INSTALLED: cleanup_function("cleanup_expired_idempotency_records"),  # the migrations' function, as installed
+    ANCHOR: cleanup_function("bench_cleanup_anchor"),  # the report's body, created by create_anchor()
     BATCHED: cleanup_batched,
 }
 
