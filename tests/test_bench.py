@@ -1,22 +1,31 @@
 """`make bench` runs end to end: the driver's quick mode writes its CSV, JSON and PNG.
 
-A smoke test of the benchmark's plumbing on the session server. It asserts nothing
-about speed: the numbers only have to exist, be positive and carry their columns."""
+A smoke test of the benchmark's plumbing on the session server (slow). It asserts nothing
+about speed: the numbers only have to exist, be positive and carry their columns.
+
+And the benchmark measures what the guide says (fast): its own copies of the guide's SQL
+(the repository's get and save, the narrow lookup, the cleanup batch) are the guide's text;
+its cleanup anchor is the report's body and does what it did; it imports nothing from tests/."""
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from bench.run import pgbench_binary
+from bench.database import read_sql, script_statement
+from bench.pgbench import pgbench_binary
 from tests.helpers import ROOT
+from tests.patterns import CLEANUP_BATCH, GUIDE, REPORT_GET, render
 from tooling import servers
 
 EXPECTED_COLUMNS = ["phase", "workload", "size", "metric", "unit", "median", "min", "max", "rounds"]
@@ -33,6 +42,7 @@ EXPECTED_WORKLOADS = {
     "pk-only-existing",
     "lookup-baseline",
     "cleanup-single",
+    "cleanup-anchor",
     "cleanup-batched",
     "vacuum-after-cleanup",
     "truncate",
@@ -100,8 +110,24 @@ def test_lookups_and_saves_carry_ratios_to_their_anchors(results: Path) -> None:
         assert (workload, "ratio_to_pgbench_S") in metrics, f"{workload}: no ratio to pgbench -S"
     for workload in ("save-new", "save-existing"):
         assert (workload, "ratio_to_pk_only") in metrics, f"{workload}: no ratio to the PK-only table"
-    for workload in ("cleanup-single", "cleanup-batched"):
+    for workload in ("cleanup-single", "cleanup-anchor", "cleanup-batched"):
         assert (workload, "p99_ratio_to_baseline") in metrics, f"{workload}: no p99 ratio to the baseline"
+
+
+@pytest.mark.slow
+def test_installed_cleanup_is_measured_beside_its_anchor(results: Path) -> None:
+    rows = {(row["workload"], row["metric"]): row for row in _rows(results) if row["phase"] == "cleanup"}
+    for metric in ("rows_per_s", "wal_bytes", "latency_p99"):
+        for workload in ("cleanup-single", "cleanup-anchor"):
+            assert (workload, metric) in rows, f"{workload}: no {metric} in the cleanup phase"
+        assert ("cleanup-single", f"{metric}_ratio_to_anchor") in rows, (
+            f"cleanup-single: no {metric} ratio to the anchor"
+        )
+    installed, anchor = rows[("cleanup-single", "rows_deleted")], rows[("cleanup-anchor", "rows_deleted")]
+    assert installed["median"] == anchor["median"], (
+        f"the installed cleanup and the anchor should delete the same rows each round:"
+        f" {installed['median']} vs {anchor['median']}"
+    )
 
 
 @pytest.mark.slow
@@ -113,9 +139,11 @@ def test_json_holds_results_targets_and_the_machine(results: Path) -> None:
         for row in _rows(results)
     ], "bench.json results should hold the same rows as bench.csv"
     targets = document["targets"]
-    assert len(targets) == 4, f"bench.json should state the four targets, got {len(targets)}"
+    assert len(targets) == 5, f"bench.json should state the five targets, got {len(targets)}"
     for target in targets:
         assert isinstance(target["met"], bool) and target["measured"], f"target {target['target']}: not evaluated"
+    anchor = targets[-1]["measured"]
+    assert "scaled down" in anchor, f"a quick run should say its cleanup is scaled down: {anchor}"
     assert document["meta"]["machine"]["cpus"] > 0, "bench.json should describe the machine"
     assert document["meta"]["settings"]["server_version"], "bench.json should name the server version"
     for size, plans in document["notes"]["lookup_plans"].items():
@@ -128,3 +156,89 @@ def test_png_plot_is_written(results: Path) -> None:
     data = (results / "bench.png").read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n"), "bench.png should be a PNG image"
     assert len(data) > 10_000, f"bench.png is suspiciously small ({len(data)} bytes)"
+
+
+# The benchmark's copies of the guide's SQL. Each pgbench script is the guide's statement
+# with pgbench's variables in place of the parameters; a change on either side fails here.
+
+BENCH_GET = {"request_id": "md5(:i::text)::uuid"}
+BENCH_SAVE = {
+    "$1": "md5(:k::text)::uuid",
+    "$2": "'payment'",
+    "$3": ":payload",
+    "$4": "201",
+    "$5": "24",
+}
+
+
+def _guide_prepared(name: str) -> str:
+    """The statement of `PREPARE name (...) AS` in the guide's repository queries."""
+    match = re.search(rf"^PREPARE {name} \([^)]*\) AS\n(.*?);$", GUIDE.read_text(), re.MULTILINE | re.DOTALL)
+    assert match is not None, f"{GUIDE.name}: no PREPARE {name} among the repository's queries"
+    return match.group(1)
+
+
+def _bound(statement: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$\d", lambda match: values[match.group(0)], statement)
+
+
+def _same(copy: str, original: str, where: str) -> None:
+    assert copy == original, f"{where} differs from the guide's text:\n--- bench\n{copy}\n--- guide\n{original}"
+
+
+@pytest.mark.parametrize("name", ["lookup_hit.sql", "lookup_miss.sql", "lookup_expired.sql"])
+def test_bench_lookup_is_the_repositorys_get(name: str) -> None:
+    _same(script_statement(name), _bound(_guide_prepared("idempotency_get"), {"$1": BENCH_GET["request_id"]}), name)
+
+
+def test_bench_narrow_lookup_is_the_guides_duplicate_check() -> None:
+    _same(script_statement("lookup_hit_narrow.sql"), render(REPORT_GET, **BENCH_GET), "lookup_hit_narrow.sql")
+
+
+@pytest.mark.parametrize("name", ["save_new.sql", "save_existing.sql"])
+def test_bench_save_is_the_repositorys_save(name: str) -> None:
+    _same(script_statement(name), _bound(_guide_prepared("idempotency_save"), BENCH_SAVE), name)
+
+
+def test_bench_batch_is_the_guides_cleanup_batch() -> None:
+    _same(read_sql("cleanup_batch.sql"), CLEANUP_BATCH, "cleanup_batch.sql")
+
+
+def test_bench_imports_nothing_from_tests() -> None:
+    """The benchmark runs from the tooling, never from tests/ (what `grep -rn "tests\\." Makefile bench` checks)."""
+    uses = re.compile(r"\btests\.|\bfrom tests\b|\bimport tests\b")
+    for path in [ROOT / "Makefile", *sorted((ROOT / "bench").rglob("*.py"))]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not uses.search(line), f"{path.relative_to(ROOT)}:{number} uses tests/: {line.strip()}"
+
+
+# The cleanup anchor: the report's original body, which every run measures the installed
+# function against. It must keep doing what that body did.
+
+EXPIRED_AND_LIVE = """
+INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
+SELECT md5(i::text)::uuid, 'payment', '{}', 200, %(now)s::timestamptz - INTERVAL '2 days',
+       %(now)s::timestamptz + CASE WHEN i <= %(expired)s THEN INTERVAL '-1 hour' ELSE INTERVAL '1 hour' END
+FROM generate_series(1, %(total)s) AS i
+"""
+
+
+def test_bench_anchor_deletes_every_expired_row_and_counts_them(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        conn.execute(read_sql("cleanup_anchor.sql"))
+    conn.execute(EXPIRED_AND_LIVE, {"now": dt.datetime.now(dt.UTC), "expired": 30, "total": 100})
+    row = conn.execute("SELECT deleted_count FROM bench_cleanup_anchor()").fetchone()
+    assert row == (30,), f"bench_cleanup_anchor(): expected deleted_count 30, got {row}"
+    left = conn.execute("SELECT count(*) FILTER (WHERE expires_at <= now()), count(*) FROM idempotency_records")
+    assert left.fetchone() == (0, 70), "bench_cleanup_anchor() should leave the 70 live rows and no expired one"
+
+
+def test_bench_anchor_has_the_contract_signature(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        conn.execute(read_sql("cleanup_anchor.sql"))
+    row = conn.execute(
+        "SELECT pg_get_function_result(oid), prosecdef FROM pg_proc WHERE proname = 'bench_cleanup_anchor'"
+    ).fetchone()
+    assert row == ("TABLE(deleted_count bigint)", False), (
+        f"bench_cleanup_anchor(): expected TABLE(deleted_count bigint), SECURITY INVOKER; got {row}"
+    )

@@ -1,0 +1,212 @@
+"""Cleanup phase: N expired rows among M deleted while hit lookups run, by the installed
+cleanup_expired_idempotency_records(), by the design report's original body (the anchor,
+bench/cleanup_anchor.sql) and by the guide's batch from the caller, against the lookups
+alone; then the vacuum each cleanup leaves behind."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+from bench.config import EXPIRED_FRACTION, LOOKUP_PAYLOAD
+from bench.context import Context, progress, rotate
+from bench.database import (
+    checkpoint,
+    describe_plan,
+    expired_count,
+    explain,
+    load_rows,
+    read_sql,
+    reset_statements,
+    statements_stats,
+    vacuum,
+    wal_bytes,
+    wal_lsn,
+)
+from bench.pgbench import script
+from bench.samples import percentile
+from tooling import servers
+
+CLEANUP_BATCH = 5_000  # rows per transaction in the caller-batched cleanup
+CLEANUP_PAUSE = 0.02  # seconds between two batches: lets concurrent lookups through
+# The guide's batch (Patterns, recipe 4), its size a parameter here.
+GUIDE_BATCH = read_sql("cleanup_batch.sql")
+BATCH_DELETE = GUIDE_BATCH.replace("LIMIT 1000", "LIMIT %s")
+assert BATCH_DELETE.count("LIMIT %s") == 1, "bench/cleanup_batch.sql: expected one LIMIT 1000 to parametrise"
+BASELINE = "lookup-baseline"
+INSTALLED = "cleanup-single"
+ANCHOR = "cleanup-anchor"
+BATCHED = "cleanup-batched"
+
+
+class WaitSampler(threading.Thread):
+    """Samples the wait events of the benchmark database's active backends."""
+
+    def __init__(self, server: servers.Server, db: str) -> None:
+        super().__init__(daemon=True)
+        self.server, self.db = server, db
+        self.counts: Counter[str] = Counter()
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        with self.server.connect(self.db, autocommit=True) as conn:
+            while not self.stop_event.is_set():
+                for backend_type, event_type, event in conn.execute(
+                    "SELECT backend_type, coalesce(wait_event_type, 'CPU'), coalesce(wait_event, 'running')"
+                    " FROM pg_stat_activity"
+                    " WHERE state = 'active' AND pid <> pg_backend_pid()"
+                    "   AND (datname = current_database() OR datname IS NULL)"
+                ):
+                    self.counts[f"{backend_type}: {event_type}/{event}"] += 1
+                time.sleep(0.02)
+
+
+def cleanup_function(name: str) -> Callable[[psycopg.Connection], int]:
+    """A call of the cleanup function `name`, returning its deleted_count."""
+
+    def call(conn: psycopg.Connection) -> int:
+        row = conn.execute(sql.SQL("SELECT deleted_count FROM {}()").format(sql.Identifier(name))).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    return call
+
+
+def cleanup_batched(conn: psycopg.Connection) -> int:
+    """The caller's loop: delete at most CLEANUP_BATCH expired rows per transaction, pause, repeat."""
+    deleted = 0
+    while True:
+        cursor = conn.execute(BATCH_DELETE, (CLEANUP_BATCH,))
+        deleted += cursor.rowcount
+        if cursor.rowcount < CLEANUP_BATCH:
+            return deleted
+        time.sleep(CLEANUP_PAUSE)
+
+
+CLEANUPS: dict[str, Callable[[psycopg.Connection], int]] = {
+    INSTALLED: cleanup_function("cleanup_expired_idempotency_records"),  # the migrations' function, as installed
+    ANCHOR: cleanup_function("bench_cleanup_anchor"),  # the report's body, created by create_anchor()
+    BATCHED: cleanup_batched,
+}
+
+
+def create_anchor(conn: psycopg.Connection) -> None:
+    """bench_cleanup_anchor() in the schema of the measured table (the connection's search_path)."""
+    with conn.transaction():
+        conn.execute(read_sql("cleanup_anchor.sql"))
+
+
+def restore_expired(conn: psycopg.Connection, size: int, expired: int, now: dt.datetime) -> None:
+    """Put the expired rows back after a cleanup, the table vacuumed as before."""
+    if expired_count(conn, now) < expired:
+        vacuum(conn)
+        load_rows(conn, size, expired, LOOKUP_PAYLOAD, now, last=expired)
+        vacuum(conn)
+
+
+def vacuum_after_cleanup(ctx: Context, conn: psycopg.Connection, size: int, now: dt.datetime, expired: int) -> None:
+    """The cost a cleanup leaves behind: the vacuum that removes its dead rows and their
+    entries in all three indexes (autovacuum's work). Measured only after a cleanup ran."""
+    if expired_count(conn, now) >= expired:
+        return
+    start_lsn, started = wal_lsn(conn), time.time()
+    vacuum(conn)
+    ctx.samples.add("cleanup", "vacuum-after-cleanup", size, "duration", "s", time.time() - started)
+    ctx.samples.add(
+        "cleanup", "vacuum-after-cleanup", size, "wal_bytes", "bytes", wal_bytes(conn, start_lsn, wal_lsn(conn))
+    )
+
+
+def measure_cleanup(
+    ctx: Context, conn: psycopg.Connection, stats: psycopg.Connection, workload: str, size: int, duration: int
+) -> tuple[float, Counter[str]]:
+    """One cleanup while hit lookups run; returns its duration and the wait events sampled during it."""
+    variables: dict[str, object] = {"size": size, "expired": int(size * EXPIRED_FRACTION)}
+    schema = f"size_{size}"
+    process, prefix = ctx.bench.start(schema, script("lookup_hit.sql"), variables, duration)
+    time.sleep(1.0)
+    sampler = WaitSampler(ctx.server, ctx.db)
+    sampler.start()
+    start_lsn, started = wal_lsn(conn), time.time()
+    deleted = CLEANUPS[workload](conn)
+    ended = time.time()
+    end_lsn = wal_lsn(conn)
+    sampler.stop_event.set()
+    sampler.join()
+    run = ctx.bench.finish(process, prefix)
+    seconds = ended - started
+    during = run.latencies_overlapping(started, ended)
+    add = ctx.samples.add
+    add("cleanup", workload, size, "rows_deleted", "rows", deleted)
+    add("cleanup", workload, size, "duration", "s", seconds)
+    add("cleanup", workload, size, "rows_per_s", "rows/s", deleted / seconds)
+    add("cleanup", workload, size, "wal_bytes", "bytes", wal_bytes(conn, start_lsn, end_lsn))
+    add("cleanup", workload, size, "lookups_during", "tx", len(during))
+    add("cleanup", workload, size, "latency_p50", "ms", percentile(during, 0.50) / 1000)
+    add("cleanup", workload, size, "latency_p99", "ms", percentile(during, 0.99) / 1000)
+    ctx.samples.add_statements("cleanup", workload, size, statements_stats(stats))
+    return seconds, sampler.counts
+
+
+def add_round_ratios(ctx: Context, size: int) -> None:
+    """This round's ratios: each cleanup's lookup p99 to the baseline's; the installed
+    cleanup's rows/s, WAL and lookup p99 to the anchor's."""
+    last = ctx.samples.last
+    baseline = last("cleanup", BASELINE, size, "latency_p99", "ms")
+    for workload in CLEANUPS:
+        during_p99 = last("cleanup", workload, size, "latency_p99", "ms")
+        ctx.samples.add("cleanup", workload, size, "p99_ratio_to_baseline", "x", during_p99 / baseline)
+    for metric, unit in (("rows_per_s", "rows/s"), ("wal_bytes", "bytes"), ("latency_p99", "ms")):
+        ratio = last("cleanup", INSTALLED, size, metric, unit) / last("cleanup", ANCHOR, size, metric, unit)
+        ctx.samples.add("cleanup", INSTALLED, size, f"{metric}_ratio_to_anchor", "x", ratio)
+
+
+def run(ctx: Context) -> None:
+    size = max(ctx.config.sizes)
+    expired = int(size * EXPIRED_FRACTION)
+    schema = f"size_{size}"
+    now = dt.datetime.now(dt.UTC)
+    estimate = max(1.0, expired / 50_000)
+    waits: dict[str, Counter[str]] = {workload: Counter() for workload in CLEANUPS}
+    with ctx.connect() as stats, ctx.connect(schema) as setup:  # stats: public, where pg_stat_statements is
+        ctx.notes["pg_stat_statements"] = reset_statements(stats)
+        create_anchor(setup)
+        for round_ in range(ctx.config.rounds):
+            progress(f"cleanup: {expired:,} expired among {size:,}, round {round_ + 1}/{ctx.config.rounds}")
+            for workload in rotate([BASELINE, *CLEANUPS], round_):
+                duration = math.ceil(ctx.config.duration + 1 + 1.5 * estimate)
+                with ctx.connect(schema) as conn:
+                    vacuum_after_cleanup(ctx, conn, size, now, expired)
+                    restore_expired(conn, size, expired, now)
+                    checkpoint(conn)
+                    reset_statements(stats)
+                    if workload == BASELINE:
+                        run = ctx.bench.run(
+                            schema, script("lookup_hit.sql"), {"size": size, "expired": expired}, duration
+                        )
+                        ctx.samples.add_run("cleanup", workload, size, run)
+                        ctx.samples.add_statements("cleanup", workload, size, statements_stats(stats))
+                        continue
+                    seconds, counts = measure_cleanup(ctx, conn, stats, workload, size, duration)
+                    waits[workload].update(counts)
+                    estimate = max(estimate, seconds)
+            add_round_ratios(ctx, size)
+        restore_expired(setup, size, expired, now)
+        plan = explain(setup, "DELETE FROM idempotency_records WHERE expires_at <= now()")
+    ctx.notes["cleanup"] = {
+        "rows": size,
+        "expired": expired,
+        "batch": CLEANUP_BATCH,
+        "pause_s": CLEANUP_PAUSE,
+        "anchor": "the design report's body, one DELETE ... WHERE expires_at <= now() (bench/cleanup_anchor.sql)",
+        "scaled_down": ctx.config.quick,
+        "wait_events": {workload: dict(counter.most_common(8)) for workload, counter in waits.items()},
+        "plan": describe_plan(plan),
+    }

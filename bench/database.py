@@ -1,0 +1,204 @@
+"""The benchmark's server and scratch database, and what the phases ask of them: the
+migrations applied to a schema, rows loaded, vacuum, WAL positions, checkpoints,
+pg_stat_statements and plans. The SQL text lives in the bench/*.sql files."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from bench.config import BENCH_DIR
+from tooling import UP_FILES, servers
+
+LOAD_BATCH = 250_000  # rows per INSERT when loading a table
+
+# Settings for a throwaway benchmark server. fsync and full_page_writes stay ON: with
+# fsync off a commit never waits for the disk, so every write workload (save, cleanup)
+# would look cheaper than on any real server and the WAL volume would lack the page
+# images a checkpoint forces. shared_buffers is sized like a small production server
+# (the default 128 MB would leave the 1M-row table to the OS cache); checkpoints are
+# issued by the driver between measurements instead of firing in the middle of one.
+BENCH_SETTINGS = {
+    **servers.FAST_SETTINGS,
+    "fsync": "on",
+    "full_page_writes": "on",
+    "shared_buffers": "'1GB'",
+    "max_wal_size": "'8GB'",
+    "checkpoint_timeout": "'30min'",
+    "shared_preload_libraries": "'pg_stat_statements'",
+}
+
+
+def read_sql(name: str) -> str:
+    """A bench/*.sql file's SQL: its text without the `--` comment lines that head it."""
+    lines = (BENCH_DIR / name).read_text().splitlines()
+    while lines and lines[0].startswith("--"):
+        lines.pop(0)
+    return "\n".join(lines).strip()
+
+
+def script_statement(name: str) -> str:
+    """The one statement of a pgbench script: without its comments, `\\set` lines and final semicolon."""
+    lines = [line for line in read_sql(name).splitlines() if not line.startswith("\\")]
+    return "\n".join(lines).strip().removesuffix(";")
+
+
+@contextlib.contextmanager
+def bench_server() -> Iterator[servers.Server]:
+    """The user's server (DATABASE_URL / PG*), else a throwaway one with normal durability."""
+    settings = dict(BENCH_SETTINGS)
+    lib = servers.bindir().parent / "lib"
+    if not (lib / "pg_stat_statements.so").exists() and not list(lib.glob("*/pg_stat_statements.so")):
+        settings.pop("shared_preload_libraries")
+    with servers.session_server("idempotency-bench-", settings) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def bench_database(server: servers.Server) -> Iterator[str]:
+    """A database idempotency_bench_<pid>, dropped at the end."""
+    name = f"idempotency_bench_{os.getpid()}"
+    with server.connect(autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with server.connect(autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def connect(server: servers.Server, db: str, schema: str | None = None) -> psycopg.Connection:
+    options = f"-c search_path={schema}" if schema else None
+    return server.connect(db, autocommit=True, options=options) if options else server.connect(db, autocommit=True)
+
+
+def apply_migrations(conn: psycopg.Connection) -> None:
+    """The up migrations, each file in one transaction as a runner applies it."""
+    for path in UP_FILES:
+        with conn.transaction():
+            conn.execute(path.read_text())
+
+
+def migrated_schema(server: servers.Server, db: str, schema: str) -> psycopg.Connection:
+    """A schema with the migrations applied (they create objects in the first schema of search_path)."""
+    with connect(server, db) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    conn = connect(server, db, schema)
+    apply_migrations(conn)
+    return conn
+
+
+def load_rows(
+    conn: psycopg.Connection, total: int, expired: int, payload: int, now: dt.datetime, last: int | None = None
+) -> None:
+    """Rows 1..last (default: all `total`) keyed md5(i)::uuid, the first `expired` of them expired, in time order."""
+    load = read_sql("load_rows.sql")
+    end = total if last is None else last
+    for first in range(1, end + 1, LOAD_BATCH):
+        conn.execute(
+            load,
+            {
+                "first": first,
+                "last": min(end, first + LOAD_BATCH - 1),
+                "expired": expired,
+                "total": total,
+                "payload": payload,
+                "now": now,
+            },
+        )
+
+
+def vacuum(conn: psycopg.Connection) -> None:
+    conn.execute("VACUUM (ANALYZE) idempotency_records")
+
+
+def expired_count(conn: psycopg.Connection, now: dt.datetime) -> int:
+    row = conn.execute("SELECT count(*) FROM idempotency_records WHERE expires_at <= %s", (now,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def wal_lsn(conn: psycopg.Connection) -> str:
+    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def wal_bytes(conn: psycopg.Connection, start: str, end: str) -> int:
+    row = conn.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (end, start)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def checkpoint(conn: psycopg.Connection) -> None:
+    """Start a measurement from a fresh checkpoint, where the role may (superuser or pg_checkpoint).
+
+    The next write to every page then logs a full-page image, as it does after any checkpoint,
+    so WAL volumes are comparable between contenders; and no checkpoint falls inside a run."""
+    with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+        conn.execute("CHECKPOINT")
+
+
+LOOKUP_PATTERN = "SELECT request_id, operation, result_payload%"
+ANCHOR_PATTERN = "SELECT abalance FROM pgbench_accounts%"
+
+
+def statements_stats(conn: psycopg.Connection, pattern: str = LOOKUP_PATTERN) -> dict[str, float]:
+    """Mean server-side execution time and buffers of a statement (pg_stat_statements), when it is loaded."""
+    try:
+        row = conn.execute(
+            "SELECT sum(total_exec_time) / nullif(sum(calls), 0), sum(shared_blks_hit + shared_blks_read)::float"
+            " / nullif(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE %s",
+            (pattern,),
+        ).fetchone()
+    except psycopg.Error:
+        return {}
+    if row is None or row[0] is None:
+        return {}
+    return {"server_exec_ms": float(row[0]), "buffers_per_call": float(row[1])}
+
+
+def reset_statements(conn: psycopg.Connection) -> bool:
+    try:
+        conn.execute("SELECT pg_stat_statements_reset()")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def plan_of(row: tuple[Any, ...] | None) -> dict[str, Any]:
+    """The top plan node of an EXPLAIN (FORMAT JSON) result row."""
+    assert row is not None
+    document = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+    return dict(document[0]["Plan"])
+
+
+def explain(conn: psycopg.Connection, query: str) -> dict[str, Any]:
+    """The top plan node of EXPLAIN (FORMAT JSON) for a query (not executed)."""
+    return plan_of(conn.execute(f"EXPLAIN (FORMAT JSON) {query}").fetchone())
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a plan tree, depth first."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def describe_plan(node: dict[str, Any], depth: int = 0) -> str:
+    """A short text rendering of a plan tree, for the report's notes."""
+    line = "  " * depth + node["Node Type"]
+    if "Index Name" in node:
+        line += f" using {node['Index Name']}"
+    for key in ("Index Cond", "Filter", "Recheck Cond"):
+        if key in node:
+            line += f" [{key}: {node[key]}]"
+    return "\n".join([line, *(describe_plan(child, depth + 1) for child in node.get("Plans", []))])
