@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from tests import verification
-from tests.helpers import UP_FILES, apply, catalog_snapshot
+from tests.helpers import UP_FILES, apply, catalog_snapshot, count
 from tooling.servers import Server
 
 UP_045, UP_046 = UP_FILES
@@ -75,6 +75,7 @@ DAMAGES = [
     Damage("expires_at_comment_missing", "comments on the table", REPAIRED),
     Damage("function_security_definer", "SECURITY INVOKER", REPAIRED),
     Damage("function_search_path_unpinned", "search_path pinned", REPAIRED),
+    Damage("report_original_migrations", "search_path pinned", REPAIRED, migrated=False),
 ]
 
 
@@ -126,9 +127,11 @@ def test_a_damaged_database_is_named_by_the_script_and_repaired_or_refused(
         )
 
         before = catalog_snapshot(conn)
+        rows = count(conn) if damage.outcome == REPAIRED else 0
         error = reapply(conn, damage.files)
         if damage.outcome == REPAIRED:
             assert error is None, f"{damage}: re-applying must repair, got {error}"
+            assert count(conn) == rows, f"{damage}: the repair must keep every stored record"
             after = verification.run_script(pg_server, dbname)
             assert after.returncode == 0 and not after.not_ok, (
                 f"{damage}: repaired, the script passes\n{after.describe()}"
