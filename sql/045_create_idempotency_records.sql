@@ -123,30 +123,25 @@ BEGIN
             || 'as its owner or run ALTER TABLE idempotency_records OWNER TO the migration role.';
     END IF;
 
-    SELECT string_agg(t.tgname, ', ' ORDER BY t.tgname)
+    SELECT string_agg(s.what, ', ' ORDER BY s.what)
     INTO found_text
-    FROM pg_catalog.pg_trigger AS t
-    WHERE t.tgrelid = tbl AND NOT t.tgisinternal;
+    FROM (
+        SELECT 'trigger ' || t.tgname
+        FROM pg_catalog.pg_trigger AS t
+        WHERE t.tgrelid = tbl AND NOT t.tgisinternal
+        UNION ALL
+        SELECT 'rule ' || r.rulename
+        FROM pg_catalog.pg_rewrite AS r
+        WHERE r.ev_class = tbl
+    ) AS s (what);
     IF found_text IS NOT NULL THEN
-        RAISE EXCEPTION 'table %.idempotency_records has triggers', current_schema()
+        RAISE EXCEPTION 'table %.idempotency_records has triggers or rules', current_schema()
         USING
             ERRCODE = 'object_not_in_prerequisite_state',
-            DETAIL = format('found: triggers %s; expected: no trigger', found_text),
-            HINT = 'A trigger runs with the rights of whoever writes or cleans up the table. Review it, '
-            || 'drop it (DROP TRIGGER name ON idempotency_records) and apply 045 again.';
-    END IF;
-
-    SELECT string_agg(r.rulename, ', ' ORDER BY r.rulename)
-    INTO found_text
-    FROM pg_catalog.pg_rewrite AS r
-    WHERE r.ev_class = tbl;
-    IF found_text IS NOT NULL THEN
-        RAISE EXCEPTION 'table %.idempotency_records has rules', current_schema()
-        USING
-            ERRCODE = 'object_not_in_prerequisite_state',
-            DETAIL = format('found: rules %s; expected: no rule', found_text),
-            HINT = 'A rule rewrites the saves or the cleanup. Review it, drop it '
-            || '(DROP RULE name ON idempotency_records) and apply 045 again.';
+            DETAIL = format('found: %s; expected: no trigger and no rule', found_text),
+            HINT = 'A trigger runs with the rights of whoever writes or cleans up the table; a rule rewrites '
+            || 'those statements. Review it, drop it (DROP TRIGGER or DROP RULE name ON idempotency_records) '
+            || 'and apply 045 again.';
     END IF;
 
     IF (rel.relkind, rel.relpersistence) IS DISTINCT FROM ('r'::"char", 'p'::"char") THEN

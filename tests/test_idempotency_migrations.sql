@@ -323,157 +323,121 @@ AS $behaviour$
 DECLARE
     live_key UUID := gen_random_uuid();
     expired_key UUID := gen_random_uuid();
-    bad_key UUID := gen_random_uuid();
+    -- the report's save query (IdempotencyRepository::save); $5 is the lifetime in hours
+    save CONSTANT TEXT :=
+        'INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at) '
+        || 'VALUES ($1, $2, $3, $4, now() + INTERVAL ''1 hour'' * $5) '
+        || 'ON CONFLICT (request_id) DO UPDATE SET operation = excluded.operation, '
+        || 'result_payload = excluded.result_payload, status_code = excluded.status_code, '
+        || 'expires_at = excluded.expires_at';
+    test INTEGER;
     n BIGINT;
-    payload TEXT;
-    status INTEGER;
+    seen TEXT;
     plan JSONB;
-    others BIGINT;
     failed_constraint TEXT;
 BEGIN
-    name := 'report test 3: a record is saved';
-    BEGIN
-        -- the report's save query, a one-hour lifetime
-        INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-        VALUES (live_key, 'verify', '{"n": 1}', 201, now() + INTERVAL '1 hour' * 1)
-        ON CONFLICT (request_id) DO UPDATE SET
-            operation = excluded.operation,
-            result_payload = excluded.result_payload,
-            status_code = excluded.status_code,
-            expires_at = excluded.expires_at;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        ok := n = 1;
-        detail := format('found %s rows saved, expected 1', n);
-    EXCEPTION WHEN OTHERS THEN
-        ok := FALSE;
-        detail := format('found error %s: %s, expected success', SQLSTATE, SQLERRM);
-    END;
-    RETURN NEXT;
-
-    name := 'report test 4: the saved record is read back';
-    BEGIN
-        -- the report's get query
-        SELECT r.result_payload, r.status_code INTO payload, status
-        FROM idempotency_records AS r
-        WHERE r.request_id = live_key AND r.expires_at > now();
-        ok := (payload, status) IS NOT DISTINCT FROM ('{"n": 1}'::TEXT, 201);
-        detail := format('found %s, expected {"n": 1} 201', coalesce(payload || ' ' || status, 'no row'));
-    EXCEPTION WHEN OTHERS THEN
-        ok := FALSE;
-        detail := format('found error %s: %s, expected success', SQLSTATE, SQLERRM);
-    END;
-    RETURN NEXT;
-
-    name := 'report test 5: a second save of the same key replaces the record (one row)';
-    BEGIN
-        INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-        VALUES (live_key, 'verify', '{"n": 2}', 200, now() + INTERVAL '1 hour' * 2)
-        ON CONFLICT (request_id) DO UPDATE SET
-            operation = excluded.operation,
-            result_payload = excluded.result_payload,
-            status_code = excluded.status_code,
-            expires_at = excluded.expires_at;
-        SELECT count(*), max(r.result_payload) INTO n, payload
-        FROM idempotency_records AS r
-        WHERE r.request_id = live_key;
-        ok := (n, payload) IS NOT DISTINCT FROM (1::BIGINT, '{"n": 2}'::TEXT);
-        detail := format('found %s rows, payload %s, expected 1 row, payload {"n": 2}', n, payload);
-    EXCEPTION WHEN OTHERS THEN
-        ok := FALSE;
-        detail := format('found error %s: %s, expected success', SQLSTATE, SQLERRM);
-    END;
-    RETURN NEXT;
-
-    name := 'report test 6: an expired record is stored (created_at backdated)';
-    BEGIN
-        INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-        VALUES (expired_key, 'verify', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour');
-        GET DIAGNOSTICS n = ROW_COUNT;
-        ok := n = 1;
-        detail := format('found %s rows stored, expected 1', n);
-    EXCEPTION WHEN OTHERS THEN
-        ok := FALSE;
-        detail := format('found error %s: %s, expected success', SQLSTATE, SQLERRM);
-    END;
-    RETURN NEXT;
-
-    name := 'report test 7: the get query returns the live record and not the expired one';
-    BEGIN
-        SELECT string_agg(r.request_id::TEXT, ', ') INTO payload
-        FROM idempotency_records AS r
-        WHERE r.request_id IN (live_key, expired_key) AND r.expires_at > now();
-        ok := payload IS NOT DISTINCT FROM live_key::TEXT;
-        detail := format('found %s, expected only %s', coalesce(payload, 'no row'), live_key);
-    EXCEPTION WHEN OTHERS THEN
-        ok := FALSE;
-        detail := format('found error %s: %s, expected success', SQLSTATE, SQLERRM);
-    END;
-    RETURN NEXT;
-
-    name := 'report test 8: the cleanup deletes the expired record, keeps the live one, counts 1';
-    BEGIN
-        SELECT count(*) INTO others
-        FROM idempotency_records AS r
-        WHERE r.expires_at <= now() AND r.request_id <> expired_key;
-        IF others > 0 THEN
-            ok := TRUE;
-            detail := format(
-                '# SKIP %s expired records of the application are present: the cleanup would lock them', others
-            );
-        ELSE
-            SELECT c.deleted_count INTO n FROM cleanup_expired_idempotency_records() AS c;
-            SELECT string_agg(r.request_id::TEXT, ', ') INTO payload
-            FROM idempotency_records AS r
-            WHERE r.request_id IN (live_key, expired_key);
-            ok := (n, payload) IS NOT DISTINCT FROM (1::BIGINT, live_key::TEXT);
-            detail := format('found deleted_count %s, left %s, expected deleted_count 1, left %s',
-                n, coalesce(payload, 'no row'), live_key);
-        END IF;
-    EXCEPTION WHEN OTHERS THEN
-        ok := FALSE;
-        detail := format('found error %s: %s, expected success', SQLSTATE, SQLERRM);
-    END;
-    RETURN NEXT;
-
-    name := 'report test 9: the get query can use idempotency_records_pkey, the cleanup idx_idempotency_expires';
-    BEGIN
-        -- "can use": with sequential scans off, on whatever data the table holds (EXPLAIN only,
-        -- nothing runs). Which plan the planner prefers on real data is in the guide, Expected plans.
-        PERFORM set_config('enable_seqscan', 'off', TRUE);
-        EXECUTE format(
-            'EXPLAIN (FORMAT JSON) SELECT * FROM idempotency_records WHERE request_id = %L AND expires_at > now()',
-            live_key
-        ) INTO plan;
-        payload := CASE
-            WHEN jsonb_path_exists(plan, '$.** ? (@."Index Name" == "idempotency_records_pkey")') THEN 'pkey'
-            ELSE 'no pkey'
+    FOR test IN 3..10 LOOP
+        BEGIN
+            CASE test
+            WHEN 3 THEN
+                name := 'report test 3: a record is saved';
+                EXECUTE save USING live_key, 'verify', '{"n": 1}', 201, 1;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                ok := n = 1;
+                detail := format('found %s rows saved, expected 1', n);
+            WHEN 4 THEN
+                name := 'report test 4: the saved record is read back';
+                -- the report's get query (IdempotencyRepository::get)
+                SELECT r.result_payload || ' ' || r.status_code INTO seen
+                FROM idempotency_records AS r
+                WHERE r.request_id = live_key AND r.expires_at > now();
+                ok := seen IS NOT DISTINCT FROM '{"n": 1} 201';
+                detail := format('found %s, expected {"n": 1} 201', coalesce(seen, 'no row'));
+            WHEN 5 THEN
+                name := 'report test 5: a second save of the same key replaces the record (one row)';
+                EXECUTE save USING live_key, 'verify', '{"n": 2}', 200, 2;
+                SELECT count(*) || ' row, ' || max(r.result_payload) INTO seen
+                FROM idempotency_records AS r
+                WHERE r.request_id = live_key;
+                ok := seen IS NOT DISTINCT FROM '1 row, {"n": 2}';
+                detail := format('found %s, expected 1 row, {"n": 2}', seen);
+            WHEN 6 THEN
+                name := 'report test 6: an expired record is stored (created_at backdated)';
+                INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
+                VALUES (expired_key, 'verify', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour');
+                GET DIAGNOSTICS n = ROW_COUNT;
+                ok := n = 1;
+                detail := format('found %s rows stored, expected 1', n);
+            WHEN 7 THEN
+                name := 'report test 7: the get query returns the live record and not the expired one';
+                SELECT string_agg(r.request_id::TEXT, ', ') INTO seen
+                FROM idempotency_records AS r
+                WHERE r.request_id IN (live_key, expired_key) AND r.expires_at > now();
+                ok := seen IS NOT DISTINCT FROM live_key::TEXT;
+                detail := format('found %s, expected only %s', coalesce(seen, 'no row'), live_key);
+            WHEN 8 THEN
+                name := 'report test 8: the cleanup deletes the expired record, keeps the live one, counts 1';
+                SELECT count(*) INTO n
+                FROM idempotency_records AS r
+                WHERE r.expires_at <= now() AND r.request_id <> expired_key;
+                IF n > 0 THEN
+                    ok := TRUE;
+                    detail := format(
+                        '# SKIP %s expired records of the application are present: the cleanup would lock them', n
+                    );
+                ELSE
+                    SELECT c.deleted_count INTO n FROM cleanup_expired_idempotency_records() AS c;
+                    SELECT string_agg(r.request_id::TEXT, ', ') INTO seen
+                    FROM idempotency_records AS r
+                    WHERE r.request_id IN (live_key, expired_key);
+                    ok := (n, seen) IS NOT DISTINCT FROM (1::BIGINT, live_key::TEXT);
+                    detail := format('found deleted_count %s, left %s, expected deleted_count 1, left %s',
+                        n, coalesce(seen, 'no row'), live_key);
+                END IF;
+            WHEN 9 THEN
+                name := 'report test 9: the get query can use idempotency_records_pkey, '
+                    || 'the cleanup idx_idempotency_expires';
+                -- "can use": with sequential scans off, on whatever data the table holds (EXPLAIN
+                -- only, nothing runs). The plans the planner prefers on real data: the guide.
+                PERFORM set_config('enable_seqscan', 'off', TRUE);
+                EXECUTE format(
+                    'EXPLAIN (FORMAT JSON) SELECT * FROM idempotency_records '
+                    || 'WHERE request_id = %L AND expires_at > now()',
+                    live_key
+                ) INTO plan;
+                seen := CASE
+                    WHEN jsonb_path_exists(plan, '$.** ? (@."Index Name" == "idempotency_records_pkey")')
+                        THEN 'pkey'
+                    ELSE 'no pkey'
+                END;
+                EXECUTE 'EXPLAIN (FORMAT JSON) DELETE FROM idempotency_records WHERE expires_at <= now()' INTO plan;
+                seen := seen || CASE
+                    WHEN jsonb_path_exists(plan, '$.** ? (@."Index Name" == "idx_idempotency_expires")')
+                        THEN ', expires'
+                    ELSE ', no expires'
+                END;
+                PERFORM set_config('enable_seqscan', 'on', TRUE);
+                ok := seen = 'pkey, expires';
+                detail := format('found %s, expected pkey, expires', seen);
+            WHEN 10 THEN
+                name := 'report test 10: chk_expires_at refuses expires_at not after created_at';
+                INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
+                VALUES (gen_random_uuid(), 'verify', '{}', now(), now());
+                ok := FALSE;
+                detail := 'found the row stored, expected check_violation (23514) on chk_expires_at';
+            END CASE;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS failed_constraint = CONSTRAINT_NAME;
+            IF test = 10 THEN
+                ok := (SQLSTATE, failed_constraint) IS NOT DISTINCT FROM ('23514'::TEXT, 'chk_expires_at'::TEXT);
+                detail := format('found error %s on %s, expected 23514 on chk_expires_at', SQLSTATE, failed_constraint);
+            ELSE
+                ok := FALSE;
+                detail := format('found error %s: %s, expected success', SQLSTATE, SQLERRM);
+            END IF;
         END;
-        EXECUTE 'EXPLAIN (FORMAT JSON) DELETE FROM idempotency_records WHERE expires_at <= now()' INTO plan;
-        payload := payload || CASE
-            WHEN jsonb_path_exists(plan, '$.** ? (@."Index Name" == "idx_idempotency_expires")') THEN ', expires'
-            ELSE ', no expires'
-        END;
-        PERFORM set_config('enable_seqscan', 'on', TRUE);
-        ok := payload = 'pkey, expires';
-        detail := format('found %s, expected pkey, expires', payload);
-    EXCEPTION WHEN OTHERS THEN
-        ok := FALSE;
-        detail := format('found error %s: %s, expected success', SQLSTATE, SQLERRM);
-    END;
-    RETURN NEXT;
-
-    name := 'report test 10: chk_expires_at refuses expires_at not after created_at';
-    BEGIN
-        INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-        VALUES (bad_key, 'verify', '{}', now(), now());
-        ok := FALSE;
-        detail := 'found the row stored, expected check_violation (23514) on chk_expires_at';
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS failed_constraint = CONSTRAINT_NAME;
-        ok := (SQLSTATE, failed_constraint) IS NOT DISTINCT FROM ('23514'::TEXT, 'chk_expires_at'::TEXT);
-        detail := format('found error %s on %s, expected 23514 on chk_expires_at', SQLSTATE, failed_constraint);
-    END;
-    RETURN NEXT;
+        RETURN NEXT;
+    END LOOP;
 END
 $behaviour$;
 
