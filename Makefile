@@ -18,7 +18,7 @@ DOWN_FILES := sql/046_create_idempotency_cleanup_job.down.sql sql/045_create_ide
 # Every file alone, stop at the first error, never read ~/.psqlrc.
 PSQL_FLAGS := -v ON_ERROR_STOP=1 --no-psqlrc --single-transaction
 
-.PHONY: help install test test-all lint fmt migrate rollback stop clean export bench
+.PHONY: help install test test-all lint fmt migrate verify rollback stop clean export bench
 
 help: ## show this list
 	@echo "Usage: make TARGET [PG=15|16|18] [DATABASE_URL=postgresql://...]"
@@ -56,6 +56,11 @@ migrate: ## apply the up migrations in order with psql (to DATABASE_URL/PG*, els
 	for file in $(UP_FILES); do \
 	    echo "applying $$file"; "$$psql" $(PSQL_FLAGS) -d "$$url" -f "$$file"; \
 	done
+
+verify: ## check a database against the contract with tests/test_idempotency_migrations.sql (TAP; CATALOG_ONLY=1: read-only)
+	@url="$$($(PY) -m tooling.servers url)"; psql="$$($(PY) -m tooling.servers psql)"; \
+	"$$psql" -v ON_ERROR_STOP=1 --no-psqlrc $(if $(filter-out 0,$(CATALOG_ONLY)),-v catalog_only=1) \
+	    -d "$$url" -f tests/test_idempotency_migrations.sql
 
 rollback: ## apply the down migrations in reverse order with psql (same server as migrate)
 	@url="$$($(PY) -m tooling.servers url)"; psql="$$($(PY) -m tooling.servers psql)"; \

@@ -13,6 +13,80 @@
 -- re-apply files, and a run cut off part way completes when applied again.
 -- No BEGIN/COMMIT and no psql meta-commands, so any migration runner can wrap it.
 
+-- Guard: the function deletes from the idempotency_records of this schema with
+-- the rights of whoever calls it (a superuser, for a pg_cron job). Refuse to
+-- create it where that table is absent (every call would fail with 42P01), in a
+-- temporary schema, or not the table 045 makes: another persistence, owned by
+-- another role, or carrying a trigger or rule that the caller would run. 045
+-- names any other difference; it takes no lock here, it only reads the catalog.
+DO $guard$
+DECLARE
+    tbl CONSTANT REGCLASS := to_regclass(format('%I.idempotency_records', current_schema()));
+    -- what the unqualified name reaches, schema-qualified
+    visible CONSTANT TEXT := (
+        SELECT format('%s.%I', c.relnamespace::REGNAMESPACE, c.relname)
+        FROM pg_catalog.pg_class AS c
+        WHERE c.oid = to_regclass('idempotency_records')
+    );
+    found_state TEXT;
+    wanted_state CONSTANT TEXT := 'permanent table, owner is the migration role, 0 triggers, 0 rules, '
+    || 'expires_at timestamp with time zone';
+BEGIN
+    IF current_schema() ~ '^pg_(toast_)?temp_' OR to_regclass('idempotency_records') IS DISTINCT FROM tbl THEN
+        RAISE EXCEPTION 'idempotency_records does not resolve to a table in a permanent schema'
+        USING
+            ERRCODE = 'invalid_schema_name',
+            DETAIL = format('found: current schema %s, idempotency_records resolves to %s; expected: %s',
+                current_schema(), coalesce(visible, 'nothing'),
+                'the table 045 created in the first schema of the search_path'),
+            HINT = 'Apply 046 with the same search_path as 045, without pg_temp first and without a temporary '
+            || 'table of that name.';
+    END IF;
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table %.idempotency_records does not exist', current_schema()
+        USING
+            ERRCODE = 'undefined_table',
+            DETAIL = format('found: no relation %I.idempotency_records; expected: the table 045 creates',
+                current_schema()),
+            HINT = 'Apply 045_create_idempotency_records.sql first, with the same search_path.';
+    END IF;
+
+    SELECT
+        format(
+            '%s, %s, %s triggers, %s rules, expires_at %s',
+            CASE
+                WHEN c.relkind = 'r' AND c.relpersistence = 'p' THEN 'permanent table'
+                ELSE format('relkind %s relpersistence %s', c.relkind, c.relpersistence)
+            END,
+            CASE
+                WHEN c.relowner = current_user::REGROLE THEN 'owner is the migration role'
+                ELSE format('owner %s, not %s', pg_get_userbyid(c.relowner), current_user)
+            END,
+            (SELECT count(*) FROM pg_catalog.pg_trigger AS t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
+            (SELECT count(*) FROM pg_catalog.pg_rewrite AS r WHERE r.ev_class = c.oid),
+            coalesce(
+                (
+                    SELECT format_type(a.atttypid, a.atttypmod)
+                    FROM pg_catalog.pg_attribute AS a
+                    WHERE a.attrelid = c.oid AND a.attname = 'expires_at' AND NOT a.attisdropped
+                ),
+                'missing'
+            )
+        )
+    INTO found_state
+    FROM pg_catalog.pg_class AS c
+    WHERE c.oid = tbl;
+    IF found_state IS DISTINCT FROM wanted_state THEN
+        RAISE EXCEPTION 'table %.idempotency_records is not the table 045 creates', current_schema()
+        USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('found: %s; expected: %s', found_state, wanted_state),
+            HINT = 'Apply 045 again as the role that owns the table: it names every difference and repairs what '
+            || 'it safely can.';
+    END IF;
+END
+$guard$;
+
 CREATE OR REPLACE FUNCTION cleanup_expired_idempotency_records()
 RETURNS TABLE (deleted_count BIGINT)
 LANGUAGE plpgsql

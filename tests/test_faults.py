@@ -165,8 +165,14 @@ class Cut:
         return self.name
 
 
+def statements_through(path: Path, marker: str) -> int:
+    """How many statements of a file run up to and including the first that holds `marker`."""
+    statements = split_statements(path.read_text())
+    return next(i for i, statement in enumerate(statements, 1) if marker in statement)
+
+
 CUTS = [
-    Cut("045-up-after-create-table", UP_FILES[0], (), 1, 0),
+    Cut("045-up-after-create-table", UP_FILES[0], (), statements_through(UP_FILES[0], "CREATE TABLE"), 0),
     Cut("045-down-after-one-index-on-1000-rows", DOWN_FILES[1], UP_FILES[:1], 1, 1000),
 ]
 
