@@ -1,7 +1,7 @@
 """Damaged databases: the verification script names the damage, and re-applying 045/046 repairs
 it or refuses it with the documented SQLSTATE, never exiting 0 on a table that is not the contract.
 
-Each damaged state is a fixture file, tests/fixtures/<state>.sql; the table of cases is in
+Each damaged state is a fixture file, tests/fixtures/states/<state>.sql; the table of cases is in
 docs/README_IDEMPOTENCY.md, "Adopting an existing database".
 """
 
@@ -27,7 +27,7 @@ REPAIRED = "repaired"
 
 @dataclasses.dataclass(frozen=True)
 class Damage:
-    state: str  # tests/fixtures/<state>.sql
+    state: str  # tests/fixtures/states/<state>.sql
     check: str  # the script's check that must be `not ok`
     outcome: str  # REPAIRED, or the SQLSTATE re-applying fails with
     names: str = "public.idempotency_records"  # what the error message must name

@@ -1,5 +1,5 @@
 """Running the verification script (tests/test_idempotency_migrations.sql) with psql or pg_prove,
-reading its TAP output, and loading the damaged-database fixtures (tests/fixtures/)."""
+reading its TAP output, and loading the damaged-database fixtures (tests/fixtures/states/)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.helpers import ROOT
 from tooling.servers import Server
 
 SCRIPT = ROOT / "tests" / "test_idempotency_migrations.sql"
-FIXTURES = ROOT / "tests" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures" / "states"
 
 TAP_LINE = re.compile(r"^(?P<not>not )?ok (?P<n>\d+) - (?P<text>.*)$")
 
@@ -101,6 +101,6 @@ def fixture_path(state: str) -> Path:
 
 
 def load_fixture(conn: psycopg.Connection, state: str) -> None:
-    """Put a database into a damaged state: run tests/fixtures/<state>.sql in one transaction."""
+    """Put a database into a damaged state: run tests/fixtures/states/<state>.sql in one transaction."""
     with conn.transaction():
         conn.execute(fixture_path(state).read_text())
