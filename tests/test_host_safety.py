@@ -197,12 +197,13 @@ def psql_for_anyone() -> str:
 
 
 def login(server: servers.Server, password: str | None) -> subprocess.CompletedProcess[str]:
-    """A login as the superuser over TCP, by another local user when we are root."""
+    """A login as the superuser over TCP, by another local user when we are root
+    (with a psql every user can run), else by ourselves without the password."""
     env = {"PATH": "/usr/bin:/bin", **({"PGPASSWORD": password} if password is not None else {})}
     where = ["-h", server.host, "-p", str(server.port), "-U", server.user, "-d", server.dbname]
-    args = [psql_for_anyone(), "-w", "--no-psqlrc", *where, "-c", "SELECT 1"]
     if os.geteuid() == 0:
-        return as_attacker(*args, env=env)
+        return as_attacker(psql_for_anyone(), "-w", "--no-psqlrc", *where, "-c", "SELECT 1", env=env)
+    args = [server.tool("psql"), "-w", "--no-psqlrc", *where, "-c", "SELECT 1"]
     return subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
 
 
