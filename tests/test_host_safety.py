@@ -175,15 +175,8 @@ def test_the_loser_of_the_race_removes_its_staging_and_keeps_the_winners_entry(t
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[servers.Server]:
     """A throwaway server made the way the suite makes its own (never the user's server)."""
-    datadir = servers.throwaway_datadir("idempotency-auth-")
-    local = servers.LocalServer(datadir)
-    try:
-        local.initdb()
-        local.start()
-        yield local.server()
-    finally:
-        local.stop("immediate")
-        shutil.rmtree(datadir.parent, ignore_errors=True)
+    with servers.throwaway_server("idempotency-auth-") as server:
+        yield server
 
 
 def psql_for_anyone() -> str:

@@ -358,8 +358,17 @@ def session_server(
     if conninfo is not None:
         yield server_from_conninfo(conninfo)
         return
+    with throwaway_server(prefix, settings=settings, in_memory=in_memory) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def throwaway_server(
+    prefix: str, major: str | None = None, settings: Mapping[str, str] = FAST_SETTINGS, *, in_memory: bool = False
+) -> Iterator[Server]:
+    """A local server with `settings`, started here, stopped and removed afterwards."""
     datadir = throwaway_datadir(prefix, in_memory=in_memory)
-    local = LocalServer(datadir)
+    local = LocalServer(datadir, major)
     try:
         local.initdb(settings)
         local.start()
