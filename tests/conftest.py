@@ -157,9 +157,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The reliability figures (tests/reliability.py), when reliability tests ran."""
     from tests import reliability
 
-    deselected = terminalreporter.config.stash.get(_NOT_ROOT, 0)
-    if deselected:
-        terminalreporter.write_line(f"{deselected} tests need root (runuser as another user): deselected, run as root")
+    if os.geteuid() != 0:
+        # Under pytest-xdist the workers collect, so only they know how many.
+        count = terminalreporter.config.stash.get(_NOT_ROOT, "the")
+        terminalreporter.write_line(
+            f"{count} tests marked needs_root were deselected: they act as another local user (runuser); "
+            "run the suite as root to run them (CI does)"
+        )
     lines = reliability.summary_lines()
     if lines:
         terminalreporter.write_sep("=", "reliability figures")
