@@ -15,8 +15,28 @@ PYTEST := $(PY) -m pytest -n $(JOBS) --dist loadfile
 
 UP_FILES := sql/045_create_idempotency_records.sql sql/046_create_idempotency_cleanup_job.sql
 DOWN_FILES := sql/046_create_idempotency_cleanup_job.down.sql sql/045_create_idempotency_records.down.sql
+# A lock a migration must take waits at most this long, then the file fails and can be
+# run again. A lock_timeout the caller sets in PGOPTIONS wins.
+LOCK_TIMEOUT ?= 5s
 # Every file alone, stop at the first error, never read ~/.psqlrc.
 PSQL_FLAGS := -v ON_ERROR_STOP=1 --no-psqlrc --single-transaction
+EXPORT_TOOLS := sqlx golang-migrate flyway dbmate sqitch liquibase yoyo node-pg-migrate graphile-migrate alembic django
+EXPORT_USAGE := usage: make export TOOL=$(subst $(eval) ,|,$(EXPORT_TOOLS)) DEST=dir [AFTER=newest-version]
+
+# First line of every target that runs the venv's programs: a clear word, not Error 127.
+NEED_VENV = @test -x $(PY) || { echo "$(PY) is missing: run \`make install\` first" >&2; exit 2; }
+
+# Apply files with psql to the configured server or the local one. The password goes
+# through the environment (PGPASSWORD), never psql's command line: every local user can
+# read a process's arguments (ps, /proc/*/cmdline).
+define apply_with_psql
+	@settings="$$($(PY) -m tooling.servers env)"; eval "$$settings"; \
+	psql="$$($(PY) -m tooling.servers psql)"; \
+	case "$${PGOPTIONS:-}" in *lock_timeout*) ;; *) export PGOPTIONS="$${PGOPTIONS:-} -c lock_timeout=$(LOCK_TIMEOUT)";; esac; \
+	for file in $(1); do \
+	    echo "applying $$file"; "$$psql" $(PSQL_FLAGS) $${conninfo:+-d "$$conninfo"} -f "$$file"; \
+	done
+endef
 
 .PHONY: help install test test-all lint fmt migrate verify rollback stop clean export bench
 
@@ -35,48 +55,55 @@ install: ## create .venv with pytest, psycopg, pytest-postgresql, the PostgreSQL
 	@echo "installed into $(VENV); next: make test"
 
 test: ## run the suite (all but slow tests) on a throwaway server (or DATABASE_URL); PYTEST_ARGS=... passes options
+	$(NEED_VENV)
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 test-all: ## run the whole suite, slow tests included (what CI runs)
+	$(NEED_VENV)
 	$(PYTEST) $(PYTEST_ARGS)
 
 lint: ## sqlfluff and squawk on the SQL, ruff on the Python
+	$(NEED_VENV)
 	$(VENV)/bin/sqlfluff lint sql
 	$(VENV)/bin/squawk sql/*.sql
 	$(VENV)/bin/ruff check tests bench tooling
 	$(VENV)/bin/ruff format --check tests bench tooling
 
 fmt: ## apply sqlfluff and ruff fixes
+	$(NEED_VENV)
 	$(VENV)/bin/sqlfluff fix sql
 	$(VENV)/bin/ruff check --fix tests bench tooling
 	$(VENV)/bin/ruff format tests bench tooling
 
 migrate: ## apply the up migrations in order with psql (to DATABASE_URL/PG*, else a local server it starts)
-	@url="$$($(PY) -m tooling.servers url)"; psql="$$($(PY) -m tooling.servers psql)"; \
-	for file in $(UP_FILES); do \
-	    echo "applying $$file"; "$$psql" $(PSQL_FLAGS) -d "$$url" -f "$$file"; \
-	done
+	$(NEED_VENV)
+	$(call apply_with_psql,$(UP_FILES))
 
 verify: ## check a database against the contract with tests/test_idempotency_migrations.sql (TAP; CATALOG_ONLY=1: read-only)
-	@url="$$($(PY) -m tooling.servers url)"; psql="$$($(PY) -m tooling.servers psql)"; \
+	$(NEED_VENV)
+	@settings="$$($(PY) -m tooling.servers env)"; eval "$$settings"; \
+	psql="$$($(PY) -m tooling.servers psql)"; \
 	"$$psql" -v ON_ERROR_STOP=1 --no-psqlrc $(if $(filter-out 0,$(CATALOG_ONLY)),-v catalog_only=1) \
-	    -d "$$url" -f tests/test_idempotency_migrations.sql
+	    $${conninfo:+-d "$$conninfo"} -f tests/test_idempotency_migrations.sql
 
 rollback: ## apply the down migrations in reverse order with psql (same server as migrate)
-	@url="$$($(PY) -m tooling.servers url)"; psql="$$($(PY) -m tooling.servers psql)"; \
-	for file in $(DOWN_FILES); do \
-	    echo "applying $$file"; "$$psql" $(PSQL_FLAGS) -d "$$url" -f "$$file"; \
-	done
+	$(NEED_VENV)
+	$(call apply_with_psql,$(DOWN_FILES))
 
-export: ## write copies named for TOOL=sqlx|golang-migrate|flyway|dbmate|sqitch|liquibase|yoyo|node-pg-migrate|graphile-migrate|alembic into DEST=dir (never overwrites)
-	@test -n "$(TOOL)" && test -n "$(DEST)" || { echo "usage: make export TOOL=sqlx|golang-migrate|flyway|dbmate|sqitch|liquibase|yoyo|node-pg-migrate|graphile-migrate|alembic DEST=dir"; exit 2; }
-	$(PY) -m tooling.export "$(TOOL)" "$(DEST)"
+export: ## write the migrations laid out for TOOL=... into DEST=dir (AFTER=newest-version: after your history; never overwrites)
+	@test -n "$(filter $(EXPORT_TOOLS),$(TOOL))" && test -n "$(DEST)" || { echo "$(EXPORT_USAGE)" >&2; exit 2; }
+	$(PYTHON) -m tooling.export "$(TOOL)" "$(DEST)" $(if $(AFTER),--after "$(AFTER)")
 
 bench: ## pgbench every hot path against pgbench -S (SIZE=10000000 adds 10M rows, QUICK=1 tiny) -> bench/results/
+	$(NEED_VENV)
 	$(PY) bench/run.py $(if $(SIZE),--size $(SIZE)) $(if $(filter-out 0,$(QUICK)),--quick)
 
-stop: ## stop the local server that migrate/rollback started
+stop: ## stop the local servers that migrate/rollback started (every PG major), saying which
+	$(NEED_VENV)
 	$(PY) -m tooling.servers stop
 
-clean: stop ## stop the local server and delete its data, the venv and caches
-	data="$$($(PY) -m tooling.servers datadir)"; rm -rf "$$data" "$$data.password" $(VENV) .pytest_cache .ruff_cache
+clean: ## stop the local servers and delete their data, the venv and caches
+	@if test -x $(PY); then \
+	    $(PY) -m tooling.servers stop; data="$$($(PY) -m tooling.servers datadir)"; rm -rf "$$data"; \
+	fi
+	rm -rf $(VENV) .pytest_cache .ruff_cache

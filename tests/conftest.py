@@ -110,6 +110,21 @@ def empty_conn(pg_server: servers.Server, empty_database: str) -> Iterator[psyco
         yield connection
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that act as another local user (runuser) need root. Run by another user
+    they are deselected, not skipped, and the summary says so; CI runs them as root."""
+    if os.geteuid() == 0:
+        return
+    needs_root = [item for item in items if item.get_closest_marker("needs_root")]
+    if needs_root:
+        config.hook.pytest_deselected(items=needs_root)
+        items[:] = [item for item in items if not item.get_closest_marker("needs_root")]
+        config.stash[_NOT_ROOT] = len(needs_root)
+
+
+_NOT_ROOT = pytest.StashKey[int]()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """In CI a skipped test is a failure: a missing tool must never turn CI green."""
@@ -142,6 +157,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The reliability figures (tests/reliability.py), when reliability tests ran."""
     from tests import reliability
 
+    if os.geteuid() != 0:
+        # Under pytest-xdist the workers collect, so only they know how many.
+        count = terminalreporter.config.stash.get(_NOT_ROOT, "the")
+        terminalreporter.write_line(
+            f"{count} tests marked needs_root were deselected: they act as another local user (runuser); "
+            "run the suite as root to run them (CI does)"
+        )
     lines = reliability.summary_lines()
     if lines:
         terminalreporter.write_sep("=", "reliability figures")

@@ -150,7 +150,8 @@ def psql(
 ) -> subprocess.CompletedProcess[str]:
     """Run the real psql binary against a database, never reading ~/.psqlrc."""
     return subprocess.run(
-        [server.tool("psql"), "--no-psqlrc", "--quiet", "-d", server.url(dbname), *args],
+        [server.tool("psql"), "--no-psqlrc", "--quiet", "-d", server.conninfo(dbname), *args],
+        env=server.client_env(),  # the password never in argv: /proc/*/cmdline is world-readable
         input=stdin,
         capture_output=True,
         text=True,

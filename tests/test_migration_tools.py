@@ -155,7 +155,8 @@ def sqitch_env(tmp_path: Path, psql: str) -> dict[str, str]:
 
 
 def sqitch_target(server: Server, db: str) -> str:
-    return "db:" + re.sub(r"^postgres(ql)?://", "pg://", server.url(db))
+    """No password in the target: it is sqitch's argv. sqitch takes it from PGPASSWORD."""
+    return "db:" + re.sub(r"^postgres(ql)?://", "pg://", dataclasses.replace(server, password=None).url(db))
 
 
 def test_sqitch_deploy_revert_deploy_with_verify(
@@ -165,7 +166,7 @@ def test_sqitch_deploy_revert_deploy_with_verify(
     states = migration_states(empty_conn)
     project = tmp_path / "project"
     export.export("sqitch", project)
-    env = sqitch_env(tmp_path, pg_server.tool("psql"))
+    env = pg_server.client_env(sqitch_env(tmp_path, pg_server.tool("psql")))
     target = sqitch_target(pg_server, empty_database)
 
     def verify_scripts_fail() -> list[str]:

@@ -7,7 +7,6 @@ so this module starts its own PostgreSQL 15 server, whatever major the suite run
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,15 +36,8 @@ CHECK = """
 def pg15_with_plpgsql_check() -> Iterator[servers.Server]:
     if not CONTROL.exists():
         pytest.skip(f"{CONTROL} is absent: install the Debian package postgresql-15-plpgsql-check")
-    datadir = servers.throwaway_datadir("idempotency-plpgsql-check-")
-    local = servers.LocalServer(datadir, "15")
-    try:
-        local.initdb()
-        local.start()
-        yield local.server()
-    finally:
-        local.stop("immediate")
-        shutil.rmtree(datadir.parent, ignore_errors=True)
+    with servers.throwaway_server("idempotency-plpgsql-check-", "15") as server:
+        yield server
 
 
 @pytest.fixture

@@ -195,9 +195,9 @@ def wait_for_sleep(conn: psycopg.Connection, application_name: str, process: sub
 def run_and_terminate(server: Server, db: str, script: Path, *, single: bool) -> subprocess.CompletedProcess[str]:
     """Run a script that sleeps part way, and terminate its backend from another session."""
     application_name = f"idempotency_cut_{os.getpid()}_{time.monotonic_ns()}"
-    args = [server.tool("psql"), "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1", "-d", server.url(db)]
+    args = [server.tool("psql"), "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1", "-d", server.conninfo(db)]
     args += [*(["--single-transaction"] if single else []), "-f", str(script)]
-    env = {**os.environ, "PGAPPNAME": application_name}
+    env = server.client_env({**os.environ, "PGAPPNAME": application_name})
     with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         try:
             with server.connect(db, autocommit=True) as other:

@@ -10,9 +10,16 @@ Command line (used by the Makefile):
 
     python -m tooling.servers url      print a URL to apply migrations to, starting the
                                      local development server when none is configured
+    python -m tooling.servers env      print shell assignments for psql: `conninfo` (no
+                                     password) and PGPASSWORD, never a password in argv
     python -m tooling.servers psql     print the path of a psql client
-    python -m tooling.servers datadir  print the local development server's data directory
-    python -m tooling.servers stop     stop the local development server
+    python -m tooling.servers datadir  print the local development server's directory
+    python -m tooling.servers stop     stop every local development server that runs
+
+Safety on a shared host: every server started here requires a random password
+(scram-sha-256) and has no Unix socket; secret files are created exclusively with mode
+0600; directories it reuses (the dev server's, the binary cache) must be its own and
+no symlink, or it refuses with an error saying why.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import importlib.util
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -33,6 +41,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tooling import bincache, private
 
 DEFAULT_MAJOR = "18"
 EXTERNAL_SETTINGS = ("DATABASE_URL", "PGHOST", "PGPORT", "PGSERVICE")
@@ -116,6 +127,18 @@ class Server:
             )
         return f"postgresql://{auth}@{host}:{self.port}/{quote(dbname or self.dbname, safe='')}"
 
+    def conninfo(self, dbname: str | None = None) -> str:
+        """A libpq connection string without the password: safe in a command line."""
+        return make_conninfo(host=self.host, port=self.port, user=self.user, dbname=dbname or self.dbname)
+
+    def client_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a client program (psql, pgbench, sqitch): the password
+        goes in PGPASSWORD, which only its user can read, never in its argv."""
+        env = dict(os.environ if base is None else base)
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
     def connect(self, dbname: str | None = None, **kwargs: object) -> psycopg.Connection:
         return psycopg.connect(
             host=self.host,
@@ -170,31 +193,21 @@ def _ensure_server_user() -> pwd.struct_passwd:
         return pwd.getpwnam(SERVER_USER)
 
 
-def _readable_bindir(bindir_: Path) -> Path:
-    """As root, the server user must be able to execute the binaries.
-
-    A virtualenv under /root is closed to other users; instead of widening the
-    permissions of the user's directories, copy the installation once to a
-    world-readable cache directory.
-    """
+def _server_user_can_run(bindir_: Path) -> bool:
     probe = subprocess.run(
         ["runuser", "-u", SERVER_USER, "--", str(bindir_ / "postgres"), "--version"],
         capture_output=True,
     )
-    if probe.returncode == 0:
+    return probe.returncode == 0
+
+
+def _readable_bindir(bindir_: Path) -> Path:
+    """As root, the server user must be able to execute the binaries: the user's own
+    when it can, else a root-owned cached copy (tooling/bincache.py), never a widened
+    permission of the user's directories."""
+    if _server_user_can_run(bindir_):
         return bindir_
-    version = subprocess.run(
-        [str(bindir_ / "postgres"), "--version"], capture_output=True, text=True, check=True
-    ).stdout.split()[-1]
-    cache = Path(tempfile.gettempdir()) / f"idempotency-pginstall-{version}"
-    if not (cache / "bin" / "postgres").exists():
-        staging = Path(tempfile.mkdtemp(prefix="idempotency-pginstall-"))
-        shutil.copytree(bindir_.parent, staging / "pginstall", symlinks=True)
-        subprocess.run(["chmod", "-R", "a+rX", str(staging)], check=True)
-        os.chmod(staging, 0o755)
-        os.replace(staging / "pginstall", cache)
-        shutil.rmtree(staging, ignore_errors=True)
-    return cache / "bin"
+    return bincache.shared_bindir(bindir_)
 
 
 class LocalServer:
@@ -228,24 +241,27 @@ class LocalServer:
         """Where a server made with a password keeps it, readable by its maker only."""
         return self.datadir.parent / f"{self.datadir.name}.password"
 
-    def initdb(self, settings: Mapping[str, str] = FAST_SETTINGS, *, password: bool = False) -> None:
-        """Create the cluster. Connections are trusted unless `password` is set: then
-        TCP logins need a random password (scram-sha-256), kept in password_file."""
-        self.datadir.mkdir(parents=True, exist_ok=True)
-        owner = pwd.getpwnam(SERVER_USER) if self.as_user else None
+    def initdb(self, settings: Mapping[str, str] = FAST_SETTINGS) -> None:
+        """Create the cluster. Every login needs a random password (scram-sha-256, on TCP
+        and on a socket alike), kept in password_file, readable by its maker only."""
+        password = secrets.token_urlsafe(24)
+        private.write_secret(self.password_file, password)
+        try:
+            self._initdb(password)
+        except BaseException:
+            # leave nothing half made: the next run starts from scratch
+            shutil.rmtree(self.datadir, ignore_errors=True)
+            self.password_file.unlink(missing_ok=True)
+            raise
+        self.configure({**settings, "port": str(_free_port())})
+
+    def _initdb(self, password: str) -> None:
+        os.mkdir(self.datadir, 0o700)
+        owner = pwd.getpwnam(SERVER_USER).pw_uid if self.as_user else None
         if owner is not None:
-            os.chown(self.datadir, owner.pw_uid, owner.pw_gid)
-        os.chmod(self.datadir, 0o700)
-        auth = ["--auth", "trust"]
+            os.chown(self.datadir, owner, -1)
         pwfile = self.datadir.parent / f".{self.datadir.name}.initdb-password"
-        if password:
-            self.password_file.touch(mode=0o600)
-            self.password_file.write_text(secrets.token_urlsafe(24))
-            pwfile.touch(mode=0o600)
-            pwfile.write_text(self.password_file.read_text())
-            if owner is not None:
-                os.chown(pwfile, owner.pw_uid, owner.pw_gid)
-            auth = ["--auth-local", "trust", "--auth-host", "scram-sha-256", "--pwfile", str(pwfile)]
+        private.write_secret(pwfile, password, owner=owner)
         try:
             self._check(
                 str(self.bindir / "initdb"),
@@ -253,7 +269,12 @@ class LocalServer:
                 str(self.datadir),
                 "--username",
                 "postgres",
-                *auth,
+                "--auth-local",
+                "scram-sha-256",
+                "--auth-host",
+                "scram-sha-256",
+                "--pwfile",
+                str(pwfile),
                 "--encoding",
                 "UTF8",
                 "--locale",
@@ -262,7 +283,6 @@ class LocalServer:
             )
         finally:
             pwfile.unlink(missing_ok=True)
-        self.configure({**settings, "port": str(_free_port())})
 
     def configure(self, settings: Mapping[str, str]) -> None:
         """Append settings to postgresql.conf (the last occurrence wins)."""
@@ -306,7 +326,7 @@ class LocalServer:
             host="127.0.0.1",
             port=self.port,
             user="postgres",
-            password=self.password_file.read_text() if self.password_file.exists() else None,
+            password=private.read_secret(self.password_file),
             dbname="postgres",
             bindir=self.bindir,
         )
@@ -323,7 +343,8 @@ def throwaway_datadir(prefix: str, *, in_memory: bool = False) -> Path:
     and the data is thrown away anyway. Benchmarks keep to the disk."""
     memory = in_memory and MEMORY_DIR.is_dir() and os.access(MEMORY_DIR, os.W_OK)
     base = Path(tempfile.mkdtemp(prefix=prefix, dir=MEMORY_DIR if memory else None))
-    os.chmod(base, 0o755)  # the server user (as root) must reach the data directory inside
+    if _is_root():
+        os.chmod(base, 0o711)  # the server user must reach data/ inside; no one may list it
     return base / "data"
 
 
@@ -337,8 +358,17 @@ def session_server(
     if conninfo is not None:
         yield server_from_conninfo(conninfo)
         return
+    with throwaway_server(prefix, settings=settings, in_memory=in_memory) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def throwaway_server(
+    prefix: str, major: str | None = None, settings: Mapping[str, str] = FAST_SETTINGS, *, in_memory: bool = False
+) -> Iterator[Server]:
+    """A local server with `settings`, started here, stopped and removed afterwards."""
     datadir = throwaway_datadir(prefix, in_memory=in_memory)
-    local = LocalServer(datadir)
+    local = LocalServer(datadir, major)
     try:
         local.initdb(settings)
         local.start()
@@ -348,67 +378,125 @@ def session_server(
         shutil.rmtree(datadir.parent, ignore_errors=True)
 
 
+MAJORS = ("15", "16", "18")
+DEV_HINT = "remove it, or set IDEMPOTENCY_DEV_PGDATA to a directory of your own"
+
+
+def dev_root_path() -> Path:
+    default = Path(tempfile.gettempdir()) / f"idempotency-dev-{os.geteuid()}"
+    return Path(os.environ.get("IDEMPOTENCY_DEV_PGDATA", default))
+
+
+def dev_root() -> Path:
+    """The directory of the local development servers, created private or refused."""
+    root = dev_root_path()
+    # As root the server user must reach pgNN/ inside by name: search only, no listing.
+    return private.private_dir(root, 0o711 if _is_root() else 0o700, hint=DEV_HINT)
+
+
 def dev_server(major: str | None = None) -> LocalServer:
     """The persistent local server that `make migrate` and `make rollback` use."""
     major = major or selected_major()
-    root = Path(
-        os.environ.get("IDEMPOTENCY_DEV_PGDATA", Path(tempfile.gettempdir()) / f"idempotency-dev-{os.geteuid()}")
+    return LocalServer(dev_root() / f"pg{major}", major)
+
+
+def dev_url() -> str:
+    """The URL of the configured server, or of the local development server, started if needed."""
+    conninfo = external_conninfo()
+    if conninfo is not None:
+        return conninfo
+    local = dev_server()
+    if not (local.datadir / "PG_VERSION").exists():
+        # It outlives the command and listens on TCP: no passwordless logins.
+        local.initdb({**FAST_SETTINGS, "fsync": "on", "full_page_writes": "on"})
+    if not local.is_running():
+        local.start()
+        wait_for_connections(local.server())
+    server = local.server()
+    print(
+        f"local PostgreSQL {local.major} server at {dataclasses.replace(server, password=None).url()} "
+        f"(password in {local.password_file}; data: {local.datadir}; stop it with `make stop`)",
+        file=sys.stderr,
     )
-    root.mkdir(exist_ok=True)
-    os.chmod(root, 0o755)
-    return LocalServer(root / f"pg{major}", major)
+    return server.url()
+
+
+def wait_for_connections(server: Server, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            server.connect().close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def psql_settings(conninfo: str) -> dict[str, str]:
+    """What psql needs to reach `conninfo` with the password outside its argv:
+    `conninfo` without the password, and PGPASSWORD."""
+    params = conninfo_to_dict(conninfo)
+    password = params.pop("password", None)
+    settings = {"conninfo": make_conninfo(**params)}
+    if password:
+        settings["PGPASSWORD"] = str(password)
+    return settings
+
+
+def stop_dev_servers() -> list[str]:
+    """Stop every local development server that runs; say which."""
+    if not os.path.lexists(dev_root_path()):
+        return ["no local server is running (none was ever started)"]
+    stopped = []
+    root = dev_root()
+    for major in MAJORS:
+        datadir = root / f"pg{major}"
+        if not (datadir / "postmaster.pid").exists():
+            continue
+        local = LocalServer(datadir, major)
+        if local.is_running():
+            local.stop()
+            stopped.append(f"stopped the local PostgreSQL {major} server ({datadir})")
+    return stopped or [f"no local server is running (looked in {root})"]
+
+
+def _print_psql() -> None:
+    try:
+        print(bindir() / "psql")
+    except SystemExit:
+        found = shutil.which("psql")
+        if found is None:
+            raise
+        print(found)
+
+
+def _command(command: str) -> int:
+    if command == "bindir":
+        print(bindir())
+    elif command == "psql":
+        _print_psql()
+    elif command == "datadir":
+        print(dev_root())
+    elif command == "stop":
+        print("\n".join(stop_dev_servers()), file=sys.stderr)
+    elif command == "url":
+        print(dev_url())
+    elif command == "env":
+        for name, value in psql_settings(dev_url()).items():
+            print(f"{name}={shlex.quote(value)}" if name == "conninfo" else f"export {name}={shlex.quote(value)}")
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
 
 
 def _main(argv: list[str]) -> int:
-    command = argv[0] if argv else "url"
-    if command == "bindir":
-        print(bindir())
-        return 0
-    if command == "psql":
-        try:
-            print(bindir() / "psql")
-        except SystemExit:
-            found = shutil.which("psql")
-            if found is None:
-                raise
-            print(found)
-        return 0
-    if command == "datadir":
-        print(dev_server().datadir)
-        return 0
-    if command == "stop":
-        local = dev_server()
-        if local.datadir.exists():
-            local.stop()
-            print(f"stopped the local PostgreSQL {local.major} server ({local.datadir})", file=sys.stderr)
-        return 0
-    if command == "url":
-        conninfo = external_conninfo()
-        if conninfo is not None:
-            print(conninfo)
-            return 0
-        local = dev_server()
-        if not (local.datadir / "PG_VERSION").exists():
-            # It outlives the command and listens on TCP: no passwordless logins.
-            local.initdb({**FAST_SETTINGS, "fsync": "on", "full_page_writes": "on"}, password=True)
-        if not local.is_running():
-            local.start()
-            # wait until it accepts connections
-            for _ in range(100):
-                try:
-                    local.server().connect().close()
-                    break
-                except psycopg.OperationalError:
-                    time.sleep(0.1)
-        url = local.server().url()
-        print(
-            f"local PostgreSQL {local.major} server at {url} (data: {local.datadir}; stop it with `make stop`)",
-            file=sys.stderr,
-        )
-        print(url)
-        return 0
-    print(__doc__, file=sys.stderr)
-    return 2
+    try:
+        return _command(argv[0] if argv else "url")
+    except private.UnsafePathError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
