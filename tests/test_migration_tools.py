@@ -220,7 +220,7 @@ def test_sqitch_next_to_a_project_of_its_own(
     states = migration_states(empty_conn)
     project = tmp_path / "shop"
     user_change = sqitch_user_project(project)
-    env = sqitch_env(tmp_path, pg_server.tool("psql"))
+    env = pg_server.client_env(sqitch_env(tmp_path, pg_server.tool("psql")))
     target = sqitch_target(pg_server, empty_database)
     run_tool([sqitch, "deploy", target], cwd=project, env=env)
 
