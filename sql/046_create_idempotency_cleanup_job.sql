@@ -20,8 +20,21 @@ AS $function$
 DECLARE
     rows_deleted BIGINT;
 BEGIN
-    DELETE FROM idempotency_records
-    WHERE expires_at <= now();
+    -- Lock the expired rows that no other transaction holds, skipping those it
+    -- does (a request taking its key over, another cleanup): this statement
+    -- never waits on a row lock, so whatever plan it runs with it cannot be one
+    -- side of a deadlock, and a skipped row is left for the next run. Then
+    -- delete exactly the rows it locked, by their physical address (a locked
+    -- row cannot move), with expires_at checked again.
+    DELETE FROM idempotency_records AS expired
+    WHERE
+        expired.ctid = ANY(ARRAY(
+            SELECT locked.ctid
+            FROM idempotency_records AS locked
+            WHERE locked.expires_at <= now()
+            FOR UPDATE SKIP LOCKED
+        ))
+        AND expired.expires_at <= now();
 
     GET DIAGNOSTICS rows_deleted = ROW_COUNT;
     RETURN QUERY SELECT rows_deleted;
@@ -29,7 +42,7 @@ END;
 $function$;
 
 COMMENT ON FUNCTION cleanup_expired_idempotency_records() IS
-'Deletes every idempotency record with expires_at <= now() and returns how many it deleted (deleted_count). Schedule it hourly, from the application or with pg_cron.';
+'Deletes the idempotency records with expires_at <= now() that no other transaction holds, and returns how many it deleted (deleted_count). It never waits on a row lock: a record another transaction has locked (a request taking its key over, a concurrent cleanup) is skipped and left for the next run, so the function cannot deadlock with other cleanups or with the application, and the application never waits for it except on a record it has already locked. Every other record expired and committed before the call is deleted; a valid record never is. Runs with its caller''s privileges (SECURITY INVOKER). Schedule it hourly, from the application or with pg_cron.';
 
 -- Pin the function's search_path to the schema it was created in (the first
 -- schema of the current search_path, where 045 created the table), with
