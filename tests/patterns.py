@@ -41,7 +41,8 @@ ON CONFLICT (request_id) DO UPDATE SET
 # Recipes 1, 3 and 5: claim the key first, in the business transaction. Inserts a
 # placeholder record, or takes over an expired one with a fresh lifetime (created_at
 # too); returns a row only to the request that now owns the key. The lifetime
-# depends on the operation.
+# depends on the operation. The operation is TEXT until it is stored: an explicit
+# ::VARCHAR(100) cast would cut a longer one silently, where storing refuses it (22001).
 CLAIM = """\
 INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
 SELECT
@@ -54,7 +55,7 @@ SELECT
         WHEN request.operation IN ('login', 'auth') THEN INTERVAL '1 hour'
         ELSE INTERVAL '24 hours'
     END
-FROM (VALUES (%(request_id)s::UUID, %(operation)s::VARCHAR(100))) AS request (request_id, operation)
+FROM (VALUES (%(request_id)s::UUID, %(operation)s::TEXT)) AS request (request_id, operation)
 ON CONFLICT (request_id) DO UPDATE SET
     operation = EXCLUDED.operation,
     result_payload = EXCLUDED.result_payload,
