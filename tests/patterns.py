@@ -208,3 +208,52 @@ def wait_for_waiters(conn: psycopg.Connection, wait_event: str, expected: int, t
             return
         time.sleep(0.02)
     raise AssertionError(f"expected {expected} sessions waiting on a {wait_event} lock, saw {seen}")
+
+
+# Reliability, insert-or-read: store this request's result unless a valid record holds the
+# key; an expired record is taken over (a fresh lifetime, created_at too). Step 1 returns a
+# row only when it stored this request's result; step 2, in the same transaction, reads the
+# valid record that holds the key (step 1 locked it). Neither ever returns an expired record.
+INSERT_OR_READ_STORE = """\
+INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
+VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '24 hours')
+ON CONFLICT (request_id) DO UPDATE SET
+    operation = EXCLUDED.operation,
+    result_payload = EXCLUDED.result_payload,
+    status_code = EXCLUDED.status_code,
+    created_at = EXCLUDED.created_at,
+    expires_at = EXCLUDED.expires_at
+WHERE idempotency_records.expires_at <= now()
+RETURNING result_payload, status_code"""
+
+INSERT_OR_READ_READ = """\
+SELECT result_payload, status_code
+FROM idempotency_records
+WHERE request_id = %(request_id)s
+  AND expires_at > now()"""
+
+# The same in one statement: DO UPDATE acts on the latest committed row, keeps a valid one
+# as it is and replaces an expired one; stored_now says which.
+INSERT_OR_READ_ONE_STATEMENT = """\
+INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
+VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '24 hours')
+ON CONFLICT (request_id) DO UPDATE SET
+    operation = CASE WHEN idempotency_records.expires_at <= now()
+        THEN EXCLUDED.operation ELSE idempotency_records.operation END,
+    result_payload = CASE WHEN idempotency_records.expires_at <= now()
+        THEN EXCLUDED.result_payload ELSE idempotency_records.result_payload END,
+    status_code = CASE WHEN idempotency_records.expires_at <= now()
+        THEN EXCLUDED.status_code ELSE idempotency_records.status_code END,
+    created_at = CASE WHEN idempotency_records.expires_at <= now()
+        THEN EXCLUDED.created_at ELSE idempotency_records.created_at END,
+    expires_at = CASE WHEN idempotency_records.expires_at <= now()
+        THEN EXCLUDED.expires_at ELSE idempotency_records.expires_at END
+RETURNING result_payload, status_code, created_at = now() AS stored_now"""
+
+# What the guide printed before, for the tests that show how it fails: a no-op update that
+# returns whatever is stored, an expired record included.
+INSERT_OR_READ_NO_OP_UPDATE = """\
+INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
+VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '24 hours')
+ON CONFLICT (request_id) DO UPDATE SET request_id = idempotency_records.request_id
+RETURNING result_payload, status_code, (xmax = 0) AS inserted_now"""
