@@ -120,7 +120,7 @@ def test_do_loop_in_a_multi_statement_query_is_refused(conn: psycopg.Connection,
     assert count(conn) == EXPIRED + VALID, "nothing was deleted"
 
 
-@pytest.mark.parametrize("cleanup", ["batch", "function"])
+@pytest.mark.parametrize("cleanup", ["batch", "function", "naive delete"])
 def test_batch_and_function_skip_a_record_an_in_flight_request_is_taking_over(
     pg_server: servers.Server, database: str, conn: psycopg.Connection, cleanup: str
 ) -> None:
@@ -147,7 +147,11 @@ def test_batch_and_function_skip_a_record_an_in_flight_request_is_taking_over(
         wait_for_waiters(conn, "advisory", 1)
         with pg_server.connect(database, autocommit=True) as cleaner:
             cleaner.execute("SET lock_timeout = '1ms'")
-            if cleanup == "batch":
+            if cleanup == "naive delete":  # the report's DELETE waits behind the request
+                with pytest.raises(psycopg.errors.LockNotAvailable):
+                    cleaner.execute("DELETE FROM idempotency_records WHERE expires_at <= now()")
+                deleted = cleaner.execute(CLEANUP_BATCH).rowcount
+            elif cleanup == "batch":
                 deleted = cleaner.execute(CLEANUP_BATCH).rowcount
             else:
                 row = cleaner.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone()
