@@ -18,23 +18,30 @@ RETURNS TABLE (deleted_count BIGINT)
 LANGUAGE plpgsql
 AS $function$
 DECLARE
+    locked_rows TID[];
     rows_deleted BIGINT;
 BEGIN
-    -- Lock the expired rows that no other transaction holds, skipping those it
-    -- does (a request taking its key over, another cleanup): this statement
-    -- never waits on a row lock, so whatever plan it runs with it cannot be one
-    -- side of a deadlock, and a skipped row is left for the next run. Then
-    -- delete exactly the rows it locked, by their physical address (a locked
-    -- row cannot move), with expires_at checked again.
-    DELETE FROM idempotency_records AS expired
-    WHERE
-        expired.ctid = ANY(ARRAY(
-            SELECT locked.ctid
-            FROM idempotency_records AS locked
-            WHERE locked.expires_at <= now()
-            FOR UPDATE SKIP LOCKED
-        ))
-        AND expired.expires_at <= now();
+    -- 1. Lock the expired rows that no other transaction holds, and skip those
+    --    it does (a request taking its key over, another cleanup): this never
+    --    waits on a row lock, so whatever plan it runs with, it cannot be one
+    --    side of a deadlock, and a skipped row is left for the next run. FOR
+    --    UPDATE checks expires_at again on the latest version of each row.
+    SELECT array_agg(expired.ctid)
+    INTO locked_rows
+    FROM (
+        SELECT ctid
+        FROM idempotency_records
+        WHERE expires_at <= now()
+        FOR UPDATE SKIP LOCKED
+    ) AS expired;
+
+    -- 2. Delete exactly those rows, by their physical address: a row this
+    --    transaction has locked cannot move. EXECUTE plans the DELETE anew with
+    --    the array's real length, so it is a TID scan whatever plan step 1 had
+    --    cached; a cached plan made on a small table could otherwise search the
+    --    whole array once per row.
+    EXECUTE 'DELETE FROM idempotency_records WHERE ctid = ANY($1)'
+    USING locked_rows;
 
     GET DIAGNOSTICS rows_deleted = ROW_COUNT;
     RETURN QUERY SELECT rows_deleted;
