@@ -38,12 +38,25 @@ ON CONFLICT (request_id) DO UPDATE SET
     status_code = EXCLUDED.status_code,
     expires_at = EXCLUDED.expires_at"""
 
+# The claim's conflict clause: take an expired record over with a whole new lifetime
+# (created_at too); leave a valid one as it is (ON CONFLICT DO UPDATE still locks it).
+TAKE_OVER_EXPIRED = """\
+ON CONFLICT (request_id) DO UPDATE SET
+    operation = EXCLUDED.operation,
+    result_payload = EXCLUDED.result_payload,
+    status_code = EXCLUDED.status_code,
+    created_at = EXCLUDED.created_at,
+    expires_at = EXCLUDED.expires_at
+WHERE idempotency_records.expires_at <= now()
+"""
+
 # Recipes 1, 3 and 5: claim the key first, in the business transaction. Inserts a
 # placeholder record, or takes over an expired one with a fresh lifetime (created_at
 # too); returns a row only to the request that now owns the key. The lifetime
 # depends on the operation. The operation is TEXT until it is stored: an explicit
 # ::VARCHAR(100) cast would cut a longer one silently, where storing refuses it (22001).
-CLAIM = """\
+CLAIM = (
+    """\
 INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
 SELECT
     request.request_id,
@@ -56,14 +69,10 @@ SELECT
         ELSE INTERVAL '24 hours'
     END
 FROM (VALUES (%(request_id)s::UUID, %(operation)s::TEXT)) AS request (request_id, operation)
-ON CONFLICT (request_id) DO UPDATE SET
-    operation = EXCLUDED.operation,
-    result_payload = EXCLUDED.result_payload,
-    status_code = EXCLUDED.status_code,
-    created_at = EXCLUDED.created_at,
-    expires_at = EXCLUDED.expires_at
-WHERE idempotency_records.expires_at <= now()
-RETURNING request_id"""
+"""
+    + TAKE_OVER_EXPIRED
+    + "RETURNING request_id"
+)
 
 # Recipe 1, owner's side: store the real result before the transaction commits.
 RECORD_RESULT = """\
@@ -214,23 +223,16 @@ def wait_for_waiters(conn: psycopg.Connection, wait_event: str, expected: int, t
 # key; an expired record is taken over (a fresh lifetime, created_at too). Step 1 returns a
 # row only when it stored this request's result; step 2, in the same transaction, reads the
 # valid record that holds the key (step 1 locked it). Neither ever returns an expired record.
-INSERT_OR_READ_STORE = """\
+INSERT_OR_READ_STORE = (
+    """\
 INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
 VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '24 hours')
-ON CONFLICT (request_id) DO UPDATE SET
-    operation = EXCLUDED.operation,
-    result_payload = EXCLUDED.result_payload,
-    status_code = EXCLUDED.status_code,
-    created_at = EXCLUDED.created_at,
-    expires_at = EXCLUDED.expires_at
-WHERE idempotency_records.expires_at <= now()
-RETURNING result_payload, status_code"""
+"""
+    + TAKE_OVER_EXPIRED
+    + "RETURNING result_payload, status_code"
+)
 
-INSERT_OR_READ_READ = """\
-SELECT result_payload, status_code
-FROM idempotency_records
-WHERE request_id = %(request_id)s
-  AND expires_at > now()"""
+INSERT_OR_READ_READ = REPORT_GET  # the report's get: only a valid record
 
 # The same in one statement: DO UPDATE acts on the latest committed row, keeps a valid one
 # as it is and replaces an expired one; stored_now says which.

@@ -129,13 +129,18 @@ def session(pg_server: Server, database: str, *settings: str) -> psycopg.Connect
     return connection
 
 
+def backlog(conn: psycopg.Connection) -> None:
+    """BIG expired rows in shuffled order, analyzed."""
+    conn.execute(SHUFFLED_EXPIRED, {"rows": BIG})
+    conn.execute("ANALYZE idempotency_records")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("run", range(1, RUNS + 1))
 def test_a_seq_scan_cleanup_and_an_index_scan_cleanup_both_finish(
     pg_server: Server, database: str, conn: psycopg.Connection, run: int
 ) -> None:
-    conn.execute(SHUFFLED_EXPIRED, {"rows": BIG})
-    conn.execute("ANALYZE idempotency_records")
+    backlog(conn)
     with session(pg_server, database) as seq, session(pg_server, database, *INDEX_SCAN_ONLY) as index:
         assert (scan_of(seq), scan_of(index)) == ("seq", "index"), "the two sessions scan in different orders"
         outcomes = race([lambda: cleanup(seq), lambda: cleanup(index)])
@@ -194,8 +199,7 @@ def test_a_cached_index_plan_and_a_fresh_seq_plan_both_finish(
 def test_the_cleanup_and_the_batched_recipe_both_finish(
     pg_server: Server, database: str, conn: psycopg.Connection, run: int
 ) -> None:
-    conn.execute(SHUFFLED_EXPIRED, {"rows": BIG})
-    conn.execute("ANALYZE idempotency_records")
+    backlog(conn)
     with session(pg_server, database) as function, session(pg_server, database) as batches:
         outcomes = race([lambda: cleanup(function), lambda: batched(batches)])
     assert_clean_finish(conn, outcomes, BIG)

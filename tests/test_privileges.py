@@ -73,10 +73,9 @@ CLEANUP = "DELETE FROM idempotency_records WHERE expires_at <= now()"
 CLEANUP_FUNCTION = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
 
 
-@pytest.fixture
-def role(conn: psycopg.Connection) -> Iterator[str]:
-    """A new role with no privileges, dropped (with its grants) after the test."""
-    name = f"idempotency_test_app_{os.getpid()}_{next(_numbers)}"
+@contextmanager
+def new_role(conn: psycopg.Connection, name: str) -> Iterator[str]:
+    """Create a role with no privileges (NOLOGIN); drop it, with its grants, afterwards."""
     conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)))
     try:
         yield name
@@ -84,19 +83,20 @@ def role(conn: psycopg.Connection) -> Iterator[str]:
         conn.execute("RESET ROLE")
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def role(conn: psycopg.Connection) -> Iterator[str]:
+    """A new role with no privileges, dropped (with its grants) after the test."""
+    with new_role(conn, f"idempotency_test_app_{os.getpid()}_{next(_numbers)}") as name:
+        yield name
 
 
 @pytest.fixture
 def maintenance(conn: psycopg.Connection, role: str) -> Iterator[str]:
-    """A second new role (NOLOGIN), the owner of the cleanup wrapper, dropped after the test."""
-    name = f"{role}_maintenance"
-    conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)))
-    try:
+    """A second new role, the owner of the cleanup wrapper, dropped after the test."""
+    with new_role(conn, f"{role}_maintenance") as name:
         yield name
-    finally:
-        conn.execute("RESET ROLE")
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def grant(conn: psycopg.Connection, role: str, *statements: str) -> None:
