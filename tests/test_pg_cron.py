@@ -305,3 +305,22 @@ def test_046_down_stops_at_a_job_of_another_name_that_calls_the_function(cron: p
         helpers.apply(cron, helpers.DOWN_FILES[0])
     assert f"nightly-idempotency (jobid {row[0]})" in str(raised.value), str(raised.value)
     assert function_exists(cron), "the function is not dropped while a job calls it"
+
+
+def test_scheduling_without_usage_on_schema_cron_is_refused(cron: psycopg.Connection) -> None:
+    with_job(cron, "no job")
+    cron.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(NO_CRON)))
+    try:
+        state = helpers.sqlstate_of(cron, "SELECT cron.schedule('cleanup-idempotency', '0 * * * *', 'SELECT 1')")
+    finally:
+        cron.execute("RESET ROLE")
+    assert state == "42501", f"cron.schedule needs USAGE on schema cron; got SQLSTATE {state}"
+
+
+def test_the_same_name_scheduled_by_a_second_role_is_a_second_job(cron: psycopg.Connection) -> None:
+    with_job(cron, "owned by the application role")
+    load(cron, "pg_cron_job_owned_by_a_superuser")
+    owners = sorted(row[0] for row in cron.execute("SELECT username FROM cron.job WHERE jobname = %s", (JOB,)))
+    assert len(owners) == 2 and APP in owners, f"job names are unique per role: two jobs, owners {owners}"
+    helpers.apply(cron, helpers.DOWN_FILES[0])
+    assert _jobs(cron) == [], "046.down as a superuser removes both"

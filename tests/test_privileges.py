@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from tests.helpers import REPORT_GET, REPORT_SAVE, sqlstate_of
-from tests.patterns import CLAIM, CLEANUP_BATCH, LOOKUP, RECORD_RESULT
+from tests.patterns import CLAIM, CLEANUP_BATCH, GUARDED_SAVE, LOOKUP, RECORD_RESULT
 
 _numbers = itertools.count(1)
 
@@ -342,3 +342,20 @@ def test_execute_alone_does_not_let_a_role_clean_up(conn: psycopg.Connection, ro
     assert state == "42501", "the function runs with its caller's privileges: without DELETE it is denied"
     left = conn.execute("SELECT count(*) FROM idempotency_records").fetchone()
     assert left == (1,), "nothing was deleted"
+
+
+def test_the_guarded_save_runs_with_the_upsert_grants(conn: psycopg.Connection, role: str) -> None:
+    grant(conn, role, *UPSERT_GRANTS)
+    key = uuid.uuid4()
+    params = {"request_id": key, "operation": "payment", "result_payload": "{}", "status_code": 201, "ttl_hours": 72}
+    with acting_as(conn, role):
+        stored = conn.execute(GUARDED_SAVE, params).fetchall()
+        refused = conn.execute(GUARDED_SAVE, {**params, "operation": "login"}).fetchall()
+    assert (stored, refused) == ([(key,)], []), "recipe 2 runs as the upsert role: stores, then refuses reuse"
+
+
+def test_the_immutable_role_cannot_claim(conn: psycopg.Connection, immutable: str) -> None:
+    expired = _seed_expired(conn)
+    with acting_as(conn, immutable):
+        state = sqlstate_of(conn, CLAIM, {"request_id": expired, "operation": "payment"})
+    assert state == "42501", f"recipe 1 writes records: the immutable role is refused; got {state}"
