@@ -13,8 +13,14 @@
 -- security), so only a superuser can see, and remove by its jobid, a job
 -- whoever scheduled it. Run by another role, the file stops with an error
 -- naming the job and its owner as far as that role can see them, before it
--- drops anything. Where pg_cron is absent, any role that owns the function
--- may run it.
+-- drops anything. Where no superuser is at hand (a managed service), a
+-- superuser-free rollback is possible once someone who can see every job has
+-- made sure no other role's job calls the function: run the file with
+-- PGOPTIONS='-c idempotency.cron_jobs_checked=on'; the role then removes its own
+-- cleanup-idempotency job, if any, and drops the function. Where pg_cron is
+-- absent from this database, any role that owns the function may run it (a
+-- pg_cron installed in another database, cron.database_name, cannot be seen
+-- from here: unschedule its job there first).
 --
 -- Re-runnable by design (DROP ... IF EXISTS, a job removed only when present):
 -- running it twice, or where 046 never ran, succeeds and changes nothing.
@@ -41,6 +47,19 @@ BEGIN
         IF to_regprocedure('cleanup_expired_idempotency_records()') IS NULL THEN
             RETURN;
         END IF;
+        -- The deployer states that no other role's job calls the function:
+        -- remove this role's own job, if it can see any, and go on to the drop.
+        IF current_setting('idempotency.cron_jobs_checked', TRUE) = 'on' THEN
+            IF has_schema_privilege('cron', 'USAGE') THEN
+                PERFORM cron.unschedule(jobid)
+                FROM cron.job
+                WHERE
+                    jobname = 'cleanup-idempotency'
+                    AND username = current_user
+                    AND database = current_database();
+            END IF;
+            RETURN;
+        END IF;
         IF NOT has_schema_privilege('cron', 'USAGE') THEN
             RAISE EXCEPTION 'cannot check for the pg_cron job cleanup-idempotency as role %', current_user
             USING
@@ -50,7 +69,8 @@ BEGIN
                     || 'expected: a superuser, who sees and removes the job whoever owns it.',
                     current_database(), current_user
                 ),
-                HINT = 'Run this file as a superuser; nothing was dropped.';
+                HINT = 'Run this file as a superuser; nothing was dropped. Without one: once a superuser has made sure '
+                || 'no other role''s job calls the function, run it with PGOPTIONS=''-c idempotency.cron_jobs_checked=on''.';
         END IF;
         -- This role sees only its own jobs: it cannot rule out one of another role.
         SELECT jobid, username INTO job
@@ -70,7 +90,8 @@ BEGIN
                 ),
                 current_user
             ),
-            HINT = 'Run this file as a superuser; nothing was dropped.';
+            HINT = 'Run this file as a superuser; nothing was dropped. Without one: once a superuser has made sure '
+            || 'no other role''s job calls the function, run it with PGOPTIONS=''-c idempotency.cron_jobs_checked=on''.';
     END IF;
 
     -- A superuser sees every role's jobs. Jobs under another name that call the

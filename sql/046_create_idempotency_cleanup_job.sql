@@ -1,10 +1,11 @@
 -- 046_create_idempotency_cleanup_job.sql
 --
 -- Creates the function cleanup_expired_idempotency_records(), which deletes
--- every idempotency record whose expires_at is at or before now() and returns
--- the number of rows it deleted as one row, deleted_count. It schedules
--- nothing: see docs/README_IDEMPOTENCY.md for pg_cron and application-level
--- scheduling.
+-- the idempotency records whose expires_at is at or before now(), skipping any
+-- that another transaction holds (left for the next run: it never waits on a
+-- row lock), and returns the number of rows it deleted as one row,
+-- deleted_count. It schedules nothing: see docs/README_IDEMPOTENCY.md for
+-- pg_cron and application-level scheduling.
 -- Reverse:  046_create_idempotency_cleanup_job.down.sql
 -- Requires: 045_create_idempotency_records.sql, applied with the same search_path.
 -- Apply:    psql -v ON_ERROR_STOP=1 --no-psqlrc -1 -f sql/046_create_idempotency_cleanup_job.sql

@@ -290,6 +290,30 @@ def test_046_down_as_another_role_stops_before_dropping_anything(
     assert _jobs(cron) == before, f"{caller}, job {owner}: the job is untouched"
 
 
+@pytest.mark.parametrize("caller", [APP, NO_CRON])
+def test_046_down_as_another_role_with_the_jobs_checked_removes_its_own_job_and_drops(
+    cron: psycopg.Connection, caller: str
+) -> None:
+    """Without a superuser: the deployer states no other role's job calls the function
+    (idempotency.cron_jobs_checked = on); the role removes its own job and drops it."""
+    before = with_job(cron, "owned by the application role")
+    cron.execute(
+        psycopg.sql.SQL("ALTER FUNCTION cleanup_expired_idempotency_records() OWNER TO {}").format(
+            psycopg.sql.Identifier(caller)
+        )
+    )
+    cron.execute("SET idempotency.cron_jobs_checked = on")
+    try:
+        error = down_as(cron, caller)
+    finally:
+        cron.execute("RESET idempotency.cron_jobs_checked")
+    assert error is None, f"{caller} with the jobs checked: 046.down must succeed, got {error}"
+    assert not function_exists(cron), f"{caller} with the jobs checked: the function is dropped"
+    # Its own job goes; another role's job it cannot see stays: that is what the setting vouches for.
+    expected = [] if caller == APP else before
+    assert _jobs(cron) == expected, f"{caller}: jobs left {_jobs(cron)}, expected {expected}"
+
+
 def test_046_down_as_the_jobs_role_runs_where_the_function_is_already_gone(cron: psycopg.Connection) -> None:
     with_job(cron, "no job")
     helpers.apply(cron, helpers.DOWN_FILES[0])
