@@ -5,7 +5,8 @@ what root runs, and each refusal is asserted, not only the absence of damage:
 
 - a binary cache directory made or symlinked by another user is refused, its fake
   binary never runs; two processes making the cache at once both succeed;
-- a test server takes no login without its password, and has no Unix socket;
+- a test server takes no login without its password, and has no Unix socket; the
+  password handed to another user's program is in no process's arguments;
 - the dev server's directory made or symlinked by another user is refused, and the
   symlink's target is untouched; secret files are never written through a symlink;
 - while `make migrate` runs psql, no process's arguments hold the password;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import sys
@@ -38,10 +40,16 @@ needs_root = pytest.mark.needs_root
 
 
 def as_attacker(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `args` as the unprivileged user, with exactly `env` (or a bare PATH)."""
-    settings = [f"{name}={value}" for name, value in (env or {"PATH": "/usr/bin:/bin"}).items()]
+    """Run `args` as the unprivileged user with `env` (or a bare PATH) as its environment,
+    to which runuser adds HOME, SHELL, USER and LOGNAME. Never `env NAME=value` in the
+    arguments: every local user reads them (/proc/*/cmdline), a password included."""
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"  # `env` has no sbin in its PATH
     return subprocess.run(
-        ["runuser", "-u", ATTACKER, "--", "env", "-i", *settings, *args], capture_output=True, text=True, timeout=60
+        [runuser, "-u", ATTACKER, "--", *args],
+        env=env or {"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -196,6 +204,28 @@ def login(server: servers.Server, password: str | None) -> subprocess.CompletedP
         return as_attacker(psql_for_anyone(), "-w", "--no-psqlrc", *where, "-c", "SELECT 1", env=env)
     args = [server.tool("psql"), "-w", "--no-psqlrc", *where, "-c", "SELECT 1"]
     return subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+
+
+# The process and each of its ancestors, as the process itself reads them; then its PGPASSWORD.
+ANCESTRY = (
+    'p=$$; while [ "$p" -gt 1 ]; do tr "\\0" " " < /proc/$p/cmdline; echo; '
+    "p=$(awk '/^PPid:/ {print $2}' /proc/$p/status); done; printenv PGPASSWORD"
+)
+
+
+@needs_root
+def test_a_password_handed_to_another_users_program_is_in_no_process_arguments() -> None:
+    """login() gives the other user's psql the server's password: every local user reads
+    the arguments of runuser and of what it starts, so the password must go through the
+    environment (once `env -i PGPASSWORD=...` showed it, and a watcher became superuser)."""
+    secret = f"password-{secrets.token_hex(8)}"
+    seen = as_attacker("sh", "-c", ANCESTRY, env={"PATH": "/usr/bin:/bin", "PGPASSWORD": secret})
+    assert seen.returncode == 0, seen.stderr
+    *arguments, received = seen.stdout.splitlines()
+    assert received == secret, f"the program must get the password in its environment, got {received!r}"
+    assert any("runuser -u " in line for line in arguments), "runuser must be among the ancestors read"
+    leaks = [line for line in arguments if secret in line]
+    assert leaks == [], f"the password must be in no process's arguments: {leaks}"
 
 
 def test_a_test_server_refuses_a_login_without_password(own_server: servers.Server) -> None:
