@@ -6,7 +6,8 @@ what root runs, and each refusal is asserted, not only the absence of damage:
 - a binary cache directory made or symlinked by another user is refused, its fake
   binary never runs; two processes making the cache at once both succeed;
 - a test server takes no login without its password, and has no Unix socket; the
-  password handed to another user's program is in no process's arguments;
+  password handed to another user's program is in no process's arguments; a server
+  started here gets none of our secrets (PGPASSWORD, DATABASE_URL) in its environment;
 - the dev server's directory made or symlinked by another user is refused, and the
   symlink's target is untouched; secret files are never written through a symlink;
 - while `make migrate` runs psql, no process's arguments hold the password;
@@ -249,6 +250,28 @@ def test_a_test_server_takes_its_password_and_has_no_socket(own_server: servers.
         methods = conn.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules ORDER BY 1").fetchall()
     assert row == ("",), f"a test server must have no Unix socket, got {row}"
     assert methods == [("scram-sha-256",)], f"every pg_hba rule must ask for the password, got {methods}"
+
+
+def test_a_server_started_here_inherits_no_secret_of_our_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root the server runs as the server user, and so does every other root-run cluster
+    (Debian's own included): whoever is that user, or superuser on any of those clusters,
+    reads its processes' environment. Our PGPASSWORD or DATABASE_URL must not be there."""
+    secrets_of_ours = {
+        "PGPASSWORD": f"password-{secrets.token_hex(8)}",
+        "DATABASE_URL": f"postgresql://app:url-password-{secrets.token_hex(8)}@db.example/app",
+    }
+    for name, value in secrets_of_ours.items():
+        monkeypatch.setenv(name, value)
+    # The postmaster's: a backend overwrites its own for its ps display.
+    with servers.throwaway_server("idempotency-env-") as server, server.connect() as conn:
+        row = conn.execute(
+            "SELECT pg_read_binary_file(format('/proc/%s/environ', split_part(pg_read_file('postmaster.pid'), E'\\n', 1)))"
+        ).fetchone()
+    assert row is not None
+    environment = dict(item.split("=", 1) for item in bytes(row[0]).decode().split("\0") if "=" in item)
+    leaked = sorted(name for name, value in environment.items() if value in secrets_of_ours.values())
+    assert leaked == [], f"the server process must not get our secrets, found them in {leaked}"
+    assert "PATH" in environment, "the server still gets a PATH"
 
 
 # --- the dev server's directory ----------------------------------------------------

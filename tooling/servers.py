@@ -178,6 +178,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# What the server's programs (initdb, pg_ctl, postgres) keep of our environment. As root
+# they run as the server user, like every other root-run cluster: that user, and any
+# superuser of those clusters (pg_read_binary_file('/proc/<pid>/environ')), reads the
+# environment of its processes, which must hold no PGPASSWORD, DATABASE_URL or token.
+SERVER_ENVIRONMENT = ("PATH", "TZ", "LANG", "LANGUAGE")
+
+
+def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (our environment) reduced to the search path, the time zone and the locale."""
+    env = os.environ if base is None else base
+    return {name: value for name, value in env.items() if name in SERVER_ENVIRONMENT or name.startswith("LC_")}
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 
@@ -196,6 +209,7 @@ def _ensure_server_user() -> pwd.struct_passwd:
 def _server_user_can_run(bindir_: Path) -> bool:
     probe = subprocess.run(
         ["runuser", "-u", SERVER_USER, "--", str(bindir_ / "postgres"), "--version"],
+        env=server_environment(),
         capture_output=True,
     )
     return probe.returncode == 0
@@ -228,7 +242,7 @@ class LocalServer:
         return self.datadir / "server.log"
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.as_user, *args], capture_output=True, text=True)
+        return subprocess.run([*self.as_user, *args], env=server_environment(), capture_output=True, text=True)
 
     def _check(self, *args: str) -> None:
         result = self._run(*args)
