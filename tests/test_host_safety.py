@@ -9,7 +9,8 @@ what root runs, and each refusal is asserted, not only the absence of damage:
   password handed to another user's program is in no process's arguments; a server
   started here gets none of our secrets (PGPASSWORD, DATABASE_URL) in its environment;
 - the dev server's directory made or symlinked by another user is refused, and the
-  symlink's target is untouched; secret files are never written through a symlink;
+  symlink's target is untouched; secret files are never written through a symlink, nor
+  postgresql.conf or server.log (the server user's files, which root writes and reads);
 - while `make migrate` runs psql, no process's arguments hold the password;
 - the make targets say what to do: `make install` first, make's usage for a wrong export,
   and `make export` runs with the system python3 and no venv.
@@ -349,6 +350,29 @@ def test_a_secret_is_created_for_its_owner_only(tmp_path: Path) -> None:
         os.umask(old)
     assert oct(path.stat().st_mode & 0o777) == oct(0o600), "a secret file must be 0600"
     assert private.read_secret(path) == "secret"
+
+
+def test_a_symlink_in_a_data_directory_is_never_followed(tmp_path: Path) -> None:
+    """As root the data directory's files belong to the server user, who could replace
+    postgresql.conf or server.log by a symlink to a file of root's: appending the settings,
+    reading the port or the log must refuse it, and leave the target as it was."""
+    datadir = tmp_path / "data"
+    datadir.mkdir()
+    target = tmp_path / "root-file"
+    target.write_text("port = 1\n")
+    for name in ("postgresql.conf", "server.log"):
+        (datadir / name).symlink_to(target)
+    local = servers.LocalServer(datadir)
+
+    with pytest.raises(private.UnsafePathError, match=r"postgresql\.conf: found a symlink, expected a regular file"):
+        local.configure({"fsync": "off"})
+    with pytest.raises(private.UnsafePathError, match=r"postgresql\.conf: found a symlink"):
+        _ = local.port
+    with pytest.raises(private.UnsafePathError, match=r"server\.log: found a symlink") as refused:
+        local._check("false")  # a failing command reads the server log into its error
+
+    assert "HINT: the data directory" in str(refused.value), str(refused.value)
+    assert target.read_text() == "port = 1\n", "the symlink's target must be untouched"
 
 
 # --- make migrate, make stop ---------------------------------------------------------

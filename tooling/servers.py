@@ -241,13 +241,29 @@ class LocalServer:
     def logfile(self) -> Path:
         return self.datadir / "server.log"
 
+    @property
+    def owner(self) -> int:
+        """The uid the data directory's files belong to: the server user's as root, else ours."""
+        return pwd.getpwnam(SERVER_USER).pw_uid if self.as_user else os.geteuid()
+
+    def open_file(self, name: str, flags: int) -> int:
+        """A file of the data directory, opened by root too: as root, the files belong to the
+        server user, so a symlink there (to /etc/..., to a file of root's) is refused, never
+        followed."""
+        hint = f"the data directory {self.datadir} was changed by someone else: stop the server and remove it"
+        return private.open_file(self.datadir / name, flags, owner=self.owner, hint=hint)
+
+    def read_file(self, name: str) -> str:
+        with os.fdopen(self.open_file(name, os.O_RDONLY)) as handle:
+            return handle.read()
+
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.as_user, *args], env=server_environment(), capture_output=True, text=True)
 
     def _check(self, *args: str) -> None:
         result = self._run(*args)
         if result.returncode != 0:
-            log = self.logfile.read_text() if self.logfile.exists() else ""
+            log = self.read_file(self.logfile.name) if self.logfile.exists() else ""
             raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}{log}")
 
     @property
@@ -271,7 +287,7 @@ class LocalServer:
 
     def _initdb(self, password: str) -> None:
         os.mkdir(self.datadir, 0o700)
-        owner = pwd.getpwnam(SERVER_USER).pw_uid if self.as_user else None
+        owner = self.owner if self.as_user else None
         if owner is not None:
             os.chown(self.datadir, owner, -1)
         pwfile = self.datadir.parent / f".{self.datadir.name}.initdb-password"
@@ -301,14 +317,13 @@ class LocalServer:
     def configure(self, settings: Mapping[str, str]) -> None:
         """Append settings to postgresql.conf (the last occurrence wins)."""
         lines = "".join(f"{name} = {value}\n" for name, value in settings.items())
-        conf = self.datadir / "postgresql.conf"
-        with open(conf, "a") as handle:
+        with os.fdopen(self.open_file("postgresql.conf", os.O_WRONLY | os.O_APPEND), "a") as handle:
             handle.write(lines)
 
     @property
     def port(self) -> int:
         port = None
-        for line in (self.datadir / "postgresql.conf").read_text().splitlines():
+        for line in self.read_file("postgresql.conf").splitlines():
             if line.startswith("port = "):
                 port = int(line.split("=", 1)[1])
         if port is None:
