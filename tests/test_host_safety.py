@@ -8,6 +8,7 @@ what root runs, and each refusal is asserted, not only the absence of damage:
 - a test server takes no login without its password, and has no Unix socket; the
   password handed to another user's program is in no process's arguments; a server
   started here gets none of our secrets (PGPASSWORD, DATABASE_URL) in its environment;
+  its clients never send the password in clear to a program squatting its port;
 - the dev server's directory made or symlinked by another user is refused, and the
   symlink's target is untouched; secret files are never written through a symlink, nor
   postgresql.conf or server.log (the server user's files, which root writes and reads);
@@ -21,13 +22,17 @@ deselected, not skipped (tests/conftest.py), and CI runs them as root.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import pwd
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,6 +280,70 @@ def test_a_server_started_here_inherits_no_secret_of_our_environment(monkeypatch
     assert "PATH" in environment, "the server still gets a PATH"
 
 
+class CleartextSquatter:
+    """A program on a server's port that asks every client for its password in clear
+    (AuthenticationCleartextPassword) and keeps what comes back."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.received: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.sock.accept()
+                with client:
+                    client.settimeout(10)
+                    startup = client.recv(65536)
+                    if startup[4:8] == (80877103).to_bytes(4, "big"):  # SSLRequest: no TLS here
+                        client.sendall(b"N")
+                        startup = client.recv(65536)
+                    client.sendall(b"R" + (8).to_bytes(4, "big") + (3).to_bytes(4, "big"))
+                    with contextlib.suppress(OSError):
+                        self.received.append(client.recv(65536))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() that close() alone would not
+        self.sock.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def squatter() -> Iterator[CleartextSquatter]:
+    fake = CleartextSquatter()
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def test_a_client_of_a_server_started_here_never_sends_its_password_in_clear(
+    own_server: servers.Server, squatter: CleartextSquatter
+) -> None:
+    """Should another user's program answer on the port instead of the server (it stopped,
+    a stale setting), psycopg and psql refuse its request for the password in clear."""
+    squatted = dataclasses.replace(own_server, port=squatter.port)
+    assert own_server.password
+    with pytest.raises(psycopg.OperationalError) as refused:
+        squatted.connect(connect_timeout=10)
+    psql = subprocess.run(
+        [str(servers.bindir("18") / "psql"), "-w", "--no-psqlrc", "-d", squatted.conninfo(), "-c", "SELECT 1"],
+        env=squatted.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    leaks = [message for message in squatter.received if own_server.password.encode() in message]
+    assert leaks == [], f"the password must never reach the squatter: {leaks}"
+    assert "server requested a cleartext password" in str(refused.value), str(refused.value)
+    assert psql.returncode != 0, "psql must refuse the squatter"
+    assert "server requested a cleartext password" in psql.stderr, psql.stderr
+
+
 # --- the dev server's directory ----------------------------------------------------
 
 
@@ -437,6 +506,8 @@ def test_make_migrate_never_shows_the_password_in_process_arguments(dev_dir: Pat
     url = dev_command(dev_dir, "url").stdout.strip()
     password = psycopg.conninfo.conninfo_to_dict(url)["password"]
     assert password, "the dev server must have a password"
+    settings = dev_command(dev_dir, "env").stdout
+    assert "export PGREQUIREAUTH=scram-sha-256" in settings, f"psql must refuse a password in clear: {settings}"
 
     # Hold the table so that the second run's psql waits inside 045 while we look.
     with psycopg.connect(url) as holder:

@@ -11,7 +11,8 @@ Command line (used by the Makefile):
     python -m tooling.servers url      print a URL to apply migrations to, starting the
                                      local development server when none is configured
     python -m tooling.servers env      print shell assignments for psql: `conninfo` (no
-                                     password) and PGPASSWORD, never a password in argv
+                                     password) and PGPASSWORD, never a password in argv;
+                                     for the local server PGREQUIREAUTH=scram-sha-256 too
     python -m tooling.servers psql     print the path of a psql client
     python -m tooling.servers datadir  print the local development server's directory
     python -m tooling.servers stop     stop every local development server that runs
@@ -46,6 +47,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tooling import bincache, private
 
 DEFAULT_MAJOR = "18"
+LOCAL_AUTH = "scram-sha-256"  # how every server started here authenticates
 EXTERNAL_SETTINGS = ("DATABASE_URL", "PGHOST", "PGPORT", "PGSERVICE")
 SERVER_USER = "postgres"
 
@@ -112,6 +114,9 @@ class Server:
     password: str | None
     dbname: str
     bindir: Path | None = None
+    # The only authentication a client accepts (libpq >= 16 `require_auth`), for servers
+    # started here: a program squatting their port cannot ask for the password in clear.
+    require_auth: str | None = None
 
     def url(self, dbname: str | None = None) -> str:
         from urllib.parse import quote
@@ -137,6 +142,8 @@ class Server:
         env = dict(os.environ if base is None else base)
         if self.password:
             env["PGPASSWORD"] = self.password
+        if self.require_auth:
+            env["PGREQUIREAUTH"] = self.require_auth  # libpq before 16 ignores it
         return env
 
     def connect(self, dbname: str | None = None, **kwargs: object) -> psycopg.Connection:
@@ -146,6 +153,7 @@ class Server:
             user=self.user,
             password=self.password,
             dbname=dbname or self.dbname,
+            **({"require_auth": self.require_auth} if self.require_auth else {}),
             **kwargs,
         )
 
@@ -300,9 +308,9 @@ class LocalServer:
                 "--username",
                 "postgres",
                 "--auth-local",
-                "scram-sha-256",
+                LOCAL_AUTH,
                 "--auth-host",
-                "scram-sha-256",
+                LOCAL_AUTH,
                 "--pwfile",
                 str(pwfile),
                 "--encoding",
@@ -358,6 +366,7 @@ class LocalServer:
             password=private.read_secret(self.password_file),
             dbname="postgres",
             bindir=self.bindir,
+            require_auth=LOCAL_AUTH,
         )
 
 
@@ -512,7 +521,10 @@ def _command(command: str) -> int:
     elif command == "url":
         print(dev_url())
     elif command == "env":
-        for name, value in psql_settings(dev_url()).items():
+        settings = psql_settings(dev_url())
+        if external_conninfo() is None:
+            settings["PGREQUIREAUTH"] = LOCAL_AUTH  # the local server: never a password in clear
+        for name, value in settings.items():
             print(f"{name}={shlex.quote(value)}" if name == "conninfo" else f"export {name}={shlex.quote(value)}")
     else:
         print(__doc__, file=sys.stderr)
