@@ -12,7 +12,8 @@ what root runs, and each refusal is asserted, not only the absence of damage:
 - the dev server's directory made or symlinked by another user is refused, and the
   symlink's target is untouched; secret files are never written through a symlink, nor
   postgresql.conf or server.log (the server user's files, which root writes and reads);
-- while `make migrate` runs psql, no process's arguments hold the password;
+- while `make migrate` runs psql, no process's arguments hold the password; a dev server
+  whose port another program took while it was stopped starts on another port;
 - the make targets say what to do: `make install` first, make's usage for a wrong export,
   and `make export` runs with the system python3 and no venv.
 
@@ -526,6 +527,23 @@ def test_make_migrate_never_shows_the_password_in_process_arguments(dev_dir: Pat
     assert psqls, "psql must have been running while the process arguments were read"
     leaks = [line for line in seen if password in line]
     assert leaks == [], f"the password must never be in a process's arguments: {leaks}"
+
+
+def test_a_dev_server_whose_port_was_taken_while_stopped_starts_on_another(dev_dir: Path) -> None:
+    """Every local user sees the dev server's port (/proc/net/tcp) and may bind it while the
+    server is stopped: the next start must not fail for good on "Address already in use"."""
+    assert dev_command(dev_dir, "url").returncode == 0
+    stopped = dev_command(dev_dir, "stop")
+    assert "stopped the local PostgreSQL" in stopped.stderr, stopped.stderr
+    taken = servers.LocalServer(dev_dir / f"pg{servers.selected_major()}").port
+
+    with socket.create_server(("127.0.0.1", taken)):
+        started = dev_command(dev_dir, "url")
+    assert started.returncode == 0, f"the dev server must start on another port: {started.stderr}"
+    url = started.stdout.strip()
+    assert int(psycopg.conninfo.conninfo_to_dict(url)["port"]) != taken, f"the server must have left port {taken}"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 @pytest.mark.slow

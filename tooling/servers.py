@@ -186,6 +186,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 # What the server's programs (initdb, pg_ctl, postgres) keep of our environment. As root
 # they run as the server user, like every other root-run cluster: that user, and any
 # superuser of those clusters (pg_read_binary_file('/proc/<pid>/environ')), reads the
@@ -448,6 +458,9 @@ def dev_url() -> str:
         # It outlives the command and listens on TCP: no passwordless logins.
         local.initdb({**FAST_SETTINGS, "fsync": "on", "full_page_writes": "on"})
     if not local.is_running():
+        if not _port_is_free(local.port):
+            # Its port was taken while it was stopped (by anyone: the port is no secret).
+            local.configure({"port": str(_free_port())})
         local.start()
         wait_for_connections(local.server())
     server = local.server()
