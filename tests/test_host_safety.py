@@ -5,10 +5,15 @@ what root runs, and each refusal is asserted, not only the absence of damage:
 
 - a binary cache directory made or symlinked by another user is refused, its fake
   binary never runs; two processes making the cache at once both succeed;
-- a test server takes no login without its password, and has no Unix socket;
+- a test server takes no login without its password, and has no Unix socket; the
+  password handed to another user's program is in no process's arguments; a server
+  started here gets none of our secrets (PGPASSWORD, DATABASE_URL) in its environment;
+  its clients never send the password in clear to a program squatting its port;
 - the dev server's directory made or symlinked by another user is refused, and the
-  symlink's target is untouched; secret files are never written through a symlink;
-- while `make migrate` runs psql, no process's arguments hold the password;
+  symlink's target is untouched; secret files are never written through a symlink, nor
+  postgresql.conf or server.log (the server user's files, which root writes and reads);
+- while `make migrate` runs psql, no process's arguments hold the password; a dev server
+  whose port another program took while it was stopped starts on another port;
 - the make targets say what to do: `make install` first, make's usage for a wrong export,
   and `make export` runs with the system python3 and no venv.
 
@@ -18,12 +23,17 @@ deselected, not skipped (tests/conftest.py), and CI runs them as root.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import pwd
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,10 +48,16 @@ needs_root = pytest.mark.needs_root
 
 
 def as_attacker(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `args` as the unprivileged user, with exactly `env` (or a bare PATH)."""
-    settings = [f"{name}={value}" for name, value in (env or {"PATH": "/usr/bin:/bin"}).items()]
+    """Run `args` as the unprivileged user with `env` (or a bare PATH) as its environment,
+    to which runuser adds HOME, SHELL, USER and LOGNAME. Never `env NAME=value` in the
+    arguments: every local user reads them (/proc/*/cmdline), a password included."""
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"  # `env` has no sbin in its PATH
     return subprocess.run(
-        ["runuser", "-u", ATTACKER, "--", "env", "-i", *settings, *args], capture_output=True, text=True, timeout=60
+        [runuser, "-u", ATTACKER, "--", *args],
+        env=env or {"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -198,6 +214,28 @@ def login(server: servers.Server, password: str | None) -> subprocess.CompletedP
     return subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
 
 
+# The process and each of its ancestors, as the process itself reads them; then its PGPASSWORD.
+ANCESTRY = (
+    'p=$$; while [ "$p" -gt 1 ]; do tr "\\0" " " < /proc/$p/cmdline; echo; '
+    "p=$(awk '/^PPid:/ {print $2}' /proc/$p/status); done; printenv PGPASSWORD"
+)
+
+
+@needs_root
+def test_a_password_handed_to_another_users_program_is_in_no_process_arguments() -> None:
+    """login() gives the other user's psql the server's password: every local user reads
+    the arguments of runuser and of what it starts, so the password must go through the
+    environment (once `env -i PGPASSWORD=...` showed it, and a watcher became superuser)."""
+    secret = f"password-{secrets.token_hex(8)}"
+    seen = as_attacker("sh", "-c", ANCESTRY, env={"PATH": "/usr/bin:/bin", "PGPASSWORD": secret})
+    assert seen.returncode == 0, seen.stderr
+    *arguments, received = seen.stdout.splitlines()
+    assert received == secret, f"the program must get the password in its environment, got {received!r}"
+    assert any("runuser -u " in line for line in arguments), "runuser must be among the ancestors read"
+    leaks = [line for line in arguments if secret in line]
+    assert leaks == [], f"the password must be in no process's arguments: {leaks}"
+
+
 def test_a_test_server_refuses_a_login_without_password(own_server: servers.Server) -> None:
     refused = login(own_server, None)
     assert refused.returncode != 0, "a login without password must be refused"
@@ -219,6 +257,92 @@ def test_a_test_server_takes_its_password_and_has_no_socket(own_server: servers.
         methods = conn.execute("SELECT DISTINCT auth_method FROM pg_hba_file_rules ORDER BY 1").fetchall()
     assert row == ("",), f"a test server must have no Unix socket, got {row}"
     assert methods == [("scram-sha-256",)], f"every pg_hba rule must ask for the password, got {methods}"
+
+
+def test_a_server_started_here_inherits_no_secret_of_our_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root the server runs as the server user, and so does every other root-run cluster
+    (Debian's own included): whoever is that user, or superuser on any of those clusters,
+    reads its processes' environment. Our PGPASSWORD or DATABASE_URL must not be there."""
+    secrets_of_ours = {
+        "PGPASSWORD": f"password-{secrets.token_hex(8)}",
+        "DATABASE_URL": f"postgresql://app:url-password-{secrets.token_hex(8)}@db.example/app",
+    }
+    for name, value in secrets_of_ours.items():
+        monkeypatch.setenv(name, value)
+    # The postmaster's: a backend overwrites its own for its ps display.
+    with servers.throwaway_server("idempotency-env-") as server, server.connect() as conn:
+        row = conn.execute(
+            "SELECT pg_read_binary_file(format('/proc/%s/environ', split_part(pg_read_file('postmaster.pid'), E'\\n', 1)))"
+        ).fetchone()
+    assert row is not None
+    environment = dict(item.split("=", 1) for item in bytes(row[0]).decode().split("\0") if "=" in item)
+    leaked = sorted(name for name, value in environment.items() if value in secrets_of_ours.values())
+    assert leaked == [], f"the server process must not get our secrets, found them in {leaked}"
+    assert "PATH" in environment, "the server still gets a PATH"
+
+
+class CleartextSquatter:
+    """A program on a server's port that asks every client for its password in clear
+    (AuthenticationCleartextPassword) and keeps what comes back."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.received: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.sock.accept()
+                with client:
+                    client.settimeout(10)
+                    startup = client.recv(65536)
+                    if startup[4:8] == (80877103).to_bytes(4, "big"):  # SSLRequest: no TLS here
+                        client.sendall(b"N")
+                        startup = client.recv(65536)
+                    client.sendall(b"R" + (8).to_bytes(4, "big") + (3).to_bytes(4, "big"))
+                    with contextlib.suppress(OSError):
+                        self.received.append(client.recv(65536))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() that close() alone would not
+        self.sock.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def squatter() -> Iterator[CleartextSquatter]:
+    fake = CleartextSquatter()
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def test_a_client_of_a_server_started_here_never_sends_its_password_in_clear(
+    own_server: servers.Server, squatter: CleartextSquatter
+) -> None:
+    """Should another user's program answer on the port instead of the server (it stopped,
+    a stale setting), psycopg and psql refuse its request for the password in clear."""
+    squatted = dataclasses.replace(own_server, port=squatter.port)
+    assert own_server.password
+    with pytest.raises(psycopg.OperationalError) as refused:
+        squatted.connect(connect_timeout=10)
+    psql = subprocess.run(
+        [str(servers.bindir("18") / "psql"), "-w", "--no-psqlrc", "-d", squatted.conninfo(), "-c", "SELECT 1"],
+        env=squatted.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    leaks = [message for message in squatter.received if own_server.password.encode() in message]
+    assert leaks == [], f"the password must never reach the squatter: {leaks}"
+    assert "server requested a cleartext password" in str(refused.value), str(refused.value)
+    assert psql.returncode != 0, "psql must refuse the squatter"
+    assert "server requested a cleartext password" in psql.stderr, psql.stderr
 
 
 # --- the dev server's directory ----------------------------------------------------
@@ -298,6 +422,29 @@ def test_a_secret_is_created_for_its_owner_only(tmp_path: Path) -> None:
     assert private.read_secret(path) == "secret"
 
 
+def test_a_symlink_in_a_data_directory_is_never_followed(tmp_path: Path) -> None:
+    """As root the data directory's files belong to the server user, who could replace
+    postgresql.conf or server.log by a symlink to a file of root's: appending the settings,
+    reading the port or the log must refuse it, and leave the target as it was."""
+    datadir = tmp_path / "data"
+    datadir.mkdir()
+    target = tmp_path / "root-file"
+    target.write_text("port = 1\n")
+    for name in ("postgresql.conf", "server.log"):
+        (datadir / name).symlink_to(target)
+    local = servers.LocalServer(datadir)
+
+    with pytest.raises(private.UnsafePathError, match=r"postgresql\.conf: found a symlink, expected a regular file"):
+        local.configure({"fsync": "off"})
+    with pytest.raises(private.UnsafePathError, match=r"postgresql\.conf: found a symlink"):
+        _ = local.port
+    with pytest.raises(private.UnsafePathError, match=r"server\.log: found a symlink") as refused:
+        local._check("false")  # a failing command reads the server log into its error
+
+    assert "HINT: the data directory" in str(refused.value), str(refused.value)
+    assert target.read_text() == "port = 1\n", "the symlink's target must be untouched"
+
+
 # --- make migrate, make stop ---------------------------------------------------------
 
 
@@ -360,6 +507,8 @@ def test_make_migrate_never_shows_the_password_in_process_arguments(dev_dir: Pat
     url = dev_command(dev_dir, "url").stdout.strip()
     password = psycopg.conninfo.conninfo_to_dict(url)["password"]
     assert password, "the dev server must have a password"
+    settings = dev_command(dev_dir, "env").stdout
+    assert "export PGREQUIREAUTH=scram-sha-256" in settings, f"psql must refuse a password in clear: {settings}"
 
     # Hold the table so that the second run's psql waits inside 045 while we look.
     with psycopg.connect(url) as holder:
@@ -378,6 +527,23 @@ def test_make_migrate_never_shows_the_password_in_process_arguments(dev_dir: Pat
     assert psqls, "psql must have been running while the process arguments were read"
     leaks = [line for line in seen if password in line]
     assert leaks == [], f"the password must never be in a process's arguments: {leaks}"
+
+
+def test_a_dev_server_whose_port_was_taken_while_stopped_starts_on_another(dev_dir: Path) -> None:
+    """Every local user sees the dev server's port (/proc/net/tcp) and may bind it while the
+    server is stopped: the next start must not fail for good on "Address already in use"."""
+    assert dev_command(dev_dir, "url").returncode == 0
+    stopped = dev_command(dev_dir, "stop")
+    assert "stopped the local PostgreSQL" in stopped.stderr, stopped.stderr
+    taken = servers.LocalServer(dev_dir / f"pg{servers.selected_major()}").port
+
+    with socket.create_server(("127.0.0.1", taken)):
+        started = dev_command(dev_dir, "url")
+    assert started.returncode == 0, f"the dev server must start on another port: {started.stderr}"
+    url = started.stdout.strip()
+    assert int(psycopg.conninfo.conninfo_to_dict(url)["port"]) != taken, f"the server must have left port {taken}"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 @pytest.mark.slow

@@ -44,12 +44,15 @@ def _kind(mode: int) -> str:
     return "a special file"
 
 
-def check_own(path: Path, info: os.stat_result, kind: str, hint: str, closed_bits: int) -> None:
-    """Refuse unless `info` (an lstat/fstat of `path`) is a `kind` owned by us with none of `closed_bits`."""
+def check_own(
+    path: Path, info: os.stat_result, kind: str, hint: str, closed_bits: int, *, owner: int | None = None
+) -> None:
+    """Refuse unless `info` (an lstat/fstat of `path`) is a `kind` owned by `owner` (default:
+    us) with none of `closed_bits`."""
     found = _kind(info.st_mode)
     if found != kind:
         raise UnsafePathError(path, found, kind, hint)
-    me = os.geteuid()
+    me = os.geteuid() if owner is None else owner
     if info.st_uid != me:
         raise UnsafePathError(path, f"owner {user_name(info.st_uid)}", f"owner {user_name(me)}", hint)
     mode = stat.S_IMODE(info.st_mode)
@@ -89,14 +92,24 @@ def write_secret(path: Path, text: str, *, owner: int | None = None) -> None:
         handle.write(text)
 
 
-def read_secret(path: Path) -> str:
-    """The text of a secret file of ours that no one else can read or write."""
+def open_file(path: Path, flags: int, *, owner: int | None = None, closed_bits: int = 0o022, hint: str) -> int:
+    """A descriptor of `path` opened with `flags`, never through a symlink, once it is known to
+    be a regular file owned by `owner` (default: us) with none of `closed_bits`."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, flags | os.O_NOFOLLOW)
     except OSError as error:
         if error.errno != errno.ELOOP:
             raise
-        raise UnsafePathError(path, "a symlink", "a regular file", "remove it") from None
-    with os.fdopen(fd) as handle:
-        check_own(path, os.fstat(handle.fileno()), "a regular file", "remove it", closed_bits=0o077)
+        raise UnsafePathError(path, "a symlink", "a regular file", hint) from None
+    try:
+        check_own(path, os.fstat(fd), "a regular file", hint, closed_bits, owner=owner)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_secret(path: Path) -> str:
+    """The text of a secret file of ours that no one else can read or write."""
+    with os.fdopen(open_file(path, os.O_RDONLY, closed_bits=0o077, hint="remove it")) as handle:
         return handle.read()

@@ -11,7 +11,8 @@ Command line (used by the Makefile):
     python -m tooling.servers url      print a URL to apply migrations to, starting the
                                      local development server when none is configured
     python -m tooling.servers env      print shell assignments for psql: `conninfo` (no
-                                     password) and PGPASSWORD, never a password in argv
+                                     password) and PGPASSWORD, never a password in argv;
+                                     for the local server PGREQUIREAUTH=scram-sha-256 too
     python -m tooling.servers psql     print the path of a psql client
     python -m tooling.servers datadir  print the local development server's directory
     python -m tooling.servers stop     stop every local development server that runs
@@ -46,6 +47,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tooling import bincache, private
 
 DEFAULT_MAJOR = "18"
+LOCAL_AUTH = "scram-sha-256"  # how every server started here authenticates
 EXTERNAL_SETTINGS = ("DATABASE_URL", "PGHOST", "PGPORT", "PGSERVICE")
 SERVER_USER = "postgres"
 
@@ -112,6 +114,9 @@ class Server:
     password: str | None
     dbname: str
     bindir: Path | None = None
+    # The only authentication a client accepts (libpq >= 16 `require_auth`), for servers
+    # started here: a program squatting their port cannot ask for the password in clear.
+    require_auth: str | None = None
 
     def url(self, dbname: str | None = None) -> str:
         from urllib.parse import quote
@@ -137,6 +142,8 @@ class Server:
         env = dict(os.environ if base is None else base)
         if self.password:
             env["PGPASSWORD"] = self.password
+        if self.require_auth:
+            env["PGREQUIREAUTH"] = self.require_auth  # libpq before 16 ignores it
         return env
 
     def connect(self, dbname: str | None = None, **kwargs: object) -> psycopg.Connection:
@@ -146,6 +153,7 @@ class Server:
             user=self.user,
             password=self.password,
             dbname=dbname or self.dbname,
+            **({"require_auth": self.require_auth} if self.require_auth else {}),
             **kwargs,
         )
 
@@ -178,6 +186,29 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+# What the server's programs (initdb, pg_ctl, postgres) keep of our environment. As root
+# they run as the server user, like every other root-run cluster: that user, and any
+# superuser of those clusters (pg_read_binary_file('/proc/<pid>/environ')), reads the
+# environment of its processes, which must hold no PGPASSWORD, DATABASE_URL or token.
+SERVER_ENVIRONMENT = ("PATH", "TZ", "LANG", "LANGUAGE")
+
+
+def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (our environment) reduced to the search path, the time zone and the locale."""
+    env = os.environ if base is None else base
+    return {name: value for name, value in env.items() if name in SERVER_ENVIRONMENT or name.startswith("LC_")}
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 
@@ -196,6 +227,7 @@ def _ensure_server_user() -> pwd.struct_passwd:
 def _server_user_can_run(bindir_: Path) -> bool:
     probe = subprocess.run(
         ["runuser", "-u", SERVER_USER, "--", str(bindir_ / "postgres"), "--version"],
+        env=server_environment(),
         capture_output=True,
     )
     return probe.returncode == 0
@@ -227,13 +259,29 @@ class LocalServer:
     def logfile(self) -> Path:
         return self.datadir / "server.log"
 
+    @property
+    def owner(self) -> int:
+        """The uid the data directory's files belong to: the server user's as root, else ours."""
+        return pwd.getpwnam(SERVER_USER).pw_uid if self.as_user else os.geteuid()
+
+    def open_file(self, name: str, flags: int) -> int:
+        """A file of the data directory, opened by root too: as root, the files belong to the
+        server user, so a symlink there (to /etc/..., to a file of root's) is refused, never
+        followed."""
+        hint = f"the data directory {self.datadir} was changed by someone else: stop the server and remove it"
+        return private.open_file(self.datadir / name, flags, owner=self.owner, hint=hint)
+
+    def read_file(self, name: str) -> str:
+        with os.fdopen(self.open_file(name, os.O_RDONLY)) as handle:
+            return handle.read()
+
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.as_user, *args], capture_output=True, text=True)
+        return subprocess.run([*self.as_user, *args], env=server_environment(), capture_output=True, text=True)
 
     def _check(self, *args: str) -> None:
         result = self._run(*args)
         if result.returncode != 0:
-            log = self.logfile.read_text() if self.logfile.exists() else ""
+            log = self.read_file(self.logfile.name) if self.logfile.exists() else ""
             raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}{log}")
 
     @property
@@ -257,7 +305,7 @@ class LocalServer:
 
     def _initdb(self, password: str) -> None:
         os.mkdir(self.datadir, 0o700)
-        owner = pwd.getpwnam(SERVER_USER).pw_uid if self.as_user else None
+        owner = self.owner if self.as_user else None
         if owner is not None:
             os.chown(self.datadir, owner, -1)
         pwfile = self.datadir.parent / f".{self.datadir.name}.initdb-password"
@@ -270,9 +318,9 @@ class LocalServer:
                 "--username",
                 "postgres",
                 "--auth-local",
-                "scram-sha-256",
+                LOCAL_AUTH,
                 "--auth-host",
-                "scram-sha-256",
+                LOCAL_AUTH,
                 "--pwfile",
                 str(pwfile),
                 "--encoding",
@@ -287,14 +335,13 @@ class LocalServer:
     def configure(self, settings: Mapping[str, str]) -> None:
         """Append settings to postgresql.conf (the last occurrence wins)."""
         lines = "".join(f"{name} = {value}\n" for name, value in settings.items())
-        conf = self.datadir / "postgresql.conf"
-        with open(conf, "a") as handle:
+        with os.fdopen(self.open_file("postgresql.conf", os.O_WRONLY | os.O_APPEND), "a") as handle:
             handle.write(lines)
 
     @property
     def port(self) -> int:
         port = None
-        for line in (self.datadir / "postgresql.conf").read_text().splitlines():
+        for line in self.read_file("postgresql.conf").splitlines():
             if line.startswith("port = "):
                 port = int(line.split("=", 1)[1])
         if port is None:
@@ -329,6 +376,7 @@ class LocalServer:
             password=private.read_secret(self.password_file),
             dbname="postgres",
             bindir=self.bindir,
+            require_auth=LOCAL_AUTH,
         )
 
 
@@ -410,6 +458,9 @@ def dev_url() -> str:
         # It outlives the command and listens on TCP: no passwordless logins.
         local.initdb({**FAST_SETTINGS, "fsync": "on", "full_page_writes": "on"})
     if not local.is_running():
+        if not _port_is_free(local.port):
+            # Its port was taken while it was stopped (by anyone: the port is no secret).
+            local.configure({"port": str(_free_port())})
         local.start()
         wait_for_connections(local.server())
     server = local.server()
@@ -483,7 +534,10 @@ def _command(command: str) -> int:
     elif command == "url":
         print(dev_url())
     elif command == "env":
-        for name, value in psql_settings(dev_url()).items():
+        settings = psql_settings(dev_url())
+        if external_conninfo() is None:
+            settings["PGREQUIREAUTH"] = LOCAL_AUTH  # the local server: never a password in clear
+        for name, value in settings.items():
             print(f"{name}={shlex.quote(value)}" if name == "conninfo" else f"export {name}={shlex.quote(value)}")
     else:
         print(__doc__, file=sys.stderr)
