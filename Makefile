@@ -103,7 +103,5 @@ stop: ## stop the local servers that migrate/rollback started (every PG major), 
 	$(PY) -m tooling.servers stop
 
 clean: ## stop the local servers and delete their data, the venv and caches
-	@if test -x $(PY); then \
-	    $(PY) -m tooling.servers stop; data="$$($(PY) -m tooling.servers datadir)"; rm -rf "$$data"; \
-	fi
+	@if test -x $(PY); then $(PY) -m tooling.servers remove; fi
 	rm -rf $(VENV) .pytest_cache .ruff_cache

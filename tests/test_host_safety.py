@@ -616,3 +616,25 @@ def test_make_export_runs_with_the_system_python_and_no_venv(tmp_path: Path) -> 
     assert not (checkout / ".venv").exists()
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written and all(name.endswith(".sql") for name in written), f"sqlx files expected, got {written}"
+
+
+def test_removing_the_dev_servers_deletes_their_data_and_nothing_else(tmp_path: Path) -> None:
+    """`make clean` runs `tooling.servers remove`: a user's own file in the dev directory stays."""
+    root = tmp_path / "dev"
+    root.mkdir(mode=0o700)
+    (root / "pg18").mkdir()
+    (root / "pg18" / "PG_VERSION").write_text("18\n")
+    (root / "pg18.password").write_text("secret")
+    (root / "notes.txt").write_text("mine")
+    result = subprocess.run(
+        [sys.executable, "-m", "tooling.servers", "remove"],
+        cwd=ROOT,
+        env={**os.environ, "IDEMPOTENCY_DEV_PGDATA": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    left = sorted(path.name for path in root.iterdir())
+    assert left == ["notes.txt"], f"remove deletes pg18/ and pg18.password only; left {left}"
+    assert f"deleted {root / 'pg18'}" in result.stderr, result.stderr

@@ -16,6 +16,7 @@ Command line (used by the Makefile):
     python -m tooling.servers psql     print the path of a psql client
     python -m tooling.servers datadir  print the local development server's directory
     python -m tooling.servers stop     stop every local development server that runs
+    python -m tooling.servers remove   stop them and delete their data (pgNN/, pgNN.password) only
 
 Safety on a shared host: every server started here requires a random password
 (scram-sha-256) and has no Unix socket; secret files are created exclusively with mode
@@ -512,6 +513,26 @@ def stop_dev_servers() -> list[str]:
     return stopped or [f"no local server is running (looked in {root})"]
 
 
+def remove_dev_servers() -> list[str]:
+    """Stop the local development servers and delete what they left (pgNN/ and
+    pgNN.password in the dev directory); the directory itself goes only if that
+    leaves it empty, so nothing else a user keeps there is ever deleted."""
+    if not os.path.lexists(dev_root_path()):
+        return ["no local server data to delete"]
+    said = [line for line in stop_dev_servers() if line.startswith("stopped")]
+    root = dev_root()
+    for major in MAJORS:
+        datadir, password = root / f"pg{major}", root / f"pg{major}.password"
+        if datadir.is_dir() and not datadir.is_symlink():
+            shutil.rmtree(datadir)
+            said.append(f"deleted {datadir}")
+        if password.is_file() or password.is_symlink():
+            password.unlink()
+    with contextlib.suppress(OSError):
+        root.rmdir()  # only when empty
+    return said or [f"no local server data to delete (looked in {root})"]
+
+
 def _print_psql() -> None:
     try:
         print(bindir() / "psql")
@@ -531,6 +552,8 @@ def _command(command: str) -> int:
         print(dev_root())
     elif command == "stop":
         print("\n".join(stop_dev_servers()), file=sys.stderr)
+    elif command == "remove":
+        print("\n".join(remove_dev_servers()), file=sys.stderr)
     elif command == "url":
         print(dev_url())
     elif command == "env":
