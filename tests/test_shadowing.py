@@ -4,7 +4,8 @@ argument types match our calls exactly where the built-in needs a cast (CVE-2018
 them runs while a superuser applies, re-applies, verifies and rolls back the migrations.
 
 The traps (tests/fixtures/hostile_shadowing_traps.sql) record each call with a WARNING and nextval
-on a sequence, which survives the verification script's rollback."""
+on a sequence, which survives the verification script's rollback. Each test plants them after the
+files it does not test have run, so that a trap that runs names the file under test."""
 
 from __future__ import annotations
 
@@ -85,25 +86,32 @@ def test_each_trap_is_armed(empty_conn: psycopg.Connection, trap: str) -> None:
     assert _trap_calls(empty_conn) >= 1
 
 
-def test_applying_and_reapplying_the_migrations_runs_no_trap(empty_conn: psycopg.Connection) -> None:
-    witness = _plant(empty_conn)
-    for path in (*UP_FILES, *UP_FILES):
+@pytest.mark.parametrize("step", range(len(UP_FILES)), ids=[path.name for path in UP_FILES])
+def test_applying_and_reapplying_a_migration_runs_no_trap(empty_conn: psycopg.Connection, step: int) -> None:
+    """The files before this one applied, then the traps planted, then this file applied twice."""
+    for path in UP_FILES[:step]:
         apply(empty_conn, path)
-        assert witness.ran == [], f"{path.name} ran another role's code: {witness.ran}"
+    witness = _plant(empty_conn)
+    for _ in range(2):
+        apply(empty_conn, UP_FILES[step])
+        assert witness.ran == [], f"{UP_FILES[step].name} ran another role's code: {witness.ran}"
     assert _trap_calls(empty_conn) == 0
-    found = empty_conn.execute("SELECT to_regclass('public.idempotency_records') IS NOT NULL").fetchone()
-    assert found == (True,), "045 created the table in public"
+    found = empty_conn.execute(
+        "SELECT to_regclass('public.idempotency_records') IS NOT NULL, "
+        "to_regprocedure('public.cleanup_expired_idempotency_records()') IS NOT NULL"
+    ).fetchone()
+    assert found == (True, step >= 1), "the file created its objects in public"
 
 
 def test_the_cleanup_runs_no_trap(empty_conn: psycopg.Connection) -> None:
     """The function's body (pinned search_path pg_catalog, public, pg_temp) calls built-ins only."""
-    witness = _plant(empty_conn)
     for path in UP_FILES:
         apply(empty_conn, path)
     empty_conn.execute(
         "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
         "VALUES (gen_random_uuid(), 'old', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')"
     )
+    witness = _plant(empty_conn)
     deleted = empty_conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchall()
     assert deleted == [(1,)], "the cleanup deleted the expired record"
     assert (witness.ran, _trap_calls(empty_conn)) == ([], 0), f"the cleanup ran another role's code: {witness.ran}"
@@ -113,9 +121,9 @@ def test_the_cleanup_runs_no_trap(empty_conn: psycopg.Connection) -> None:
 def test_the_verification_script_runs_no_trap(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, variables: tuple[str, ...]
 ) -> None:
-    _plant(empty_conn)
     for path in UP_FILES:
         apply(empty_conn, path)
+    _plant(empty_conn)
     run = verification.run_script(pg_server, empty_database, *variables)
     assert TRAP_RAN not in run.stderr, f"the script ran another role's code:\n{run.describe()}"
     assert _trap_calls(empty_conn) == 0, f"the script ran another role's code (rolled back):\n{run.describe()}"
@@ -123,8 +131,12 @@ def test_the_verification_script_runs_no_trap(
 
 
 def test_the_down_migrations_run_no_trap(empty_conn: psycopg.Connection) -> None:
+    """Where pg_cron is absent a superuser's 046.down reads pg_extension only, and 045.down calls
+    nothing: this guards their DO block's search_path switch against a later edit."""
+    for path in UP_FILES:
+        apply(empty_conn, path)
     witness = _plant(empty_conn)
-    for path in (*UP_FILES, *DOWN_FILES, *DOWN_FILES):
+    for path in (*DOWN_FILES, *DOWN_FILES):
         apply(empty_conn, path)
         assert witness.ran == [], f"{path.name} ran another role's code: {witness.ran}"
     found = empty_conn.execute(
