@@ -24,15 +24,31 @@
 --   * an index of a contract name with another definition, or left invalid by a
 --     failed CREATE INDEX CONCURRENTLY, stops the file.
 -- docs/README_IDEMPOTENCY.md ("Adopting an existing database") lists every case.
+--
+-- Another role's code never runs here. A role that can CREATE in a schema on the
+-- search_path (public, before PostgreSQL 15) can add a function or operator whose
+-- argument types match a call exactly where the built-in needs a cast, and
+-- PostgreSQL prefers it to pg_catalog's whatever the path order (CVE-2018-1058).
+-- So each DO block first captures what it needs from the search_path (the schema,
+-- what idempotency_records resolves to) with pg_catalog-qualified calls only, then
+-- sets search_path to pg_catalog, pg_temp (functions and operators are never
+-- looked up in pg_temp) and restores it at its end: one rule for every block,
+-- rather than qualifying each of its calls and operators, which a later edit
+-- would forget. The DECLARE initialisers run before the body, under the caller's
+-- path, so they are the captures and nothing else.
 
 -- Any lock this file must take (only where it creates something) waits a bounded
 -- time. The deployer's own lock_timeout wins; this sets one, for this file's
 -- transaction only, where none is set.
 DO $timeout$
+DECLARE
+    saved_path CONSTANT TEXT := pg_catalog.current_setting('search_path');
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
     IF current_setting('lock_timeout') IN ('0', '0ms') THEN
         PERFORM set_config('lock_timeout', '2s', TRUE);
     END IF;
+    PERFORM set_config('search_path', saved_path, TRUE);
 END
 $timeout$;
 
@@ -41,24 +57,29 @@ $timeout$;
 -- same name, which the unqualified names below would reach first.
 DO $place$
 DECLARE
+    saved_path CONSTANT TEXT := pg_catalog.current_setting('search_path');
+    target CONSTANT TEXT := pg_catalog.current_schema();
+    resolved CONSTANT OID := pg_catalog.to_regclass('idempotency_records');
     -- what the unqualified name reaches, schema-qualified
-    visible CONSTANT TEXT := (
-        SELECT format('%s.%I', c.relnamespace::REGNAMESPACE, c.relname)
-        FROM pg_catalog.pg_class AS c
-        WHERE c.oid = to_regclass('idempotency_records')
-    );
+    visible TEXT;
 BEGIN
-    IF current_schema() ~ '^pg_(toast_)?temp_' OR visible ~ '^pg_(toast_)?temp_' THEN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
+    SELECT format('%s.%I', c.relnamespace::REGNAMESPACE, c.relname)
+    INTO visible
+    FROM pg_class AS c
+    WHERE c.oid = resolved;
+    IF target ~ '^pg_(toast_)?temp_' OR visible ~ '^pg_(toast_)?temp_' THEN
         RAISE EXCEPTION 'idempotency_records would be created in or resolved to a temporary schema'
         USING
             ERRCODE = 'invalid_schema_name',
             DETAIL = format(
                 'found: current schema %s, idempotency_records resolves to %s; expected: a permanent schema',
-                current_schema(), coalesce(visible, 'nothing')
+                target, coalesce(visible, 'nothing')
             ),
             HINT = 'Apply the file with a search_path that starts with the target schema, '
             || 'e.g. PGOPTIONS=''-c search_path=public'', in a session without a temporary idempotency_records.';
     END IF;
+    PERFORM set_config('search_path', saved_path, TRUE);
 END
 $place$;
 
@@ -81,7 +102,10 @@ CREATE TABLE IF NOT EXISTS idempotency_records (
 -- left alone, so re-running this file stays safe after them.
 DO $guard$
 DECLARE
-    tbl CONSTANT REGCLASS := to_regclass(format('%I.idempotency_records', current_schema()));
+    saved_path CONSTANT TEXT := pg_catalog.current_setting('search_path');
+    target CONSTANT TEXT := pg_catalog.current_schema();
+    resolved CONSTANT REGCLASS := pg_catalog.to_regclass('idempotency_records');
+    tbl REGCLASS;
     rel RECORD;
     found_text TEXT;
     wanted_columns CONSTANT TEXT :=
@@ -95,14 +119,16 @@ DECLARE
     'chk_expires_at CHECK ((expires_at > created_at)), '
     || 'idempotency_records_pkey PRIMARY KEY (request_id)';
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
+    tbl := to_regclass(format('%I.idempotency_records', target));
     -- Where pg_temp is only pending on the search_path, current_schema() can
     -- still name a permanent schema while CREATE TABLE went to the temporary one.
-    IF tbl IS NULL OR to_regclass('idempotency_records') IS DISTINCT FROM tbl THEN
-        RAISE EXCEPTION 'idempotency_records does not resolve to %.idempotency_records', current_schema()
+    IF tbl IS NULL OR resolved IS DISTINCT FROM tbl THEN
+        RAISE EXCEPTION 'idempotency_records does not resolve to %.idempotency_records', target
         USING
             ERRCODE = 'invalid_schema_name',
             DETAIL = format('found: %s; expected: %I.idempotency_records',
-                coalesce(to_regclass('idempotency_records')::TEXT, 'nothing'), current_schema()),
+                coalesce(resolved::TEXT, 'nothing'), target),
             HINT = 'Apply the file with a search_path that starts with the target schema, and without pg_temp first.';
     END IF;
 
@@ -115,7 +141,7 @@ BEGIN
     WHERE c.oid = tbl;
 
     IF rel.owner IS DISTINCT FROM current_user THEN
-        RAISE EXCEPTION 'table %.idempotency_records is owned by another role', current_schema()
+        RAISE EXCEPTION 'table %.idempotency_records is owned by another role', target
         USING
             ERRCODE = 'insufficient_privilege',
             DETAIL = format('found: owner %s; expected: owner %s (the role applying 045)', rel.owner, current_user),
@@ -135,7 +161,7 @@ BEGIN
         WHERE r.ev_class = tbl
     ) AS s (what);
     IF found_text IS NOT NULL THEN
-        RAISE EXCEPTION 'table %.idempotency_records has triggers or rules', current_schema()
+        RAISE EXCEPTION 'table %.idempotency_records has triggers or rules', target
         USING
             ERRCODE = 'object_not_in_prerequisite_state',
             DETAIL = format('found: %s; expected: no trigger and no rule', found_text),
@@ -145,7 +171,7 @@ BEGIN
     END IF;
 
     IF (rel.relkind, rel.relpersistence) IS DISTINCT FROM ('r'::"char", 'p'::"char") THEN
-        RAISE EXCEPTION 'table %.idempotency_records already exists with another persistence or kind', current_schema()
+        RAISE EXCEPTION 'table %.idempotency_records already exists with another persistence or kind', target
         USING
             ERRCODE = 'duplicate_table',
             DETAIL = format(
@@ -178,7 +204,7 @@ BEGIN
         )
         AND NOT a.attisdropped;
     IF found_text IS DISTINCT FROM wanted_columns THEN
-        RAISE EXCEPTION 'table %.idempotency_records already exists with other columns', current_schema()
+        RAISE EXCEPTION 'table %.idempotency_records already exists with other columns', target
         USING
             ERRCODE = 'duplicate_table',
             DETAIL = format('found: %s; expected: %s', found_text, wanted_columns),
@@ -192,13 +218,14 @@ BEGIN
         con.conrelid = tbl
         AND (con.conname IN ('idempotency_records_pkey', 'chk_expires_at') OR con.contype = 'p');
     IF found_text IS DISTINCT FROM wanted_constraints THEN
-        RAISE EXCEPTION 'table %.idempotency_records already exists with another primary key or check', current_schema()
+        RAISE EXCEPTION 'table %.idempotency_records already exists with another primary key or check', target
         USING
             ERRCODE = 'duplicate_table',
             DETAIL = format('found: %s; expected: %s', coalesce(found_text, 'none'), wanted_constraints),
             HINT = 'Restore the primary key and chk_expires_at as 045 defines them (docs/README_IDEMPOTENCY.md, '
             || '"Adopting an existing database"), then apply 045 again.';
     END IF;
+    PERFORM set_config('search_path', saved_path, TRUE);
 END
 $guard$;
 
@@ -210,13 +237,16 @@ $guard$;
 --   idx_idempotency_operation: monitoring and analytics, counts by operation.
 DO $indexes$
 DECLARE
+    saved_path CONSTANT TEXT := pg_catalog.current_setting('search_path');
+    target CONSTANT TEXT := pg_catalog.current_schema();
     wanted RECORD;
     existing RECORD;
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
     FOR wanted IN
         SELECT
             v.name,
-            format('CREATE INDEX %I ON %I.idempotency_records USING btree (%I)', v.name, current_schema(), v.col)
+            format('CREATE INDEX %I ON %I.idempotency_records USING btree (%I)', v.name, target, v.col)
                 AS definition
         FROM (
             VALUES
@@ -232,12 +262,12 @@ BEGIN
         INTO existing
         FROM pg_catalog.pg_class AS c
         LEFT JOIN pg_catalog.pg_index AS i ON c.oid = i.indexrelid
-        WHERE c.relname = wanted.name AND c.relnamespace = current_schema()::REGNAMESPACE;
+        WHERE c.relname = wanted.name AND c.relnamespace = to_regnamespace(quote_ident(target));
 
         IF NOT FOUND THEN
             EXECUTE wanted.definition;
         ELSIF existing.definition IS DISTINCT FROM wanted.definition THEN
-            RAISE EXCEPTION 'relation %.% already exists with another definition', current_schema(), wanted.name
+            RAISE EXCEPTION 'relation %.% already exists with another definition', target, wanted.name
             USING
                 ERRCODE = 'duplicate_table',
                 DETAIL = format('found: %s; expected: %s', coalesce(existing.definition, 'relkind ' || existing.relkind::TEXT),
@@ -245,7 +275,7 @@ BEGIN
                 HINT = format('Drop or rename %I (DROP INDEX CONCURRENTLY takes no lock that blocks writes), '
                     || 'then apply 045 again.', wanted.name);
         ELSIF NOT (existing.indisvalid AND existing.indisready) THEN
-            RAISE EXCEPTION 'index %.% is invalid', current_schema(), wanted.name
+            RAISE EXCEPTION 'index %.% is invalid', target, wanted.name
             USING
                 ERRCODE = 'object_not_in_prerequisite_state',
                 DETAIL = format('found: indisvalid %s, indisready %s; expected: a valid index (a failed '
@@ -254,6 +284,7 @@ BEGIN
                     || '%2$s, written CREATE INDEX CONCURRENTLY; then apply 045 again.', wanted.name, wanted.definition);
         END IF;
     END LOOP;
+    PERFORM set_config('search_path', saved_path, TRUE);
 END
 $indexes$;
 
@@ -261,10 +292,15 @@ $indexes$;
 -- SHARE UPDATE EXCLUSIVE lock on the table, which waits for (auto)vacuum.
 DO $comments$
 DECLARE
-    qualified CONSTANT TEXT := format('%I.idempotency_records', current_schema());
-    tbl CONSTANT REGCLASS := qualified::REGCLASS;
+    saved_path CONSTANT TEXT := pg_catalog.current_setting('search_path');
+    target CONSTANT TEXT := pg_catalog.current_schema();
+    qualified TEXT;
+    tbl REGCLASS;
     wanted RECORD;
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
+    qualified := format('%I.idempotency_records', target);
+    tbl := qualified::REGCLASS;
     FOR wanted IN
         SELECT
             v.col,
@@ -304,5 +340,6 @@ BEGIN
             END IF;
         END IF;
     END LOOP;
+    PERFORM set_config('search_path', saved_path, TRUE);
 END
 $comments$;

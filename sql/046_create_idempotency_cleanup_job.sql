@@ -13,6 +13,12 @@
 -- Re-runnable by design (CREATE OR REPLACE, COMMENT ON, ALTER ... SET): pipelines
 -- re-apply files, and a run cut off part way completes when applied again.
 -- No BEGIN/COMMIT and no psql meta-commands, so any migration runner can wrap it.
+--
+-- Another role's code never runs here: each DO block captures what it needs from
+-- the search_path with pg_catalog-qualified calls, then runs under search_path
+-- pg_catalog, pg_temp and restores the caller's at its end (045 says why), and
+-- the function's body, run under its pinned search_path, calls only built-ins
+-- whose argument types match exactly, or qualified with pg_catalog.
 
 -- Guard: the function deletes from the idempotency_records of this schema with
 -- the rights of whoever calls it (a superuser, for a pg_cron job). Refuse to
@@ -22,33 +28,38 @@
 -- names any other difference; it takes no lock here, it only reads the catalog.
 DO $guard$
 DECLARE
-    tbl CONSTANT REGCLASS := to_regclass(format('%I.idempotency_records', current_schema()));
+    saved_path CONSTANT TEXT := pg_catalog.current_setting('search_path');
+    target CONSTANT TEXT := pg_catalog.current_schema();
+    resolved CONSTANT REGCLASS := pg_catalog.to_regclass('idempotency_records');
+    tbl REGCLASS;
     -- what the unqualified name reaches, schema-qualified
-    visible CONSTANT TEXT := (
-        SELECT format('%s.%I', c.relnamespace::REGNAMESPACE, c.relname)
-        FROM pg_catalog.pg_class AS c
-        WHERE c.oid = to_regclass('idempotency_records')
-    );
+    visible TEXT;
     found_state TEXT;
     wanted_state CONSTANT TEXT := 'permanent table, owner is the migration role, 0 triggers, 0 rules, '
     || 'expires_at timestamp with time zone';
 BEGIN
-    IF current_schema() ~ '^pg_(toast_)?temp_' OR to_regclass('idempotency_records') IS DISTINCT FROM tbl THEN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
+    tbl := to_regclass(format('%I.idempotency_records', target));
+    SELECT format('%s.%I', c.relnamespace::REGNAMESPACE, c.relname)
+    INTO visible
+    FROM pg_class AS c
+    WHERE c.oid = resolved;
+    IF target ~ '^pg_(toast_)?temp_' OR resolved IS DISTINCT FROM tbl THEN
         RAISE EXCEPTION 'idempotency_records does not resolve to a table in a permanent schema'
         USING
             ERRCODE = 'invalid_schema_name',
             DETAIL = format('found: current schema %s, idempotency_records resolves to %s; expected: %s',
-                current_schema(), coalesce(visible, 'nothing'),
+                target, coalesce(visible, 'nothing'),
                 'the table 045 created in the first schema of the search_path'),
             HINT = 'Apply 046 with the same search_path as 045, without pg_temp first and without a temporary '
             || 'table of that name.';
     END IF;
     IF tbl IS NULL THEN
-        RAISE EXCEPTION 'table %.idempotency_records does not exist', current_schema()
+        RAISE EXCEPTION 'table %.idempotency_records does not exist', target
         USING
             ERRCODE = 'undefined_table',
             DETAIL = format('found: no relation %I.idempotency_records; expected: the table 045 creates',
-                current_schema()),
+                target),
             HINT = 'Apply 045_create_idempotency_records.sql first, with the same search_path.';
     END IF;
 
@@ -78,13 +89,14 @@ BEGIN
     FROM pg_catalog.pg_class AS c
     WHERE c.oid = tbl;
     IF found_state IS DISTINCT FROM wanted_state THEN
-        RAISE EXCEPTION 'table %.idempotency_records is not the table 045 creates', current_schema()
+        RAISE EXCEPTION 'table %.idempotency_records is not the table 045 creates', target
         USING
             ERRCODE = 'object_not_in_prerequisite_state',
             DETAIL = format('found: %s; expected: %s', found_state, wanted_state),
             HINT = 'Apply 045 again as the role that owns the table: it names every difference and repairs what '
             || 'it safely can.';
     END IF;
+    PERFORM set_config('search_path', saved_path, TRUE);
 END
 $guard$;
 
@@ -101,7 +113,9 @@ BEGIN
     --    waits on a row lock, so whatever plan it runs with, it cannot be one
     --    side of a deadlock, and a skipped row is left for the next run. FOR
     --    UPDATE checks expires_at again on the latest version of each row.
-    SELECT array_agg(expired.ctid)
+    --    array_agg is qualified: the built-in is polymorphic, so an
+    --    array_agg(tid) of another role in this schema would be preferred.
+    SELECT pg_catalog.array_agg(expired.ctid)
     INTO locked_rows
     FROM (
         SELECT ctid
@@ -133,11 +147,16 @@ COMMENT ON FUNCTION cleanup_expired_idempotency_records() IS
 -- cannot stand in for it. The schema name is only known when the file runs,
 -- hence EXECUTE.
 DO $pin$
+DECLARE
+    saved_path CONSTANT TEXT := pg_catalog.current_setting('search_path');
+    target CONSTANT TEXT := pg_catalog.current_schema();
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
     EXECUTE format(
         'ALTER FUNCTION %1$I.cleanup_expired_idempotency_records() '
         'SET search_path = pg_catalog, %1$I, pg_temp',
-        current_schema()
+        target
     );
+    PERFORM set_config('search_path', saved_path, TRUE);
 END
 $pin$;

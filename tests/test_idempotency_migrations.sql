@@ -22,10 +22,18 @@
 \set QUIET on
 \set ON_ERROR_STOP on
 
+-- Another role's code never runs here. A role that can CREATE in a schema on the search_path
+-- (public, before PostgreSQL 15) can add a function or operator whose argument types match a call
+-- below exactly where the built-in needs a cast, and PostgreSQL prefers it to pg_catalog's whatever
+-- the path order (CVE-2018-1058). So the script captures the schema first, with pg_catalog-qualified
+-- calls only, then runs under search_path pg_catalog, pg_temp and names our objects by schema; the
+-- session's search_path is restored at the end.
+SELECT pg_catalog.current_setting('search_path') AS saved_search_path \gset
 \if :{?schema}
 \else
-SELECT coalesce(current_schema(), '') AS schema \gset
+SELECT coalesce(pg_catalog.current_schema(), '') AS schema \gset
 \endif
+SET search_path = pg_catalog, pg_temp;
 \if :{?owner}
 \else
 \set owner ''
@@ -309,23 +317,24 @@ FROM numbered AS n \gset
 \if :catalog_only
 \else
 BEGIN;
-SET LOCAL search_path = :"schema", pg_catalog, pg_temp;
 -- this script's own waits are bounded too
 SET LOCAL lock_timeout = '2s';
 
 -- The report's tests 3 to 10, one result row each. A temporary function, so that each test
 -- catches its own error (a damaged table fails a test, never the script); the transaction's
--- ROLLBACK below removes it with every row the tests wrote.
-CREATE FUNCTION pg_temp.idempotency_behaviour()
+-- ROLLBACK below removes it with every row the tests wrote. The schema is not on the search_path:
+-- each statement names the table by schema, hence EXECUTE.
+CREATE FUNCTION pg_temp.idempotency_behaviour(target TEXT)
 RETURNS TABLE (name TEXT, ok BOOLEAN, detail TEXT)
 LANGUAGE plpgsql
 AS $behaviour$
 DECLARE
     live_key UUID := gen_random_uuid();
     expired_key UUID := gen_random_uuid();
+    tbl CONSTANT TEXT := format('%I.idempotency_records', target);
     -- the report's save query (IdempotencyRepository::save); $5 is the lifetime in hours
     save CONSTANT TEXT :=
-        'INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at) '
+        'INSERT INTO ' || tbl || ' (request_id, operation, result_payload, status_code, expires_at) '
         || 'VALUES ($1, $2, $3, $4, now() + INTERVAL ''1 hour'' * $5) '
         || 'ON CONFLICT (request_id) DO UPDATE SET operation = excluded.operation, '
         || 'result_payload = excluded.result_payload, status_code = excluded.status_code, '
@@ -348,48 +357,57 @@ BEGIN
             WHEN 4 THEN
                 name := 'report test 4: the saved record is read back';
                 -- the report's get query (IdempotencyRepository::get)
-                SELECT r.result_payload || ' ' || r.status_code INTO seen
-                FROM idempotency_records AS r
-                WHERE r.request_id = live_key AND r.expires_at > now();
+                EXECUTE format(
+                    'SELECT r.result_payload || '' '' || r.status_code FROM %s AS r '
+                    || 'WHERE r.request_id = $1 AND r.expires_at > now()',
+                    tbl
+                ) INTO seen USING live_key;
                 ok := seen IS NOT DISTINCT FROM '{"n": 1} 201';
                 detail := format('found %s, expected {"n": 1} 201', coalesce(seen, 'no row'));
             WHEN 5 THEN
                 name := 'report test 5: a second save of the same key replaces the record (one row)';
                 EXECUTE save USING live_key, 'verify', '{"n": 2}', 200, 2;
-                SELECT count(*) || ' row, ' || max(r.result_payload) INTO seen
-                FROM idempotency_records AS r
-                WHERE r.request_id = live_key;
+                EXECUTE format(
+                    'SELECT count(*) || '' row, '' || max(r.result_payload) FROM %s AS r WHERE r.request_id = $1',
+                    tbl
+                ) INTO seen USING live_key;
                 ok := seen IS NOT DISTINCT FROM '1 row, {"n": 2}';
                 detail := format('found %s, expected 1 row, {"n": 2}', seen);
             WHEN 6 THEN
                 name := 'report test 6: an expired record is stored (created_at backdated)';
-                INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-                VALUES (expired_key, 'verify', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour');
+                EXECUTE format(
+                    'INSERT INTO %s (request_id, operation, result_payload, created_at, expires_at) '
+                    || 'VALUES ($1, ''verify'', ''{}'', now() - INTERVAL ''2 hours'', now() - INTERVAL ''1 hour'')',
+                    tbl
+                ) USING expired_key;
                 GET DIAGNOSTICS n = ROW_COUNT;
                 ok := n = 1;
                 detail := format('found %s rows stored, expected 1', n);
             WHEN 7 THEN
                 name := 'report test 7: the get query returns the live record and not the expired one';
-                SELECT string_agg(r.request_id::TEXT, ', ') INTO seen
-                FROM idempotency_records AS r
-                WHERE r.request_id IN (live_key, expired_key) AND r.expires_at > now();
+                EXECUTE format(
+                    'SELECT string_agg(r.request_id::TEXT, '', '') FROM %s AS r '
+                    || 'WHERE r.request_id IN ($1, $2) AND r.expires_at > now()',
+                    tbl
+                ) INTO seen USING live_key, expired_key;
                 ok := seen IS NOT DISTINCT FROM live_key::TEXT;
                 detail := format('found %s, expected only %s', coalesce(seen, 'no row'), live_key);
             WHEN 8 THEN
                 name := 'report test 8: the cleanup deletes the expired record, keeps the live one, counts 1';
-                SELECT count(*) INTO n
-                FROM idempotency_records AS r
-                WHERE r.expires_at <= now() AND r.request_id <> expired_key;
+                EXECUTE format(
+                    'SELECT count(*) FROM %s AS r WHERE r.expires_at <= now() AND r.request_id <> $1', tbl
+                ) INTO n USING expired_key;
                 IF n > 0 THEN
                     ok := TRUE;
                     detail := format(
                         '# SKIP %s expired records of the application are present: the cleanup would lock them', n
                     );
                 ELSE
-                    SELECT c.deleted_count INTO n FROM cleanup_expired_idempotency_records() AS c;
-                    SELECT string_agg(r.request_id::TEXT, ', ') INTO seen
-                    FROM idempotency_records AS r
-                    WHERE r.request_id IN (live_key, expired_key);
+                    EXECUTE format('SELECT c.deleted_count FROM %I.cleanup_expired_idempotency_records() AS c', target)
+                    INTO n;
+                    EXECUTE format(
+                        'SELECT string_agg(r.request_id::TEXT, '', '') FROM %s AS r WHERE r.request_id IN ($1, $2)', tbl
+                    ) INTO seen USING live_key, expired_key;
                     ok := (n, seen) IS NOT DISTINCT FROM (1::BIGINT, live_key::TEXT);
                     detail := format('found deleted_count %s, left %s, expected deleted_count 1, left %s',
                         n, coalesce(seen, 'no row'), live_key);
@@ -401,16 +419,15 @@ BEGIN
                 -- only, nothing runs). The plans the planner prefers on real data: the guide.
                 PERFORM set_config('enable_seqscan', 'off', TRUE);
                 EXECUTE format(
-                    'EXPLAIN (FORMAT JSON) SELECT * FROM idempotency_records '
-                    || 'WHERE request_id = %L AND expires_at > now()',
-                    live_key
+                    'EXPLAIN (FORMAT JSON) SELECT * FROM %s WHERE request_id = %L AND expires_at > now()',
+                    tbl, live_key
                 ) INTO plan;
                 seen := CASE
                     WHEN jsonb_path_exists(plan, '$.** ? (@."Index Name" == "idempotency_records_pkey")')
                         THEN 'pkey'
                     ELSE 'no pkey'
                 END;
-                EXECUTE 'EXPLAIN (FORMAT JSON) DELETE FROM idempotency_records WHERE expires_at <= now()' INTO plan;
+                EXECUTE format('EXPLAIN (FORMAT JSON) DELETE FROM %s WHERE expires_at <= now()', tbl) INTO plan;
                 seen := seen || CASE
                     WHEN jsonb_path_exists(plan, '$.** ? (@."Index Name" == "idx_idempotency_expires")')
                         THEN ', expires'
@@ -421,8 +438,11 @@ BEGIN
                 detail := format('found %s, expected pkey, expires', seen);
             WHEN 10 THEN
                 name := 'report test 10: chk_expires_at refuses expires_at not after created_at';
-                INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-                VALUES (gen_random_uuid(), 'verify', '{}', now(), now());
+                EXECUTE format(
+                    'INSERT INTO %s (request_id, operation, result_payload, created_at, expires_at) '
+                    || 'VALUES (gen_random_uuid(), ''verify'', ''{}'', now(), now())',
+                    tbl
+                );
                 ok := FALSE;
                 detail := 'found the row stored, expected check_violation (23514) on chk_expires_at';
             END CASE;
@@ -452,7 +472,7 @@ SELECT
         END,
         E'\n' ORDER BY b.n
     ) AS behaviour_lines
-FROM pg_temp.idempotency_behaviour() WITH ORDINALITY AS b (name, ok, detail, n) \gset
+FROM pg_temp.idempotency_behaviour(:'schema') WITH ORDINALITY AS b (name, ok, detail, n) \gset
 
 ROLLBACK;
 \endif
@@ -475,3 +495,6 @@ SELECT format(
     format('idempotency_records verification failed: %s of %s checks not ok', :failures, :total)
 ) \gexec
 \endif
+
+-- the session's own search_path again (for a DBA who runs the script with \i in a session)
+SELECT pg_catalog.set_config('search_path', :'saved_search_path', FALSE) AS restored_search_path \gset
