@@ -38,11 +38,25 @@ ON CONFLICT (request_id) DO UPDATE SET
     status_code = EXCLUDED.status_code,
     expires_at = EXCLUDED.expires_at"""
 
+# The claim's conflict clause: take an expired record over with a whole new lifetime
+# (created_at too); leave a valid one as it is (ON CONFLICT DO UPDATE still locks it).
+TAKE_OVER_EXPIRED = """\
+ON CONFLICT (request_id) DO UPDATE SET
+    operation = EXCLUDED.operation,
+    result_payload = EXCLUDED.result_payload,
+    status_code = EXCLUDED.status_code,
+    created_at = EXCLUDED.created_at,
+    expires_at = EXCLUDED.expires_at
+WHERE idempotency_records.expires_at <= now()
+"""
+
 # Recipes 1, 3 and 5: claim the key first, in the business transaction. Inserts a
 # placeholder record, or takes over an expired one with a fresh lifetime (created_at
 # too); returns a row only to the request that now owns the key. The lifetime
-# depends on the operation.
-CLAIM = """\
+# depends on the operation. The operation is TEXT until it is stored: an explicit
+# ::VARCHAR(100) cast would cut a longer one silently, where storing refuses it (22001).
+CLAIM = (
+    """\
 INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
 SELECT
     request.request_id,
@@ -54,15 +68,11 @@ SELECT
         WHEN request.operation IN ('login', 'auth') THEN INTERVAL '1 hour'
         ELSE INTERVAL '24 hours'
     END
-FROM (VALUES (%(request_id)s::UUID, %(operation)s::VARCHAR(100))) AS request (request_id, operation)
-ON CONFLICT (request_id) DO UPDATE SET
-    operation = EXCLUDED.operation,
-    result_payload = EXCLUDED.result_payload,
-    status_code = EXCLUDED.status_code,
-    created_at = EXCLUDED.created_at,
-    expires_at = EXCLUDED.expires_at
-WHERE idempotency_records.expires_at <= now()
-RETURNING request_id"""
+FROM (VALUES (%(request_id)s::UUID, %(operation)s::TEXT)) AS request (request_id, operation)
+"""
+    + TAKE_OVER_EXPIRED
+    + "RETURNING request_id"
+)
 
 # Recipe 1, owner's side: store the real result before the transaction commits.
 RECORD_RESULT = """\
@@ -207,3 +217,45 @@ def wait_for_waiters(conn: psycopg.Connection, wait_event: str, expected: int, t
             return
         time.sleep(0.02)
     raise AssertionError(f"expected {expected} sessions waiting on a {wait_event} lock, saw {seen}")
+
+
+# Reliability, insert-or-read: store this request's result unless a valid record holds the
+# key; an expired record is taken over (a fresh lifetime, created_at too). Step 1 returns a
+# row only when it stored this request's result; step 2, in the same transaction, reads the
+# valid record that holds the key (step 1 locked it). Neither ever returns an expired record.
+INSERT_OR_READ_STORE = (
+    """\
+INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
+VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '24 hours')
+"""
+    + TAKE_OVER_EXPIRED
+    + "RETURNING result_payload, status_code"
+)
+
+INSERT_OR_READ_READ = REPORT_GET  # the report's get: only a valid record
+
+# The same in one statement: DO UPDATE acts on the latest committed row, keeps a valid one
+# as it is and replaces an expired one; stored_now says which.
+INSERT_OR_READ_ONE_STATEMENT = """\
+INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
+VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '24 hours')
+ON CONFLICT (request_id) DO UPDATE SET
+    operation = CASE WHEN idempotency_records.expires_at <= now()
+        THEN EXCLUDED.operation ELSE idempotency_records.operation END,
+    result_payload = CASE WHEN idempotency_records.expires_at <= now()
+        THEN EXCLUDED.result_payload ELSE idempotency_records.result_payload END,
+    status_code = CASE WHEN idempotency_records.expires_at <= now()
+        THEN EXCLUDED.status_code ELSE idempotency_records.status_code END,
+    created_at = CASE WHEN idempotency_records.expires_at <= now()
+        THEN EXCLUDED.created_at ELSE idempotency_records.created_at END,
+    expires_at = CASE WHEN idempotency_records.expires_at <= now()
+        THEN EXCLUDED.expires_at ELSE idempotency_records.expires_at END
+RETURNING result_payload, status_code, created_at = now() AS stored_now"""
+
+# What the guide printed before, for the tests that show how it fails: a no-op update that
+# returns whatever is stored, an expired record included.
+INSERT_OR_READ_NO_OP_UPDATE = """\
+INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
+VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '24 hours')
+ON CONFLICT (request_id) DO UPDATE SET request_id = idempotency_records.request_id
+RETURNING result_payload, status_code, (xmax = 0) AS inserted_now"""

@@ -19,6 +19,7 @@ LABELS: dict[str, str] = {
     "bad_input_classes": "bad-input classes tried",
     "rows_checked": "committed rows checked after a fault or race",
     "rows_lost": "rows lost (must be 0)",
+    "deadlocks": "deadlocks (40P01) between cleanups or with the application (must be 0)",
 }
 
 _figures: Counter[str] = Counter()

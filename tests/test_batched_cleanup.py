@@ -120,11 +120,13 @@ def test_do_loop_in_a_multi_statement_query_is_refused(conn: psycopg.Connection,
     assert count(conn) == EXPIRED + VALID, "nothing was deleted"
 
 
-def test_batch_skips_a_record_an_in_flight_request_is_taking_over_where_the_function_waits(
-    pg_server: servers.Server, database: str, conn: psycopg.Connection
+@pytest.mark.parametrize("cleanup", ["batch", "function", "naive delete"])
+def test_batch_and_function_skip_a_record_an_in_flight_request_is_taking_over(
+    pg_server: servers.Server, database: str, conn: psycopg.Connection, cleanup: str
 ) -> None:
-    """A request that claims an expired key holds its row until it commits. The batch
-    passes over that row (SKIP LOCKED) instead of waiting behind the request."""
+    """A request that claims an expired key holds its row until it commits. The batch and
+    the function both pass over that row (SKIP LOCKED) instead of waiting behind the
+    request: under lock_timeout = 1ms, any wait on it would fail with 55P03."""
     key = uuid.uuid4()
     conn.execute(
         "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
@@ -144,13 +146,19 @@ def test_batch_skips_a_record_an_in_flight_request_is_taking_over_where_the_func
     with gate(conn, gate_key) as open_gate, together(1, request, release=open_gate) as futures:
         wait_for_waiters(conn, "advisory", 1)
         with pg_server.connect(database, autocommit=True) as cleaner:
-            cleaner.execute("SET lock_timeout = '200ms'")
-            with pytest.raises(psycopg.errors.LockNotAvailable):
-                cleaner.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()")
-            batch = cleaner.execute(CLEANUP_BATCH).rowcount
+            cleaner.execute("SET lock_timeout = '1ms'")
+            if cleanup == "naive delete":  # the report's DELETE waits behind the request
+                with pytest.raises(psycopg.errors.LockNotAvailable):
+                    cleaner.execute("DELETE FROM idempotency_records WHERE expires_at <= now()")
+                deleted = cleaner.execute(CLEANUP_BATCH).rowcount
+            elif cleanup == "batch":
+                deleted = cleaner.execute(CLEANUP_BATCH).rowcount
+            else:
+                row = cleaner.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone()
+                deleted = row[0] if row else -1
         open_gate()
         assert results(futures) == [[(key,)]]
-    assert batch == 10, "the batch deleted every expired row but the one in use, without waiting"
+    assert deleted == 10, f"the {cleanup} deleted every expired row but the one in use, without waiting"
     assert remaining(conn) == {key}, "the taken-over record, now valid again, is kept"
 
 

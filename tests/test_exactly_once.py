@@ -297,3 +297,31 @@ def test_a_duplicate_that_waited_under_repeatable_read_fails_with_a_serializatio
         (first,) = results(futures)
     with session(pg_server, database) as retry:
         assert claim_first(retry, key) == Response("replayed", first.payload, 201), "its retry replays the result"
+
+
+@pytest.mark.parametrize("length", [101, 150])
+@pytest.mark.parametrize("existing", [False, True], ids=["new key", "key of a 100-character operation"])
+def test_the_claim_refuses_an_over_long_operation_as_the_save_does(
+    conn: psycopg.Connection, length: int, existing: bool
+) -> None:
+    """No truncation: a 101-character operation is not stored cut to 100, and so cannot pass
+    for another operation that shares its first 100 characters (the 422 check of recipe 2)."""
+    key = uuid.uuid4()
+    operation = "x" * length
+    if existing:
+        conn.execute(
+            "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
+            "VALUES (%s, %s, '{}', now() - INTERVAL '2 days', now() - INTERVAL '1 day')",
+            (key, operation[:100]),
+        )
+    with pytest.raises(psycopg.errors.StringDataRightTruncation) as save:
+        conn.execute(REPORT_SAVE, {**_save_params(key, operation)})
+    with pytest.raises(psycopg.errors.StringDataRightTruncation) as claim:
+        conn.execute(CLAIM, {"request_id": key, "operation": operation})
+    assert (save.value.sqlstate, claim.value.sqlstate) == ("22001", "22001"), "both refuse it with 22001"
+    stored = conn.execute("SELECT operation FROM idempotency_records WHERE request_id = %s", (key,)).fetchall()
+    assert stored == ([(operation[:100],)] if existing else []), "nothing was stored or changed"
+
+
+def _save_params(key: uuid.UUID, operation: str) -> dict[str, object]:
+    return {"request_id": key, "operation": operation, "result_payload": "{}", "status_code": 201, "ttl_hours": 24}

@@ -1,6 +1,10 @@
 """The pg_cron schedule the docs give works on a real pg_cron: one job however often it is
-scheduled, it really fires and deletes expired rows, the documented unschedule removes it, and
-046.down removes it too (and does nothing where pg_cron or the job is absent).
+scheduled, it really fires as the application role and deletes expired rows, the documented
+unschedule removes it. 046.down removes it in every set-up or stops before dropping anything:
+run by a superuser it removes the job whoever owns it (the application role, a superuser);
+run by any other role (the job's own role, another role with USAGE on schema cron, a role
+without it) it stops with a clear 42501, since such a role cannot see other roles' jobs;
+where pg_cron is absent it just drops the function. The job set-ups are tests/fixtures/ files.
 
 pg_cron is a preloaded library, so these tests start their own PostgreSQL 15 server (Debian's
 postgresql-15 with postgresql-15-cron) with shared_preload_libraries = 'pg_cron' and
@@ -106,8 +110,14 @@ def test_the_documented_pg_cron_blocks_all_run(cron: psycopg.Connection) -> None
     assert ran and ran == blocks, "every pg_cron block of the docs ran here, in document order"
 
 
+def documented_grants(conn: psycopg.Connection) -> None:
+    """The block that creates the job's role and grants it what the job needs."""
+    run_block(conn, documented("GRANT USAGE ON SCHEMA cron"))
+
+
 @pytest.mark.slow
 def test_the_documented_schedule_creates_one_job_however_often_it_runs(cron: psycopg.Connection) -> None:
+    documented_grants(cron)
     schedule = documented("cron.schedule(")
     run_block(cron, schedule)
     first = _jobs(cron)
@@ -121,6 +131,7 @@ def test_the_documented_schedule_creates_one_job_however_often_it_runs(cron: psy
 
 @pytest.mark.slow
 def test_the_documented_unschedule_removes_the_job(cron: psycopg.Connection) -> None:
+    documented_grants(cron)
     run_block(cron, documented("cron.schedule("))
     unschedule = documented("cron.unschedule(")
     run_block(cron, unschedule)
@@ -131,6 +142,7 @@ def test_the_documented_unschedule_removes_the_job(cron: psycopg.Connection) -> 
 
 @pytest.mark.slow
 def test_046_down_unschedules_the_job_and_drops_the_function(cron: psycopg.Connection) -> None:
+    documented_grants(cron)
     run_block(cron, documented("cron.schedule("))
     helpers.apply(cron, helpers.DOWN_FILES[0])
     assert _jobs(cron) == [], "046.down removes the cleanup-idempotency job"
@@ -187,13 +199,152 @@ def _wait_for_a_run(conn: psycopg.Connection, jobid: int, timeout: float) -> lis
 
 @pytest.mark.slow
 def test_an_every_minute_job_fires_and_deletes_the_expired_rows(cron: psycopg.Connection) -> None:
+    """Scheduled as the guide says: by the application role, with the grants Option B gives it."""
     expired, live = _seed_expired_and_live(cron)
+    documented_grants(cron)
+    cron.execute("SET ROLE jive_api_user")
     row = cron.execute(
         "SELECT cron.schedule(%s, '* * * * *', $$SELECT cleanup_expired_idempotency_records()$$)", (JOB,)
     ).fetchone()
+    cron.execute("RESET ROLE")
     assert row is not None
     runs = _wait_for_a_run(cron, row[0], FIRE_TIMEOUT)
     assert runs, f"the every-minute job ran within {FIRE_TIMEOUT:.0f} s (cron.job_run_details has no finished run)"
     assert runs[0][0] == "succeeded", f"the job's run succeeded, got {runs[0]}"
     left = {str(r[0]) for r in cron.execute("SELECT request_id FROM idempotency_records")}
     assert left == set(live), f"the job deleted the {len(expired)} expired rows and kept the live ones, left {left}"
+
+
+# 046.down in every set-up: who runs it (a superuser, the job's role, another role with
+# USAGE on schema cron, a role without it) against who owns the job (the application
+# role, as the guide schedules it; a superuser; nobody). The states are fixture files.
+FIXTURES = Path(__file__).parent / "fixtures"
+APP, OTHER, NO_CRON = "idempotency_cron_app", "idempotency_cron_other", "idempotency_cron_no_cron"
+OWNERS = {
+    "owned by the application role": "pg_cron_job_owned_by_the_application_role",
+    "owned by a superuser": "pg_cron_job_owned_by_a_superuser",
+    "no job": None,
+}
+
+
+def load(conn: psycopg.Connection, state: str) -> None:
+    conn.execute((FIXTURES / f"{state}.sql").read_text())
+
+
+def with_job(conn: psycopg.Connection, owner: str) -> list[tuple[int, str, str]]:
+    load(conn, "pg_cron_roles")
+    state = OWNERS[owner]
+    if state is not None:
+        load(conn, state)
+    return _jobs(conn)
+
+
+def function_exists(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT to_regprocedure('cleanup_expired_idempotency_records()')").fetchone() != (None,)
+
+
+def down_as(conn: psycopg.Connection, role: str) -> psycopg.Error | None:
+    """Apply 046.down in one transaction as `role`; the error it stopped with, if any."""
+    conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(role)))
+    try:
+        helpers.apply(conn, helpers.DOWN_FILES[0])
+    except psycopg.Error as error:
+        return error
+    finally:
+        conn.execute("RESET ROLE")
+    return None
+
+
+@pytest.mark.parametrize("owner", OWNERS)
+def test_046_down_as_a_superuser_removes_the_job_whoever_owns_it(cron: psycopg.Connection, owner: str) -> None:
+    before = with_job(cron, owner)
+    assert len(before) == (0 if OWNERS[owner] is None else 1), f"set-up: {owner}"
+    helpers.apply(cron, helpers.DOWN_FILES[0])
+    assert _jobs(cron) == [], f"{owner}: 046.down as a superuser leaves no cleanup-idempotency job"
+    assert not function_exists(cron), f"{owner}: 046.down drops the function"
+    helpers.apply(cron, helpers.DOWN_FILES[0])  # and runs again without harm
+
+
+@pytest.mark.parametrize("owner", OWNERS)
+@pytest.mark.parametrize("caller", [APP, OTHER, NO_CRON])
+def test_046_down_as_another_role_stops_before_dropping_anything(
+    cron: psycopg.Connection, caller: str, owner: str
+) -> None:
+    before = with_job(cron, owner)
+    # The caller owns the function, so nothing but the job check can stop the drop.
+    cron.execute(
+        psycopg.sql.SQL("ALTER FUNCTION cleanup_expired_idempotency_records() OWNER TO {}").format(
+            psycopg.sql.Identifier(caller)
+        )
+    )
+    error = down_as(cron, caller)
+    assert error is not None, f"{caller}, job {owner}: 046.down must stop, it cannot see every role's jobs"
+    assert error.sqlstate == "42501", f"{caller}, job {owner}: SQLSTATE 42501, got {error.sqlstate}: {error}"
+    message, detail, hint = error.diag.message_primary, error.diag.message_detail, error.diag.message_hint
+    assert message and "pg_cron job cleanup-idempotency" in message and caller in message, message
+    assert hint and "superuser" in hint and "nothing was dropped" in hint, f"the hint says who must run it: {hint}"
+    assert detail and "found:" in detail and "expected: a superuser" in detail, detail
+    if caller == APP and OWNERS[owner] == "pg_cron_job_owned_by_the_application_role":
+        assert f"jobid {before[0][0]}) owned by {APP}" in detail, f"the job's role is told its job: {detail}"
+    assert function_exists(cron), f"{caller}, job {owner}: the function is not dropped"
+    assert _jobs(cron) == before, f"{caller}, job {owner}: the job is untouched"
+
+
+@pytest.mark.parametrize("caller", [APP, NO_CRON])
+def test_046_down_as_another_role_with_the_jobs_checked_removes_its_own_job_and_drops(
+    cron: psycopg.Connection, caller: str
+) -> None:
+    """Without a superuser: the deployer states no other role's job calls the function
+    (idempotency.cron_jobs_checked = on); the role removes its own job and drops it."""
+    before = with_job(cron, "owned by the application role")
+    cron.execute(
+        psycopg.sql.SQL("ALTER FUNCTION cleanup_expired_idempotency_records() OWNER TO {}").format(
+            psycopg.sql.Identifier(caller)
+        )
+    )
+    cron.execute("SET idempotency.cron_jobs_checked = on")
+    try:
+        error = down_as(cron, caller)
+    finally:
+        cron.execute("RESET idempotency.cron_jobs_checked")
+    assert error is None, f"{caller} with the jobs checked: 046.down must succeed, got {error}"
+    assert not function_exists(cron), f"{caller} with the jobs checked: the function is dropped"
+    # Its own job goes; another role's job it cannot see stays: that is what the setting vouches for.
+    expected = [] if caller == APP else before
+    assert _jobs(cron) == expected, f"{caller}: jobs left {_jobs(cron)}, expected {expected}"
+
+
+def test_046_down_as_the_jobs_role_runs_where_the_function_is_already_gone(cron: psycopg.Connection) -> None:
+    with_job(cron, "no job")
+    helpers.apply(cron, helpers.DOWN_FILES[0])
+    assert down_as(cron, NO_CRON) is None, "a second run, by any role, finds nothing to protect and succeeds"
+
+
+def test_046_down_stops_at_a_job_of_another_name_that_calls_the_function(cron: psycopg.Connection) -> None:
+    row = cron.execute(
+        "SELECT cron.schedule('nightly-idempotency', '0 3 * * *', $$SELECT cleanup_expired_idempotency_records()$$)"
+    ).fetchone()
+    assert row is not None
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist) as raised:
+        helpers.apply(cron, helpers.DOWN_FILES[0])
+    assert f"nightly-idempotency (jobid {row[0]})" in str(raised.value), str(raised.value)
+    assert function_exists(cron), "the function is not dropped while a job calls it"
+
+
+def test_scheduling_without_usage_on_schema_cron_is_refused(cron: psycopg.Connection) -> None:
+    with_job(cron, "no job")
+    cron.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(NO_CRON)))
+    try:
+        state = helpers.sqlstate_of(cron, "SELECT cron.schedule('cleanup-idempotency', '0 * * * *', 'SELECT 1')")
+    finally:
+        cron.execute("RESET ROLE")
+    assert state == "42501", f"cron.schedule needs USAGE on schema cron; got SQLSTATE {state}"
+
+
+def test_the_same_name_scheduled_by_a_second_role_is_a_second_job(cron: psycopg.Connection) -> None:
+    with_job(cron, "owned by the application role")
+    load(cron, "pg_cron_job_owned_by_a_superuser")
+    owners = sorted(row[0] for row in cron.execute("SELECT username FROM cron.job WHERE jobname = %s", (JOB,)))
+    assert len(owners) == 2 and APP in owners, f"job names are unique per role: two jobs, owners {owners}"
+    helpers.apply(cron, helpers.DOWN_FILES[0])
+    assert _jobs(cron) == [], "046.down as a superuser removes both"

@@ -19,20 +19,48 @@ import pytest
 from psycopg import sql
 
 from tests.helpers import REPORT_GET, REPORT_SAVE, sqlstate_of
+from tests.patterns import CLAIM, CLEANUP_BATCH, GUARDED_SAVE, LOOKUP, RECORD_RESULT
 
 _numbers = itertools.count(1)
 
 REPORT_GRANTS = "GRANT SELECT, INSERT, DELETE ON idempotency_records TO {role}"
+# The guide's grants (Security, Least privilege), statement for statement.
 UPSERT_GRANTS = (
     "GRANT USAGE ON SCHEMA public TO {role}",
-    "GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_records TO {role}",
+    "GRANT SELECT, INSERT, DELETE ON idempotency_records TO {role}",
+    "GRANT UPDATE (operation, result_payload, status_code, expires_at) ON idempotency_records TO {role}",
     "GRANT EXECUTE ON FUNCTION cleanup_expired_idempotency_records() TO {role}",
 )
+# Patterns, recipes 1, 3 and 5: the claim also resets created_at.
+CLAIM_GRANTS = ("GRANT UPDATE (created_at) ON idempotency_records TO {role}",)
 IMMUTABLE_GRANTS = (
     "GRANT USAGE ON SCHEMA public TO {role}",
-    "GRANT SELECT, INSERT, DELETE ON idempotency_records TO {role}",
+    "GRANT SELECT ON idempotency_records TO {role}",
+    "GRANT INSERT (request_id, operation, result_payload, status_code, expires_at) ON idempotency_records TO {role}",
+)
+# The maintenance role owns the SECURITY DEFINER wrapper the immutable role cleans up with.
+MAINTENANCE_GRANTS = (
+    "GRANT USAGE ON SCHEMA public TO {role}",
+    "GRANT SELECT, DELETE ON idempotency_records TO {role}",
+    "GRANT UPDATE (expires_at) ON idempotency_records TO {role}",
     "GRANT EXECUTE ON FUNCTION cleanup_expired_idempotency_records() TO {role}",
 )
+WRAPPER = """
+CREATE OR REPLACE FUNCTION idempotency_cleanup_as_maintenance()
+RETURNS TABLE (deleted_count BIGINT)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $wrapper$
+    SELECT c.deleted_count FROM public.cleanup_expired_idempotency_records() AS c;
+$wrapper$
+"""
+WRAPPER_GRANTS = (
+    "ALTER FUNCTION idempotency_cleanup_as_maintenance() OWNER TO {maintenance}",
+    "REVOKE EXECUTE ON FUNCTION idempotency_cleanup_as_maintenance() FROM PUBLIC",
+    "GRANT EXECUTE ON FUNCTION idempotency_cleanup_as_maintenance() TO {role}",
+)
+WRAPPED_CLEANUP = "SELECT deleted_count FROM idempotency_cleanup_as_maintenance()"
 
 GET, SAVE = REPORT_GET, REPORT_SAVE
 SAVE_ONCE = """
@@ -45,10 +73,9 @@ CLEANUP = "DELETE FROM idempotency_records WHERE expires_at <= now()"
 CLEANUP_FUNCTION = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
 
 
-@pytest.fixture
-def role(conn: psycopg.Connection) -> Iterator[str]:
-    """A new role with no privileges, dropped (with its grants) after the test."""
-    name = f"idempotency_test_app_{os.getpid()}_{next(_numbers)}"
+@contextmanager
+def new_role(conn: psycopg.Connection, name: str) -> Iterator[str]:
+    """Create a role with no privileges (NOLOGIN); drop it, with its grants, afterwards."""
     conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)))
     try:
         yield name
@@ -56,6 +83,20 @@ def role(conn: psycopg.Connection) -> Iterator[str]:
         conn.execute("RESET ROLE")
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def role(conn: psycopg.Connection) -> Iterator[str]:
+    """A new role with no privileges, dropped (with its grants) after the test."""
+    with new_role(conn, f"idempotency_test_app_{os.getpid()}_{next(_numbers)}") as name:
+        yield name
+
+
+@pytest.fixture
+def maintenance(conn: psycopg.Connection, role: str) -> Iterator[str]:
+    """A second new role, the owner of the cleanup wrapper, dropped after the test."""
+    with new_role(conn, f"{role}_maintenance") as name:
+        yield name
 
 
 def grant(conn: psycopg.Connection, role: str, *statements: str) -> None:
@@ -120,7 +161,18 @@ def test_the_upsert_grants_are_nothing_more(conn: psycopg.Connection, role: str)
         if conn.execute("SELECT has_table_privilege(%s, 'idempotency_records', %s)", (role, privilege)).fetchone()
         == (True,)
     }
-    assert held == {"SELECT", "INSERT", "UPDATE", "DELETE"}, f"table privileges of the application role: {held}"
+    assert held == {"SELECT", "INSERT", "DELETE"}, f"table-wide privileges of the application role: {held}"
+    updatable = {
+        row[0]
+        for row in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'idempotency_records'::regclass AND attnum > 0 "
+            "AND has_column_privilege(%s, attrelid, attnum, 'UPDATE')",
+            (role,),
+        )
+    }
+    assert updatable == {"operation", "result_payload", "status_code", "expires_at"}, (
+        f"UPDATE only on the columns the save changes, got {sorted(updatable)}"
+    )
     owner = conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'idempotency_records'::regclass")
     assert owner.fetchone() != (role,), "the application role does not own the table"
 
@@ -134,29 +186,79 @@ def test_the_upsert_grants_are_nothing_more(conn: psycopg.Connection, role: str)
         "ALTER TABLE idempotency_records ADD COLUMN note TEXT",
         "CREATE INDEX idx_by_status ON idempotency_records (status_code)",
         "DROP FUNCTION cleanup_expired_idempotency_records()",
+        "UPDATE idempotency_records SET request_id = gen_random_uuid()",
+        "UPDATE idempotency_records SET created_at = created_at - INTERVAL '1 day'",
     ],
 )
-def test_the_upsert_grants_cannot_empty_drop_or_alter(conn: psycopg.Connection, role: str, statement: str) -> None:
+def test_the_upsert_grants_cannot_truncate_drop_alter_or_rewrite_key_and_creation_time(
+    conn: psycopg.Connection, role: str, statement: str
+) -> None:
     grant(conn, role, *UPSERT_GRANTS)
+    conn.execute(SAVE, (str(uuid.uuid4()), "payment", "{}", 201, 24))
     with acting_as(conn, role):
         state = sqlstate_of(conn, statement)
     assert state == "42501", f"{statement}: the application role is refused; got SQLSTATE {state}"
 
 
-def test_the_immutable_grants_save_once_and_read_back_the_first_result(conn: psycopg.Connection, role: str) -> None:
-    grant(conn, role, *IMMUTABLE_GRANTS)
-    key = str(uuid.uuid4())
+def test_the_upsert_grants_can_delete_every_record_live_ones_included(conn: psycopg.Connection, role: str) -> None:
+    """What the guide says this role CAN do, and why the immutable variant exists: DELETE is
+    table-wide, so the repository's delete right is also the right to empty the table."""
+    grant(conn, role, *UPSERT_GRANTS)
+    conn.execute(SAVE, (str(uuid.uuid4()), "payment", "{}", 201, 24))
+    with acting_as(conn, role):
+        deleted = conn.execute("DELETE FROM idempotency_records").rowcount
+    assert deleted == 1, "DELETE without WHERE removes the live record too"
+
+
+def test_the_claim_needs_update_on_created_at_and_runs_with_it(conn: psycopg.Connection, role: str) -> None:
+    grant(conn, role, *UPSERT_GRANTS)
+    expired = _seed_expired(conn)
+    claim = {"request_id": expired, "operation": "payment"}
+    with acting_as(conn, role):
+        refused = sqlstate_of(conn, CLAIM, claim)
+    assert refused == "42501", f"the save's grants alone cannot run the claim (it resets created_at): {refused}"
+    grant(conn, role, *CLAIM_GRANTS)
+    with acting_as(conn, role), conn.transaction():
+        claimed = conn.execute(CLAIM, claim).fetchall()
+        conn.execute(RECORD_RESULT, {"request_id": expired, "result_payload": '{"n": 1}', "status_code": 201})
+        found = conn.execute(LOOKUP, {"request_id": expired}).fetchall()
+    assert [str(r[0]) for r in claimed] == [expired], "the claim takes over the expired key"
+    assert found == [("payment", '{"n": 1}', 201)], "the result is stored and read back"
+
+
+def test_the_batched_cleanup_runs_with_the_upsert_grants(conn: psycopg.Connection, role: str) -> None:
+    grant(conn, role, *UPSERT_GRANTS)
     _seed_expired(conn)
     with acting_as(conn, role):
+        deleted = conn.execute(CLEANUP_BATCH).rowcount
+    assert deleted == 1, "recipe 4's batch (FOR UPDATE needs UPDATE on one column) runs as the application role"
+
+
+@pytest.fixture
+def immutable(conn: psycopg.Connection, role: str, maintenance: str) -> str:
+    """The application role of the immutable variant, with the wrapper owned by `maintenance`."""
+    grant(conn, role, *IMMUTABLE_GRANTS)
+    grant(conn, maintenance, *MAINTENANCE_GRANTS)
+    conn.execute(WRAPPER)
+    for statement in WRAPPER_GRANTS:
+        conn.execute(sql.SQL(statement).format(role=sql.Identifier(role), maintenance=sql.Identifier(maintenance)))
+    conn.execute("REVOKE EXECUTE ON FUNCTION cleanup_expired_idempotency_records() FROM PUBLIC")
+    return role
+
+
+def test_the_immutable_grants_save_once_read_back_and_clean_up_through_the_wrapper(
+    conn: psycopg.Connection, immutable: str
+) -> None:
+    key, expired = str(uuid.uuid4()), _seed_expired(conn)
+    with acting_as(conn, immutable):
         first = conn.execute(SAVE_ONCE, (key, "transfer", '{"n": 1}', 201, 72)).rowcount
         second = conn.execute(SAVE_ONCE, (key, "transfer", '{"n": 2}', 201, 72)).rowcount
         stored = conn.execute(GET, (key,)).fetchall()
-        cleaned = conn.execute(CLEANUP_FUNCTION).fetchall()
-        deleted = conn.execute(DELETE, (key,)).rowcount
+        cleaned = conn.execute(WRAPPED_CLEANUP).fetchall()
     assert (first, second) == (1, 0), "the first save stores the record, the second stores nothing"
     assert [r[2] for r in stored] == ['{"n": 1}'], "reading back returns the first result"
-    assert cleaned == [(1,)], "the cleanup function works without UPDATE"
-    assert deleted == 1, "delete works without UPDATE"
+    assert cleaned == [(1,)], f"the wrapper deletes the expired record {expired}"
+    assert {str(r[0]) for r in conn.execute("SELECT request_id FROM idempotency_records")} == {key}
 
 
 @pytest.mark.parametrize(
@@ -165,16 +267,72 @@ def test_the_immutable_grants_save_once_and_read_back_the_first_result(conn: psy
         ("the upsert save", SAVE),
         ("an update", "UPDATE idempotency_records SET result_payload = 'forged' WHERE request_id = %s"),
         ("the retention update", "UPDATE idempotency_records SET expires_at = created_at + INTERVAL '1 hour'"),
+        ("a delete of the record", DELETE),
+        ("a delete of every record", "DELETE FROM idempotency_records"),
+        ("a delete of expired records", CLEANUP),
+        ("truncate", "TRUNCATE idempotency_records"),
+        ("the cleanup function itself", CLEANUP_FUNCTION),
+        ("the batched cleanup", CLEANUP_BATCH),
+        (
+            "a record with a backdated created_at",
+            "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
+            "VALUES (gen_random_uuid(), 'transfer', 'forged', now() - INTERVAL '1 year', now() + INTERVAL '1 hour')",
+        ),
     ],
 )
-def test_the_immutable_grants_change_no_record(conn: psycopg.Connection, role: str, name: str, statement: str) -> None:
+def test_the_immutable_grants_change_delete_or_forge_no_record(
+    conn: psycopg.Connection, immutable: str, name: str, statement: str
+) -> None:
     key = str(uuid.uuid4())
     conn.execute(SAVE, (key, "transfer", "{}", 201, 72))
-    grant(conn, role, *IMMUTABLE_GRANTS)
+    _seed_expired(conn)
+    before = conn.execute("SELECT * FROM idempotency_records ORDER BY request_id").fetchall()
     params: tuple[object, ...] = {1: (key,), 5: (key, "transfer", "{}", 201, 72)}.get(statement.count("%s"), ())
-    with acting_as(conn, role):
+    with acting_as(conn, immutable):
         state = sqlstate_of(conn, statement, params)
-    assert state == "42501", f"{name}: the immutable role has no UPDATE; got SQLSTATE {state}"
+    assert state == "42501", f"{name}: the immutable role is refused; got SQLSTATE {state}"
+    after = conn.execute("SELECT * FROM idempotency_records ORDER BY request_id").fetchall()
+    assert after == before, f"{name}: no stored record changed"
+
+
+def test_the_wrapper_deletes_only_expired_records_whatever_the_callers_search_path(
+    conn: psycopg.Connection, immutable: str
+) -> None:
+    """The immutable role's one way to delete: the wrapper, which deletes expired records of
+    the real table only. A temporary table of the same name, first in the caller's
+    search_path, changes nothing (the wrapper and the function pin their search_path)."""
+    live = str(uuid.uuid4())
+    conn.execute(SAVE, (live, "transfer", "{}", 201, 72))
+    expired = _seed_expired(conn)
+    with acting_as(conn, immutable):
+        conn.execute("CREATE TEMPORARY TABLE idempotency_records (LIKE public.idempotency_records)")
+        conn.execute(
+            "INSERT INTO pg_temp.idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
+            "VALUES (gen_random_uuid(), 'decoy', '{}', now() - INTERVAL '2 days', now() - INTERVAL '1 day')"
+        )
+        conn.execute("SET search_path = pg_temp, public")
+        cleaned = conn.execute(WRAPPED_CLEANUP).fetchall()
+        decoys = conn.execute("SELECT count(*) FROM pg_temp.idempotency_records").fetchone()
+        conn.execute("RESET search_path")
+        conn.execute("DROP TABLE pg_temp.idempotency_records")
+    assert cleaned == [(1,)], "the wrapper deleted one record"
+    assert decoys == (1,), "the temporary table was not touched"
+    kept = {str(r[0]) for r in conn.execute("SELECT request_id FROM idempotency_records")}
+    assert kept == {live}, f"the expired record {expired} is gone and the live one {live} kept"
+
+
+def test_only_granted_roles_may_call_the_wrapper(conn: psycopg.Connection, immutable: str) -> None:
+    conn.execute(
+        sql.SQL("REVOKE EXECUTE ON FUNCTION idempotency_cleanup_as_maintenance() FROM {}").format(
+            sql.Identifier(immutable)
+        )
+    )
+    _seed_expired(conn)
+    with acting_as(conn, immutable):
+        state = sqlstate_of(conn, WRAPPED_CLEANUP)
+    assert state == "42501", (
+        f"EXECUTE on the wrapper is revoked from PUBLIC: a role without the grant is refused ({state})"
+    )
 
 
 def test_execute_alone_does_not_let_a_role_clean_up(conn: psycopg.Connection, role: str) -> None:
@@ -184,3 +342,20 @@ def test_execute_alone_does_not_let_a_role_clean_up(conn: psycopg.Connection, ro
     assert state == "42501", "the function runs with its caller's privileges: without DELETE it is denied"
     left = conn.execute("SELECT count(*) FROM idempotency_records").fetchone()
     assert left == (1,), "nothing was deleted"
+
+
+def test_the_guarded_save_runs_with_the_upsert_grants(conn: psycopg.Connection, role: str) -> None:
+    grant(conn, role, *UPSERT_GRANTS)
+    key = uuid.uuid4()
+    params = {"request_id": key, "operation": "payment", "result_payload": "{}", "status_code": 201, "ttl_hours": 72}
+    with acting_as(conn, role):
+        stored = conn.execute(GUARDED_SAVE, params).fetchall()
+        refused = conn.execute(GUARDED_SAVE, {**params, "operation": "login"}).fetchall()
+    assert (stored, refused) == ([(key,)], []), "recipe 2 runs as the upsert role: stores, then refuses reuse"
+
+
+def test_the_immutable_role_cannot_claim(conn: psycopg.Connection, immutable: str) -> None:
+    expired = _seed_expired(conn)
+    with acting_as(conn, immutable):
+        state = sqlstate_of(conn, CLAIM, {"request_id": expired, "operation": "payment"})
+    assert state == "42501", f"recipe 1 writes records: the immutable role is refused; got {state}"

@@ -15,7 +15,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.patterns import CLAIM, LOOKUP, REPORT_SAVE
+from tests.patterns import CLAIM, GUIDE, LOOKUP, REPORT_SAVE
 from tooling import servers
 
 INSERT_AGED = """
@@ -147,3 +147,38 @@ def test_a_claim_that_returns_no_row_still_locks_the_record_until_its_lookup_is_
             conn.execute("DELETE FROM idempotency_records WHERE request_id = %s", (key,))
         assert duplicate.execute(LOOKUP, {"request_id": key}).fetchall() == [("payment", "old", 201)]
         duplicate.commit()
+
+
+# Usage and Data retention: a record that never expires. The guide's value, as printed there.
+NEVER_EXPIRES = "9999-01-01 00:00:00+00"
+INSERT_FOREVER = """
+    INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
+    VALUES (%(request_id)s, 'audit', '{}', 200, %(expires_at)s)
+"""
+
+
+def test_the_guide_gives_the_far_future_value_for_records_that_never_expire() -> None:
+    guide = GUIDE.read_text()
+    assert f"'audit', '{{}}', 200, '{NEVER_EXPIRES}')" in guide, "the guide's never-expiring record uses it"
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Kiritimati", "Etc/GMT+12"])
+def test_a_record_that_never_expires_reads_back_with_psycopg_and_outlives_cleanup(
+    conn: psycopg.Connection, zone: str
+) -> None:
+    key = uuid.uuid4()
+    conn.execute(INSERT_FOREVER, {"request_id": key, "expires_at": NEVER_EXPIRES})
+    conn.execute(psycopg.sql.SQL("SET TIME ZONE {}").format(psycopg.sql.Literal(zone)))
+    conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()")
+    row = conn.execute("SELECT expires_at FROM idempotency_records WHERE request_id = %s", (key,)).fetchone()
+    assert row is not None, "the cleanup left the record"
+    expected = datetime.datetime(9999, 1, 1, tzinfo=datetime.UTC)
+    assert row[0] == expected, f"in time zone {zone} psycopg reads back {row[0]!r}"
+    assert conn.execute(LOOKUP, {"request_id": key}).fetchone() is not None, "the lookup replays it"
+
+
+def test_naive_infinity_cannot_be_read_back_with_psycopg(conn: psycopg.Connection) -> None:
+    key = uuid.uuid4()
+    conn.execute(INSERT_FOREVER, {"request_id": key, "expires_at": "infinity"})
+    with pytest.raises(psycopg.DataError):
+        conn.execute("SELECT expires_at FROM idempotency_records WHERE request_id = %s", (key,)).fetchone()
