@@ -64,7 +64,11 @@ from tests.helpers import ROOT
 from tooling.servers import Server
 
 GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
-DOCUMENTS = (GUIDE, ROOT / "README.md")
+PAGES = tuple(
+    ROOT / "docs" / name
+    for name in ("performance.md", "reliability.md", "patterns.md", "migration-tools.md", "test-map.md")
+)
+DOCUMENTS = (GUIDE, ROOT / "README.md", *PAGES)
 DATA = ROOT / "tests" / "fixtures" / "data"
 
 FENCE = re.compile(r"^```(\w*)\s*$")
@@ -630,8 +634,8 @@ def test_every_sql_fence_is_a_parsed_block(path: Path) -> None:
     assert len(parse_blocks(path)) == fences, f"{path.name}: every ```sql fence at the start of a line is a block"
 
 
-def test_the_guide_has_blocks_of_every_kind() -> None:
-    blocks = parse_blocks(GUIDE)
+def test_the_docs_have_blocks_of_every_kind() -> None:
+    blocks = [block for path in DOCUMENTS for block in parse_blocks(path)]
     kinds = {
         "plain": sum(1 for b in blocks if b.place == "sequence" and b.error is None and b.role is None),
         "error": sum(1 for b in blocks if b.error is not None),
@@ -639,12 +643,12 @@ def test_the_guide_has_blocks_of_every_kind() -> None:
         "psql": sum(1 for b in blocks if b.place == "psql"),
         "pg_cron": sum(1 for b in blocks if b.place == "pg_cron"),
         "fresh": sum(1 for b in blocks if b.place == "fresh"),
-        "shell": len(parse_shells(GUIDE)),
+        "shell": sum(len(parse_shells(path)) for path in DOCUMENTS),
     }
-    # What the guide's own sections hold today: a block removed by mistake shows up here.
+    # What the guide and its pages hold today: a block removed by mistake shows up here.
     minimum = {"plain": 50, "error": 13, "role": 8, "psql": 1, "pg_cron": 4, "fresh": 2, "shell": 5}
     short = {kind: (kinds[kind], least) for kind, least in minimum.items() if kinds[kind] < least}
-    assert not short, f"the guide has fewer blocks than it documents (kind: (found, expected at least)): {short}"
+    assert not short, f"the docs have fewer blocks than they document (kind: (found, expected at least)): {short}"
 
 
 SELF_TEST = """\
@@ -897,3 +901,16 @@ def test_every_link_into_the_docs_finds_its_heading(path: Path) -> None:
             document = (path.parent / target).resolve() if target else path
             assert document.is_file(), f"{_shown(path)}:{number}: link to a missing file {target}"
             assert anchor in _anchors(document), f"{_shown(path)}:{number}: no heading #{anchor} in {document.name}"
+
+
+def test_every_page_of_the_docs_is_run() -> None:
+    pages = set((ROOT / "docs").glob("*.md"))
+    assert pages <= set(DOCUMENTS), (
+        f"pages under docs/ that no test runs: {sorted(p.name for p in pages - set(DOCUMENTS))}"
+    )
+
+
+def test_the_test_map_lists_every_test_module() -> None:
+    listed = (ROOT / "docs" / "test-map.md").read_text()
+    missing = [path.name for path in sorted((ROOT / "tests").glob("test_*.py")) if f"`tests/{path.name}`" not in listed]
+    assert not missing, f"docs/test-map.md does not list {missing}"
