@@ -66,12 +66,19 @@ from tooling.servers import Server
 GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
 PAGES = tuple(
     ROOT / "docs" / name
-    for name in ("performance.md", "reliability.md", "patterns.md", "migration-tools.md", "test-map.md")
+    for name in (
+        "privileges.md",
+        "performance.md",
+        "reliability.md",
+        "patterns.md",
+        "migration-tools.md",
+        "test-map.md",
+    )
 )
 DOCUMENTS = (GUIDE, ROOT / "README.md", *PAGES)
 DATA = ROOT / "tests" / "fixtures" / "data"
 
-FENCE = re.compile(r"^```(\w*)\s*$")
+FENCE = re.compile(r"^( *)```(\w*)\s*$")  # indented inside a list item too
 ANNOTATION = re.compile(r"^\s*<!--\s*test:(.*?)-->\s*$")
 SQLSTATE = re.compile(r"^[0-9A-Z]{5}$")
 NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -213,11 +220,13 @@ def _parse(path: Path) -> _Parsed:
             i += 1
             continue
         if fence:
-            end = next((j for j in range(i + 1, len(lines)) if lines[j].rstrip() == "```"), None)
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), None)
             if end is None:
                 raise AssertionError(f"{where}: the fence is never closed")
-            _fence(parsed, path, fence.group(1), i + 1, lines[i + 1 : end], pending, last_fence)
-            last_fence = fence.group(1)
+            indent = len(fence.group(1))
+            body = [line[indent:] if line[:indent].isspace() else line for line in lines[i + 1 : end]]
+            _fence(parsed, path, fence.group(2), i + 1, body, pending, last_fence)
+            last_fence = fence.group(2)
             pending = None
             i = end + 1
             continue
@@ -490,15 +499,20 @@ def _run_fresh(pg_server: Server, dbname: str, block: Block) -> set[str]:
     return created
 
 
-@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.name)
+# The guide's pages run after it on the same database: a page may use the roles, grants and
+# prepared statements the guide creates, as a reader who followed the guide has them.
+SEQUENCES = {"guide and its pages": (GUIDE, *PAGES), "README": (ROOT / "README.md",)}
+
+
+@pytest.mark.parametrize("paths", SEQUENCES.values(), ids=list(SEQUENCES))
 def test_every_sql_block_runs_as_annotated(
     pg_server: Server,
     database: str,
     conn: psycopg.Connection,
     fresh_database: Callable[[], str],
-    path: Path,
+    paths: tuple[Path, ...],
 ) -> None:
-    blocks = parse_blocks(path)
+    blocks = [block for path in paths for block in parse_blocks(path)]
     roles_before = _roles(conn)
     deferred: list[Block] = []
     try:
@@ -513,7 +527,7 @@ def test_every_sql_block_runs_as_annotated(
                 deferred.append(block)
     finally:
         drop_roles(conn, _roles(conn) - roles_before)
-    expected = [b for b in pg_cron_blocks() if b.path == path]
+    expected = [b for b in pg_cron_blocks() if b.path in paths]
     assert deferred == expected, "every pg_cron block is the one tests/test_pg_cron.py runs, none is dropped"
 
 
@@ -914,3 +928,32 @@ def test_the_test_map_lists_every_test_module() -> None:
     listed = (ROOT / "docs" / "test-map.md").read_text()
     missing = [path.name for path in sorted((ROOT / "tests").glob("test_*.py")) if f"`tests/{path.name}`" not in listed]
     assert not missing, f"docs/test-map.md does not list {missing}"
+
+
+def long_statements(paths: tuple[Path, ...]) -> dict[str, list[str]]:
+    """Every SQL statement of five lines or more in the sql blocks of `paths` (comments and
+    trailing blanks left out), with where each copy is printed."""
+    found: dict[str, list[str]] = {}
+    for path in paths:
+        for block in parse_blocks(path):
+            for statement in helpers.split_statements(block.text + "\n;"):
+                lines = [
+                    line.rstrip()
+                    for line in statement.splitlines()
+                    if line.strip() and not line.strip().startswith("--")
+                ]
+                if len(lines) >= 5:
+                    found.setdefault("\n".join(lines), []).append(block.where)
+    return found
+
+
+def test_no_long_statement_is_printed_twice_across_the_docs() -> None:
+    pages = tuple(path for path in DOCUMENTS if path.parent == ROOT / "docs")
+    twice = {text.splitlines()[0]: where for text, where in long_statements(pages).items() if len(where) > 1}
+    assert not twice, f"statements of 5+ lines printed more than once (print once, refer by heading): {twice}"
+
+
+def test_a_statement_printed_twice_is_found(tmp_path: Path) -> None:
+    statement = "SELECT\n    1,\n    2,\n    3\nFROM idempotency_records;\n"
+    path = _write(tmp_path, f"```sql\n{statement}```\n\n```sql\n-- again\n{statement}```\n")
+    assert list(long_statements((path,)).values()) == [[f"{path}:1", f"{path}:9"]]
