@@ -67,6 +67,7 @@ GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
 PAGES = tuple(
     ROOT / "docs" / name
     for name in (
+        "queries.md",
         "privileges.md",
         "performance.md",
         "reliability.md",

@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from tests.helpers import ROOT
+from tests.patterns import QUERIES
 from tests.test_docs import GUIDE, Block, parse_blocks, run_block
 from tooling.servers import Server
 
@@ -109,7 +110,7 @@ def test_pg_stat_reset_zeroes_what_autovacuum_reads(conn: psycopg.Connection) ->
 
 def test_the_new_keys_alert_does_not_see_retries_and_n_tup_upd_does(conn: psycopg.Connection) -> None:
     alert = guide_block("AS inserts_per_minute")
-    upsert = guide_block("PREPARE idempotency_save (UUID")
+    (upsert,) = [block for block in parse_blocks(QUERIES) if "PREPARE idempotency_save (UUID" in block.text]
     run_block(conn, upsert)
     before = counters(conn)
     for _ in range(10):  # one request, then nine retries of the same key
