@@ -198,3 +198,20 @@ def test_the_tenant_key_migration_steps(conn: psycopg.Connection) -> None:
     conn.execute(SAVE.replace("ARBITER", "(tenant_id, request_id)"))
     with pytest.raises(psycopg.errors.InvalidColumnReference):  # 42P10
         conn.execute(SAVE.replace("ARBITER", "(request_id)"))
+
+
+def test_a_single_delete_writes_its_wal_as_it_goes_not_at_commit(pg_server: Server, database: str) -> None:
+    """The WAL the DELETE statement itself wrote (EXPLAIN's WAL counters, this statement only),
+    read inside its transaction, before the commit."""
+    with pg_server.connect(database) as conn:
+        conn.execute(EXPIRED, ("{}", 5000))
+        conn.commit()
+        row = conn.execute(
+            "EXPLAIN (ANALYZE, WAL, FORMAT JSON) DELETE FROM idempotency_records WHERE expires_at <= now()"
+        ).fetchone()
+        assert row is not None
+        plan = row[0][0]["Plan"]
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS, "not committed yet"
+        conn.commit()
+    assert plan["WAL Records"] >= 5000, f"one WAL record per deleted row, before the commit: {plan['WAL Records']}"
+    assert plan["WAL Bytes"] >= 5000 * 50, f"{plan['WAL Bytes']} bytes of WAL for 5,000 rows, before the commit"
