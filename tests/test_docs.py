@@ -958,3 +958,17 @@ def test_a_statement_printed_twice_is_found(tmp_path: Path) -> None:
     statement = "SELECT\n    1,\n    2,\n    3\nFROM idempotency_records;\n"
     path = _write(tmp_path, f"```sql\n{statement}```\n\n```sql\n-- again\n{statement}```\n")
     assert list(long_statements((path,)).values()) == [[f"{path}:1", f"{path}:9"]]
+
+
+def test_the_guide_contents_list_every_section() -> None:
+    text = GUIDE.read_text()
+    contents = text.split("## Contents\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^ *- \[(.*)\]\(#([^)]*)\)$", contents, re.MULTILINE)
+    inside = False
+    headings = []
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            inside = not inside
+        elif not inside and (heading := re.match(r"^#{2,3} (.*)$", line)) and heading.group(1) != "Contents":
+            headings.append((heading.group(1), _slug(heading.group(1))))
+    assert listed == headings, "the guide's Contents lists its sections, in order"
