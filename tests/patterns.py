@@ -21,6 +21,9 @@ import psycopg
 from tests.helpers import ROOT
 
 GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
+PATTERNS = ROOT / "docs" / "patterns.md"  # the recipes, beside the guide
+QUERIES = ROOT / "docs" / "queries.md"  # the repository's queries, as prepared statements
+RELIABILITY = ROOT / "docs" / "reliability.md"  # what the concurrency and fault tests prove
 
 # The report's repository queries, the naive versions the recipes improve on.
 REPORT_GET = """\

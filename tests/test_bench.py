@@ -25,7 +25,7 @@ import pytest
 from bench.database import read_sql, script_statement
 from bench.pgbench import pgbench_binary
 from tests.helpers import ROOT
-from tests.patterns import CLEANUP_BATCH, GUIDE, REPORT_GET, render
+from tests.patterns import CLEANUP_BATCH, QUERIES, REPORT_GET, render
 from tooling import servers
 
 EXPECTED_COLUMNS = ["phase", "workload", "size", "metric", "unit", "median", "min", "max", "rounds"]
@@ -173,8 +173,8 @@ BENCH_SAVE = {
 
 def _guide_prepared(name: str) -> str:
     """The statement of `PREPARE name (...) AS` in the guide's repository queries."""
-    match = re.search(rf"^PREPARE {name} \([^)]*\) AS\n(.*?);$", GUIDE.read_text(), re.MULTILINE | re.DOTALL)
-    assert match is not None, f"{GUIDE.name}: no PREPARE {name} among the repository's queries"
+    match = re.search(rf"^PREPARE {name} \([^)]*\) AS\n(.*?);$", QUERIES.read_text(), re.MULTILINE | re.DOTALL)
+    assert match is not None, f"{QUERIES.name}: no PREPARE {name} among the repository's queries"
     return match.group(1)
 
 

@@ -1,18 +1,47 @@
-"""Every fenced sql block of the docs runs, and runs the way its annotation says.
+"""Every fenced sql block of the docs runs, runs the way its annotation says, and returns what the
+text says it returns.
 
 A ```sql block runs in document order on one migrated database and must succeed.
 An HTML comment on the line right before the fence changes how it runs:
 
-    <!-- test: error SQLSTATE -->   must fail with exactly that SQLSTATE (its transaction is rolled
-                                    back, so the sequence goes on)
-    <!-- test: psql -->              runs through the real psql binary, on the same database
+    <!-- test: error SQLSTATE -->   its LAST statement must fail with exactly that SQLSTATE, and
+                                    every statement before it must succeed (the whole block is one
+                                    transaction, rolled back, so the sequence goes on)
+    <!-- test: psql -->              runs through the real psql binary, on the same database; it
+                                    fails on an error and on a meta-command that finds nothing
+                                    (`\\df no_such_function` prints "(0 rows)" and exits 0)
     <!-- test: role NAME -->         runs after SET ROLE NAME (RESET ROLE afterwards)
     <!-- test: pg_cron -->           runs in tests/test_pg_cron.py, on a server with pg_cron loaded
     <!-- test: fresh -->             runs alone on its own fresh migrated database
+    <!-- test: fresh; data NAME -->  the same, after loading tests/fixtures/data/NAME.sql: the data
+                                    the text around the block describes (e.g. 40,000 records)
 
 `role NAME` and `error SQLSTATE` may be combined with `;` (`role app; error 42501`), and either may
 follow `fresh` or `pg_cron`. Anything else is an error, and so is an annotation that does not sit
-right before a ```sql fence. Roles the blocks create are dropped at the end: roles are cluster-wide.
+right before a fence. Roles the blocks create are dropped at the end: roles are cluster-wide.
+
+A result stated in the text is compared with what the block returns. The block's result is that
+of its last statement that returns rows (an `EXPLAIN` between `BEGIN` and `ROLLBACK` counts):
+
+    -- returns: no row                        the block's last lines, as SQL comments: no row,
+    -- returns: deleted_count = 150           or exactly one row whose named columns hold these
+                                              values, as text (the other columns are not compared)
+
+    <!-- test: result -->    before a ```text fence that follows the block (prose may sit between,
+                             no other fence): a psql-style table (header, dashes, rows, an optional
+                             "(N rows)") equal to the block's result, cell for cell; after a psql
+                             block, lines of psql's output, in order (a line `...` skips any lines)
+    <!-- test: plan -->      before a ```text fence that follows an EXPLAIN block: its plan nodes
+                             (node type, index, relation; not costs, times or conditions) equal to
+                             the plan the block printed, in order
+
+SQL in other fences runs too. A ```bash block that calls psql runs with bash, on its own fresh
+migrated database, in a directory where `sql/` and `tests/` are this checkout's: `psql` is the real
+psql with its connection options (`-h`, `-p`, `-U`, `-d`) replaced by the test database's,
+`docker exec [-i] CONTAINER command` runs the command here, and `make` does nothing (its targets
+run in CI: `.ci/run` calls make migrate and make verify). A block that cannot run says why:
+
+    <!-- test: not-run REASON -->  before any fence that is not ```sql
 """
 
 from __future__ import annotations
@@ -21,6 +50,8 @@ import dataclasses
 import inspect
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,18 +64,43 @@ from tests.helpers import ROOT
 from tooling.servers import Server
 
 GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
-DOCUMENTS = (GUIDE, ROOT / "README.md")
+PAGES = tuple(
+    ROOT / "docs" / name
+    for name in (
+        "queries.md",
+        "privileges.md",
+        "performance.md",
+        "reliability.md",
+        "patterns.md",
+        "migration-tools.md",
+        "test-map.md",
+    )
+)
+DOCUMENTS = (GUIDE, ROOT / "README.md", *PAGES)
+DATA = ROOT / "tests" / "fixtures" / "data"
 
-FENCE = re.compile(r"^```(\w*)\s*$")
+FENCE = re.compile(r"^( *)```(\w*)\s*$")  # indented inside a list item too
 ANNOTATION = re.compile(r"^\s*<!--\s*test:(.*?)-->\s*$")
 SQLSTATE = re.compile(r"^[0-9A-Z]{5}$")
-ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 PLACES = ("psql", "fresh", "pg_cron")
+RETURNS = re.compile(r"^--\s*returns:\s*(.*?)\s*$")
+PSQL_CALL = re.compile(r"(^|[\s;|&(])psql\s")
+EMPTY_LISTING = re.compile(r"^\s*List of [^\n]*\n[^\n]*\n[-+]+\n\(0 rows\)", re.MULTILINE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """A result printed in the text, in a ```text fence annotated `result` or `plan`."""
+
+    kind: str  # result | plan
+    line: int
+    lines: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class Block:
-    """One ```sql block and how its annotation says to run it."""
+    """One ```sql block, how its annotation says to run it, and what the text says it returns."""
 
     path: Path
     line: int  # line of the opening fence, 1-based
@@ -52,10 +108,48 @@ class Block:
     place: str = "sequence"  # sequence | psql | fresh | pg_cron
     role: str | None = None
     error: str | None = None
+    data: str | None = None
+    expected: Expected | None = None
 
     @property
     def where(self) -> str:
         return f"{_shown(self.path)}:{self.line}"
+
+    @property
+    def returns(self) -> str | None:
+        """The `-- returns:` statement closing the block, if any."""
+        stated = [m.group(1) for line in self.text.splitlines() if (m := RETURNS.match(line.strip()))]
+        if not stated:
+            return None
+        last = [line.strip() for line in self.text.splitlines() if line.strip()][-len(stated) :]
+        assert all(RETURNS.match(line) for line in last), f"{self.where}: `-- returns:` must close the block"
+        return " ".join(stated)
+
+    @property
+    def compared(self) -> bool:
+        return self.returns is not None or self.expected is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Shell:
+    """A fence of another language that calls psql: run with bash, or not run, with the reason."""
+
+    path: Path
+    line: int
+    text: str
+    not_run: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{_shown(self.path)}:{self.line}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """The block's last result with columns: names, and every value as PostgreSQL's text."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str | None, ...], ...]
 
 
 def _shown(path: Path) -> str:
@@ -67,52 +161,115 @@ def parse_annotation(text: str, where: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for part in (p.strip() for p in text.split(";")):
         words = part.split()
-        if words == ["psql"] or words == ["fresh"] or words == ["pg_cron"]:
+        if words in (["psql"], ["fresh"], ["pg_cron"]):
             key, value = "place", words[0]
+        elif words in (["result"], ["plan"]):
+            key, value = "expected", words[0]
         elif len(words) == 2 and words[0] == "error" and SQLSTATE.match(words[1]):
             key, value = "error", words[1]
-        elif len(words) == 2 and words[0] == "role" and ROLE_NAME.match(words[1]):
-            key, value = "role", words[1]
+        elif len(words) == 2 and words[0] in ("role", "data") and NAME.match(words[1]):
+            key, value = words[0], words[1]
+        elif len(words) > 1 and words[0] == "not-run":
+            key, value = "not_run", " ".join(words[1:])
         else:
             raise AssertionError(f"{where}: unknown test annotation {part!r}")
         if key in found:
             raise AssertionError(f"{where}: annotation gives {key} twice")
         found[key] = value
+    alone = {"expected", "not_run"} & found.keys()
+    if alone and len(found) > 1:
+        raise AssertionError(f"{where}: {', '.join(sorted(alone))} takes no other directive")
     if found.get("place") == "psql" and len(found) > 1:
         raise AssertionError(f"{where}: a psql block takes no role or error directive")
+    if "data" in found and found.get("place") != "fresh":
+        raise AssertionError(f"{where}: data NAME needs fresh: the data goes into the block's own database")
+    if "data" in found and not (DATA / f"{found['data']}.sql").is_file():
+        raise AssertionError(f"{where}: no fixture {_shown(DATA / (found['data'] + '.sql'))}")
     return found
 
 
-def parse_blocks(path: Path) -> list[Block]:
-    """Every ```sql block of a Markdown file, with its annotation."""
+@dataclasses.dataclass
+class _Parsed:
+    blocks: list[Block]
+    shells: list[Shell]
+
+
+def _attach(parsed: _Parsed, last_fence: str | None, kind: str, line: int, lines: list[str], where: str) -> None:
+    """Give the preceding sql block the result a `result`/`plan` text block states."""
+    if last_fence != "sql" or not parsed.blocks:
+        raise AssertionError(f"{where}: a `{kind}` block must follow the ```sql block whose result it shows")
+    block = parsed.blocks[-1]
+    if block.expected is not None:
+        raise AssertionError(f"{where}: {block.where} already has a stated result")
+    parsed.blocks[-1] = dataclasses.replace(block, expected=Expected(kind, line, tuple(lines)))
+
+
+def _parse(path: Path) -> _Parsed:
     lines = path.read_text().splitlines()
-    blocks: list[Block] = []
+    parsed = _Parsed([], [])
     pending: tuple[int, dict[str, str]] | None = None
+    last_fence: str | None = None
     i = 0
     while i < len(lines):
         where = f"{_shown(path)}:{i + 1}"
         annotation = ANNOTATION.match(lines[i])
         fence = FENCE.match(lines[i])
-        if pending is not None and not (fence and fence.group(1) == "sql"):
-            raise AssertionError(f"{_shown(path)}:{pending[0]}: a test annotation must sit right before a ```sql fence")
+        if pending is not None and not fence:
+            raise AssertionError(f"{_shown(path)}:{pending[0]}: a test annotation must sit right before a fence")
         if annotation:
             pending = (i + 1, parse_annotation(annotation.group(1), where))
             i += 1
             continue
         if fence:
-            end = next((j for j in range(i + 1, len(lines)) if lines[j].rstrip() == "```"), None)
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), None)
             if end is None:
                 raise AssertionError(f"{where}: the fence is never closed")
-            if fence.group(1) == "sql":
-                directives = pending[1] if pending else {}
-                blocks.append(Block(path, i + 1, "\n".join(lines[i + 1 : end]) + "\n", **directives))
+            indent = len(fence.group(1))
+            body = [line[indent:] if line[:indent].isspace() else line for line in lines[i + 1 : end]]
+            _fence(parsed, path, fence.group(2), i + 1, body, pending, last_fence)
+            last_fence = fence.group(2)
             pending = None
             i = end + 1
             continue
         if "<!--" in lines[i] and "test:" in lines[i]:
             raise AssertionError(f"{where}: a test annotation must be a whole line of its own")
         i += 1
-    return blocks
+    return parsed
+
+
+def _fence(
+    parsed: _Parsed,
+    path: Path,
+    language: str,
+    line: int,
+    body: list[str],
+    pending: tuple[int, dict[str, str]] | None,
+    last_fence: str | None,
+) -> None:
+    directives = dict(pending[1]) if pending else {}
+    where = f"{_shown(path)}:{line}"
+    if language == "sql":
+        if {"expected", "not_run"} & directives.keys():
+            raise AssertionError(f"{where}: a ```sql block always runs; result, plan and not-run are for other fences")
+        parsed.blocks.append(Block(path, line, "\n".join(body) + "\n", **directives))
+    elif "expected" in directives:
+        _attach(parsed, last_fence, directives["expected"], line, body, where)
+    elif PSQL_CALL.search("\n".join(body)) or "not_run" in directives:
+        if directives.keys() - {"not_run"}:
+            raise AssertionError(f"{where}: a ```{language} block takes only not-run REASON")
+        parsed.shells.append(Shell(path, line, "\n".join(body) + "\n", directives.get("not_run")))
+    elif directives:
+        raise AssertionError(f"{where}: a ```{language} block that calls no psql takes no annotation")
+
+
+def parse_blocks(path: Path) -> list[Block]:
+    """Every ```sql block of a Markdown file, with its annotation and stated result."""
+    return _parse(path).blocks
+
+
+def parse_shells(path: Path) -> list[Shell]:
+    """Every fence of another language that calls psql (or says why it does not run)."""
+    return _parse(path).shells
 
 
 def pg_cron_blocks() -> list[Block]:
@@ -120,47 +277,179 @@ def pg_cron_blocks() -> list[Block]:
     return [block for path in DOCUMENTS for block in parse_blocks(path) if block.place == "pg_cron"]
 
 
-def _execute(conn: psycopg.Connection, block: Block) -> None:
-    if block.role is None:
-        conn.execute(block.text)
-        return
-    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(block.role)))
+# --- running a block ---------------------------------------------------------------------
+
+
+def _last_result(cursor: psycopg.Cursor) -> Result | None:
+    """The last result set of a (multi-statement) execute that has columns."""
+    found: Result | None = None
+    while True:
+        result = cursor.pgresult
+        if result is not None and result.nfields:
+            columns = tuple((result.fname(c) or b"").decode() for c in range(result.nfields))
+            rows = tuple(
+                tuple(None if (v := result.get_value(r, c)) is None else v.decode() for c in range(result.nfields))
+                for r in range(result.ntuples)
+            )
+            found = Result(columns, rows)
+        if not cursor.nextset():
+            return found
+
+
+def _execute(conn: psycopg.Connection, text: str, role: str | None) -> Result | None:
+    if role is None:
+        return _last_result(conn.execute(text))
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
     try:
-        conn.execute(block.text)
+        return _last_result(conn.execute(text))
     finally:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
             conn.execute("RESET ROLE")
 
 
-def run_block(conn: psycopg.Connection, block: Block) -> None:
-    """Run one block on an autocommit connection, as its role and error directives say."""
+def _run_failing(conn: psycopg.Connection, block: Block) -> None:
+    """The statements before the last succeed; the last fails with the annotated SQLSTATE."""
+    *before, last = helpers.split_statements(block.text + "\n;")  # a last statement may lack its ;
+    try:
+        # One transaction, rolled back: whatever the block did before failing is undone.
+        with conn.transaction():
+            if before:
+                try:
+                    _execute(conn, ";\n".join(before) + ";", block.role)
+                except psycopg.Error as error:
+                    raise AssertionError(
+                        f"{block.where}: block should fail with SQLSTATE {block.error} in its last statement, "
+                        f"but an earlier one failed with {error.sqlstate}: {error}"
+                    ) from error
+            _execute(conn, last, block.role)
+    except psycopg.Error as error:
+        assert error.sqlstate == block.error, (
+            f"{block.where}: block should fail with SQLSTATE {block.error}, failed with {error.sqlstate}: {error}"
+        )
+    else:
+        raise AssertionError(f"{block.where}: block should fail with SQLSTATE {block.error}, but it succeeded")
+
+
+def run_block(conn: psycopg.Connection, block: Block) -> Result | None:
+    """Run one block on an autocommit connection, as its role and error directives say, and
+    compare what it returns with what the text states."""
     # psycopg prepares statements it runs often and, after a ROLLBACK or DROP, clears them with
     # DEALLOCATE ALL, which would also remove the PREPAREd statements of the docs.
     conn.prepare_threshold = None
+    result: Result | None = None
     if block.error is None:
         try:
-            _execute(conn, block)
+            result = _execute(conn, block.text, block.role)
         except psycopg.Error as error:
             raise AssertionError(f"{block.where}: block failed with SQLSTATE {error.sqlstate}: {error}") from error
     else:
-        try:
-            # One transaction, rolled back: whatever the block did before failing is undone.
-            with conn.transaction():
-                _execute(conn, block)
-        except psycopg.Error as error:
-            assert error.sqlstate == block.error, (
-                f"{block.where}: block should fail with SQLSTATE {block.error}, failed with {error.sqlstate}: {error}"
-            )
-        else:
-            raise AssertionError(f"{block.where}: block should fail with SQLSTATE {block.error}, but it succeeded")
+        _run_failing(conn, block)
     status = conn.info.transaction_status
     assert status == psycopg.pq.TransactionStatus.IDLE, f"{block.where}: block left a transaction open ({status.name})"
     users = conn.execute("SELECT current_user = session_user").fetchone()
     assert users == (True,), f"{block.where}: block left a SET ROLE behind"
+    if block.error is None:
+        compare_result(block, result)
+    return result
 
 
-def run_psql_block(server: Server, dbname: str, block: Block) -> None:
-    """Run a block through psql, stopping at the first error."""
+# --- comparing a stated result -----------------------------------------------------------
+
+
+def _stated_row(block: Block, stated: str) -> dict[str, str]:
+    pairs = re.split(r",\s*(?=[a-z_][a-z0-9_]* = )", stated)
+    row: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition(" = ")
+        assert sep and NAME.match(name), f"{block.where}: `-- returns: {stated}`: expected `no row` or col = value, ..."
+        row[name] = value
+    return row
+
+
+def compare_returns(block: Block, result: Result | None) -> None:
+    stated = block.returns
+    if stated is None:
+        return
+    assert result is not None, f"{block.where}: the text says it returns {stated!r}, but it returned no result"
+    if stated == "no row":
+        assert not result.rows, f"{block.where}: the text says no row comes back, got {list(result.rows)}"
+        return
+    row = _stated_row(block, stated)
+    assert len(result.rows) == 1, f"{block.where}: the text states one row ({stated}), got {len(result.rows)} rows"
+    found = dict(zip(result.columns, result.rows[0], strict=True))
+    for name, value in row.items():
+        assert name in found, f"{block.where}: the text names column {name}, the result has {list(result.columns)}"
+        assert found[name] == value, f"{block.where}: column {name}: the text says {value!r}, got {found[name]!r}"
+
+
+def parse_table(expected: Expected, where: str) -> Result:
+    """A psql-style aligned table: header, a line of dashes, rows, an optional `(N rows)`."""
+    lines = [line for line in expected.lines if line.strip()]
+    assert len(lines) >= 2 and re.fullmatch(r"[-+]+", lines[1].strip()), (
+        f"{where}: a result table needs a header and a line of dashes"
+    )
+    footer = re.fullmatch(r"\((\d+) rows?\)", lines[-1].strip())
+    body = lines[2:-1] if footer else lines[2:]
+    split = lambda line: tuple(cell.strip() for cell in line.split("|"))  # noqa: E731
+    rows = tuple(split(line) for line in body)
+    if footer:
+        assert int(footer.group(1)) == len(rows), f"{where}: the table says {footer.group(0)} but shows {len(rows)}"
+    return Result(split(lines[0]), rows)
+
+
+def plan_shape(lines: list[str] | tuple[str, ...]) -> list[str]:
+    """The node lines of a text plan: node type, index and relation, without costs and times."""
+    shape = []
+    for line in lines:
+        text = re.sub(r"^\s*(->\s+)?", "", line)
+        text = re.sub(r"\s+\((cost|actual)[^)]*\)", "", text).strip()
+        if text and ":" not in text:
+            shape.append(text)
+    return shape
+
+
+def compare_result(block: Block, result: Result | None) -> None:
+    """The `-- returns:` line and the `result`/`plan` text block, against what the block returned."""
+    compare_returns(block, result)
+    expected = block.expected
+    if expected is None:
+        return
+    where = f"{_shown(block.path)}:{expected.line}"
+    assert result is not None, f"{where}: states a result, but {block.where} returned none"
+    if expected.kind == "plan":
+        printed = [row[0] or "" for row in result.rows]
+        assert plan_shape(expected.lines) == plan_shape(printed), (
+            f"{where}: the plan in the text is not the plan {block.where} printed:\n" + "\n".join(printed)
+        )
+        return
+    table = parse_table(expected, where)
+    shown = tuple(tuple("" if v is None else v for v in row) for row in result.rows)
+    assert table.columns == result.columns, f"{where}: columns {table.columns}, the block returned {result.columns}"
+    assert table.rows == shown, f"{where}: rows {list(table.rows)}, the block returned {list(shown)}"
+
+
+def compare_output(block: Block, output: str) -> None:
+    """A psql block's output against its `result` text block: its lines, in order; `...` skips."""
+    if block.expected is None:
+        return
+    where = f"{_shown(block.path)}:{block.expected.line}"
+    printed = [line.strip() for line in output.splitlines()]
+    position = 0
+    skipping = False
+    for line in (line.strip() for line in block.expected.lines):
+        if line == "...":
+            skipping = True
+            continue
+        if skipping:
+            found = next((i for i in range(position, len(printed)) if printed[i] == line), None)
+        else:
+            found = position if position < len(printed) and printed[position] == line else None
+        assert found is not None, f"{where}: psql did not print {line!r} there:\n{output}"
+        position, skipping = found + 1, False
+
+
+def run_psql_block(server: Server, dbname: str, block: Block) -> str:
+    """Run a block through psql, stopping at the first error; a meta-command that finds nothing fails."""
     result = helpers.psql(server, dbname, "-v", "ON_ERROR_STOP=1", stdin="\\set VERBOSITY verbose\n" + block.text)
     if result.returncode != 0:
         state = re.search(r"ERROR:\s+([0-9A-Z]{5}):", result.stderr)
@@ -168,6 +457,12 @@ def run_psql_block(server: Server, dbname: str, block: Block) -> None:
             f"{block.where}: psql block failed with SQLSTATE {state.group(1) if state else 'unknown'} "
             f"(exit {result.returncode}): {result.stderr.strip()}"
         )
+    empty = EMPTY_LISTING.search(result.stdout)
+    assert empty is None and "Did not find any" not in result.stdout + result.stderr, (
+        f"{block.where}: a meta-command found nothing:\n{result.stdout}{result.stderr}"
+    )
+    compare_output(block, result.stdout)
+    return result.stdout
 
 
 def _roles(conn: psycopg.Connection) -> set[str]:
@@ -185,11 +480,19 @@ def drop_roles(conn: psycopg.Connection, roles: set[str]) -> None:
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
+def load_data(conn: psycopg.Connection, name: str) -> None:
+    """A data fixture, statement by statement in autocommit (it may VACUUM)."""
+    for statement in helpers.split_statements((DATA / f"{name}.sql").read_text()):
+        conn.execute(statement)
+
+
 def _run_fresh(pg_server: Server, dbname: str, block: Block) -> set[str]:
     """Run a fresh block; return the roles it created (dropped here, before its database goes)."""
     with pg_server.connect(dbname, autocommit=True) as fresh:
         before = _roles(fresh)
         try:
+            if block.data is not None:
+                load_data(fresh, block.data)
             run_block(fresh, block)
         finally:
             created = _roles(fresh) - before
@@ -197,15 +500,20 @@ def _run_fresh(pg_server: Server, dbname: str, block: Block) -> set[str]:
     return created
 
 
-@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.name)
+# The guide's pages run after it on the same database: a page may use the roles, grants and
+# prepared statements the guide creates, as a reader who followed the guide has them.
+SEQUENCES = {"guide and its pages": (GUIDE, *PAGES), "README": (ROOT / "README.md",)}
+
+
+@pytest.mark.parametrize("paths", SEQUENCES.values(), ids=list(SEQUENCES))
 def test_every_sql_block_runs_as_annotated(
     pg_server: Server,
     database: str,
     conn: psycopg.Connection,
     fresh_database: Callable[[], str],
-    path: Path,
+    paths: tuple[Path, ...],
 ) -> None:
-    blocks = parse_blocks(path)
+    blocks = [block for path in paths for block in parse_blocks(path)]
     roles_before = _roles(conn)
     deferred: list[Block] = []
     try:
@@ -220,14 +528,117 @@ def test_every_sql_block_runs_as_annotated(
                 deferred.append(block)
     finally:
         drop_roles(conn, _roles(conn) - roles_before)
-    expected = [b for b in pg_cron_blocks() if b.path == path]
+    expected = [b for b in pg_cron_blocks() if b.path in paths]
     assert deferred == expected, "every pg_cron block is the one tests/test_pg_cron.py runs, none is dropped"
 
 
+# --- shell blocks ------------------------------------------------------------------------
+
+SHELL_PRELUDE = r"""
+set -euo pipefail
+psql() {
+    local args=()
+    while (($#)); do
+        case "$1" in
+            -h|-p|-U|-d|--host|--port|--username|--dbname) shift 2 ;;
+            --host=*|--port=*|--username=*|--dbname=*) shift ;;
+            *) args+=("$1"); shift ;;
+        esac
+    done
+    command "$DOC_PSQL" -d "$DOC_CONNINFO" "${args[@]}"
+}
+docker() {
+    [ "$1" = exec ] || { echo "docker $1: only docker exec runs here" >&2; return 2; }
+    shift
+    while [[ "$1" == -* ]]; do shift; done
+    shift  # the container
+    "$@"
+}
+make() { :; }
+"""
+
+
+def run_shell(server: Server, dbname: str, shell: Shell, workdir: Path) -> subprocess.CompletedProcess[str]:
+    """Run a shell block with bash against `dbname`, in `workdir` (where sql/ and tests/ are ours)."""
+    for name in ("sql", "tests"):
+        if not (workdir / name).exists():
+            (workdir / name).symlink_to(ROOT / name)
+    env = server.client_env()
+    env.update(DOC_PSQL=server.tool("psql"), DOC_CONNINFO=server.conninfo(dbname), DATABASE_URL=server.conninfo(dbname))
+    bash = shutil.which("bash")
+    assert bash is not None
+    return subprocess.run(
+        [bash, "-c", SHELL_PRELUDE + shell.text],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.name)
+def test_every_shell_block_that_calls_psql_runs(
+    pg_server: Server, fresh_database: Callable[[], str], tmp_path: Path, path: Path
+) -> None:
+    for shell in parse_shells(path):
+        if shell.not_run is not None:
+            continue
+        workdir = tmp_path / f"line{shell.line}"
+        workdir.mkdir()
+        done = run_shell(pg_server, fresh_database(), shell, workdir)
+        assert done.returncode == 0, f"{shell.where}: exit {done.returncode}\n{done.stdout}{done.stderr}"
+        assert "ERROR" not in done.stderr, f"{shell.where}: psql printed an error:\n{done.stderr}"
+
+
+def test_the_documents_state_results_the_tests_compare() -> None:
+    compared = sum(1 for path in DOCUMENTS for block in parse_blocks(path) if block.compared)
+    # A `-- returns:` line or a result block removed by mistake shows up here.
+    assert compared >= 8, f"the documents state {compared} results that the tests compare"
+
+
+def test_readme_commands_sit_in_fenced_blocks() -> None:
+    """An indented code block is not run by anything; the README's commands are fenced."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    inside = False
+    for number, line in enumerate(lines, 1):
+        if FENCE.match(line) or line.rstrip() == "```":
+            inside = not inside
+            continue
+        previous = lines[number - 2] if number > 1 else ""
+        if not inside and line.startswith("    ") and not previous.strip():
+            raise AssertionError(f"README.md:{number}: an indented code block; fence it so that the tests run it")
+
+
 def test_annotations_are_understood() -> None:
-    for directive in ("error 23514", "psql", "role app_user", "pg_cron", "fresh", "role app; error 42501"):
-        parse_annotation(directive, "here")
-    for wrong in ("errors 23514", "error 2351", "role", "skip", "psql; error 42501", "role a; role b"):
+    for directive in (
+        "error 23514",
+        "psql",
+        "role app_user",
+        "pg_cron",
+        "fresh",
+        "role app; error 42501",
+        "result",
+        "plan",
+        "not-run needs a Docker container",
+        "fresh; data guide_40k",
+    ):
+        try:
+            parse_annotation(directive, "here")
+        except AssertionError as error:
+            assert "no fixture" in str(error), error
+    for wrong in (
+        "errors 23514",
+        "error 2351",
+        "role",
+        "skip",
+        "psql; error 42501",
+        "role a; role b",
+        "not-run",
+        "result; fresh",
+        "data x",
+    ):
         with pytest.raises(AssertionError):
             parse_annotation(wrong, "here")
 
@@ -238,8 +649,8 @@ def test_every_sql_fence_is_a_parsed_block(path: Path) -> None:
     assert len(parse_blocks(path)) == fences, f"{path.name}: every ```sql fence at the start of a line is a block"
 
 
-def test_the_guide_has_blocks_of_every_kind() -> None:
-    blocks = parse_blocks(GUIDE)
+def test_the_docs_have_blocks_of_every_kind() -> None:
+    blocks = [block for path in DOCUMENTS for block in parse_blocks(path)]
     kinds = {
         "plain": sum(1 for b in blocks if b.place == "sequence" and b.error is None and b.role is None),
         "error": sum(1 for b in blocks if b.error is not None),
@@ -247,11 +658,12 @@ def test_the_guide_has_blocks_of_every_kind() -> None:
         "psql": sum(1 for b in blocks if b.place == "psql"),
         "pg_cron": sum(1 for b in blocks if b.place == "pg_cron"),
         "fresh": sum(1 for b in blocks if b.place == "fresh"),
+        "shell": sum(len(parse_shells(path)) for path in DOCUMENTS),
     }
-    # What the guide's own sections hold today: a block removed by mistake shows up here.
-    minimum = {"plain": 50, "error": 13, "role": 8, "psql": 1, "pg_cron": 4, "fresh": 2}
+    # What the guide and its pages hold today: a block removed by mistake shows up here.
+    minimum = {"plain": 50, "error": 13, "role": 8, "psql": 1, "pg_cron": 4, "fresh": 2, "shell": 5}
     short = {kind: (kinds[kind], least) for kind, least in minimum.items() if kinds[kind] < least}
-    assert not short, f"the guide has fewer blocks than it documents (kind: (found, expected at least)): {short}"
+    assert not short, f"the docs have fewer blocks than they document (kind: (found, expected at least)): {short}"
 
 
 SELF_TEST = """\
@@ -309,6 +721,41 @@ def test_the_runner_runs_each_kind_of_block(
         drop_roles(conn, {role})
 
 
+STATED = """\
+```sql
+INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
+VALUES ('00000000-0000-0000-0000-0000000000e1', 'x', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour');
+SELECT deleted_count FROM cleanup_expired_idempotency_records();
+-- returns: deleted_count = 1
+```
+
+```sql
+SELECT operation FROM idempotency_records;
+-- returns: no row
+```
+
+```sql
+SELECT 1 AS a, 'two' AS b UNION ALL SELECT 3, NULL;
+```
+
+<!-- test: result -->
+```text
+ a |  b
+---+-----
+ 1 | two
+ 3 |
+(2 rows)
+```
+"""
+
+
+def test_a_stated_result_that_holds_passes(tmp_path: Path, conn: psycopg.Connection) -> None:
+    blocks = parse_blocks(_write(tmp_path, STATED))
+    assert [b.compared for b in blocks] == [True, True, True]
+    for block in blocks:
+        run_block(conn, block)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -320,10 +767,36 @@ def test_the_runner_runs_each_kind_of_block(
             "<!-- test: error 42501 -->\n```sql\nSELECT 1/0;\n```\n",
             r"doc.md:2: block should fail with SQLSTATE 42501, failed with 22012",
         ),
+        (
+            "<!-- test: error 22012 -->\n```sql\nSELECT 1/0;\nSELECT 1;\n```\n",
+            r"doc.md:2: block should fail with SQLSTATE 22012 in its last statement, but an earlier one failed",
+        ),
         ("text\n\n```sql\nSELECT * FROM missing;\n```\n", r"doc.md:3: block failed with SQLSTATE 42P01"),
         ("```sql\nBEGIN;\n```\n", r"doc.md:1: block left a transaction open"),
         ("<!-- test: fresh -->\n\n```sql\nSELECT 1;\n```\n", r"doc.md:1: a test annotation must sit right before"),
         ("<!-- test: maybe -->\n```sql\nSELECT 1;\n```\n", r"doc.md:1: unknown test annotation 'maybe'"),
+        (
+            "```sql\nSELECT 149 AS deleted_count;\n-- returns: deleted_count = 150\n```\n",
+            r"doc.md:1: column deleted_count: the text says '150', got '149'",
+        ),
+        ("```sql\nSELECT 1 AS a;\n-- returns: no row\n```\n", r"doc.md:1: the text says no row comes back"),
+        (
+            "```sql\nSELECT 1 AS a;\n-- returns: a = 1\nSELECT 2;\n```\n",
+            r"doc.md:1: `-- returns:` must close the block",
+        ),
+        (
+            "```sql\nSELECT 1 AS a;\n```\n\n<!-- test: result -->\n```text\n a\n---\n 2\n```\n",
+            r"doc.md:6: rows \[\('2',\)\], the block returned \[\('1',\)\]",
+        ),
+        (
+            "```sql\nSELECT 1 AS a;\n```\n```ini\nx = 1\n```\n<!-- test: result -->\n```text\n a\n---\n 1\n```\n",
+            r"doc.md:8: a `result` block must follow the ```sql block",
+        ),
+        (
+            "```sql\nEXPLAIN SELECT 1 FROM idempotency_records WHERE request_id = gen_random_uuid();\n```\n\n"
+            "<!-- test: plan -->\n```text\nHash Join  (cost=0.00..1.00 rows=1 width=4)\n```\n",
+            r"doc.md:6: the plan in the text is not the plan .*doc.md:1 printed",
+        ),
     ],
 )
 def test_the_runner_reports_a_wrong_block_by_file_and_line(
@@ -334,10 +807,76 @@ def test_the_runner_reports_a_wrong_block_by_file_and_line(
             run_block(conn, block)
 
 
+def test_plan_shape_keeps_nodes_and_drops_costs_times_and_conditions() -> None:
+    printed = [
+        "Delete on idempotency_records  (cost=39.64..1581.98 rows=0 width=0) (actual time=0.7..0.7 rows=0 loops=1)",
+        "  ->  Bitmap Heap Scan on idempotency_records  (cost=39.64..1581.98 rows=1980 width=6)",
+        "        Recheck Cond: (expires_at <= now())",
+        "        ->  Bitmap Index Scan on idx_idempotency_expires  (cost=0.00..39.14 rows=1980 width=0)",
+        "Planning Time: 0.043 ms",
+    ]
+    assert plan_shape(printed) == [
+        "Delete on idempotency_records",
+        "Bitmap Heap Scan on idempotency_records",
+        "Bitmap Index Scan on idx_idempotency_expires",
+    ]
+
+
 def test_a_failing_psql_block_names_its_sqlstate(tmp_path: Path, pg_server: Server, database: str) -> None:
     (block,) = parse_blocks(_write(tmp_path, "<!-- test: psql -->\n```sql\nSELECT * FROM missing;\n```\n"))
     with pytest.raises(AssertionError, match=r"doc.md:2: psql block failed with SQLSTATE 42P01"):
         run_psql_block(pg_server, database, block)
+
+
+@pytest.mark.parametrize("command", ["\\df no_such_function", "\\dt no_such_table", "\\d no_such_table"])
+def test_a_psql_meta_command_that_finds_nothing_fails(
+    tmp_path: Path, pg_server: Server, database: str, command: str
+) -> None:
+    (block,) = parse_blocks(_write(tmp_path, f"<!-- test: psql -->\n```sql\n{command}\n```\n"))
+    with pytest.raises(AssertionError, match=r"doc.md:2: (a meta-command found nothing|psql block failed)"):
+        run_psql_block(pg_server, database, block)
+
+
+def test_a_psql_block_output_is_compared(tmp_path: Path, pg_server: Server, database: str) -> None:
+    text = "<!-- test: psql -->\n```sql\n\\df cleanup_expired_idempotency_records\n```\n\n<!-- test: result -->\n```text\n{}\n```\n"
+    ok = parse_blocks(_write(tmp_path, text.format("...\n(1 row)")))
+    run_psql_block(pg_server, database, ok[0])
+    wrong = parse_blocks(_write(tmp_path, text.format("...\n(2 rows)")))
+    with pytest.raises(AssertionError, match=r"doc.md:7: psql did not print '\(2 rows\)'"):
+        run_psql_block(pg_server, database, wrong[0])
+
+
+SHELLS = """\
+```bash
+psql -v ON_ERROR_STOP=1 -1 -h localhost -U postgres -d jive_money -f sql/046_create_idempotency_cleanup_job.sql
+docker exec -i jive-postgres psql -v ON_ERROR_STOP=1 -U postgres -d jive_money < sql/046_create_idempotency_cleanup_job.sql
+psql -v ON_ERROR_STOP=1 -d "$DATABASE_URL" -c "SELECT deleted_count FROM cleanup_expired_idempotency_records();"
+make verify
+```
+
+<!-- test: not-run needs a cluster of three servers -->
+```bash
+psql -h node1 -c 'SELECT 1'
+```
+
+```bash
+psql -v ON_ERROR_STOP=1 -c "SELECT * FROM missing"
+```
+
+```bash
+make bench
+```
+"""
+
+
+def test_shell_blocks_run_with_psql_against_the_test_database(tmp_path: Path, pg_server: Server, database: str) -> None:
+    shells = parse_shells(_write(tmp_path, SHELLS))
+    assert [(s.line, s.not_run) for s in shells] == [(1, None), (9, "needs a cluster of three servers"), (13, None)]
+    done = run_shell(pg_server, database, shells[0], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "deleted_count" in done.stdout, done.stdout
+    failed = run_shell(pg_server, database, shells[2], tmp_path)
+    assert failed.returncode != 0 and "missing" in failed.stderr, "a failing psql command fails the block"
 
 
 def test_the_pg_cron_test_runs_every_pg_cron_block() -> None:
@@ -350,3 +889,86 @@ def test_the_pg_cron_test_runs_every_pg_cron_block() -> None:
         mark.name == "skip"
         for mark in getattr(test_pg_cron.test_the_documented_pg_cron_blocks_all_run, "pytestmark", [])
     )
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    lines = path.read_text().splitlines()
+    anchors: set[str] = set()
+    inside = False
+    for line in lines:
+        if line.startswith("```"):
+            inside = not inside
+        elif not inside and (heading := re.match(r"^#{1,6} (.*)$", line)):
+            anchors.add(_slug(heading.group(1)))
+    return anchors
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.name)
+def test_every_link_into_the_docs_finds_its_heading(path: Path) -> None:
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", line):
+            document = (path.parent / target).resolve() if target else path
+            assert document.is_file(), f"{_shown(path)}:{number}: link to a missing file {target}"
+            assert anchor in _anchors(document), f"{_shown(path)}:{number}: no heading #{anchor} in {document.name}"
+
+
+def test_every_page_of_the_docs_is_run() -> None:
+    pages = set((ROOT / "docs").glob("*.md"))
+    assert pages <= set(DOCUMENTS), (
+        f"pages under docs/ that no test runs: {sorted(p.name for p in pages - set(DOCUMENTS))}"
+    )
+
+
+def test_the_test_map_lists_every_test_module() -> None:
+    listed = (ROOT / "docs" / "test-map.md").read_text()
+    missing = [path.name for path in sorted((ROOT / "tests").glob("test_*.py")) if f"`tests/{path.name}`" not in listed]
+    assert not missing, f"docs/test-map.md does not list {missing}"
+
+
+def long_statements(paths: tuple[Path, ...]) -> dict[str, list[str]]:
+    """Every SQL statement of five lines or more in the sql blocks of `paths` (comments and
+    trailing blanks left out), with where each copy is printed."""
+    found: dict[str, list[str]] = {}
+    for path in paths:
+        for block in parse_blocks(path):
+            for statement in helpers.split_statements(block.text + "\n;"):
+                lines = [
+                    line.rstrip()
+                    for line in statement.splitlines()
+                    if line.strip() and not line.strip().startswith("--")
+                ]
+                if len(lines) >= 5:
+                    found.setdefault("\n".join(lines), []).append(block.where)
+    return found
+
+
+def test_no_long_statement_is_printed_twice_across_the_docs() -> None:
+    pages = tuple(path for path in DOCUMENTS if path.parent == ROOT / "docs")
+    twice = {text.splitlines()[0]: where for text, where in long_statements(pages).items() if len(where) > 1}
+    assert not twice, f"statements of 5+ lines printed more than once (print once, refer by heading): {twice}"
+
+
+def test_a_statement_printed_twice_is_found(tmp_path: Path) -> None:
+    statement = "SELECT\n    1,\n    2,\n    3\nFROM idempotency_records;\n"
+    path = _write(tmp_path, f"```sql\n{statement}```\n\n```sql\n-- again\n{statement}```\n")
+    assert list(long_statements((path,)).values()) == [[f"{path}:1", f"{path}:9"]]
+
+
+def test_the_guide_contents_list_every_section() -> None:
+    text = GUIDE.read_text()
+    contents = text.split("## Contents\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^ *- \[(.*)\]\(#([^)]*)\)$", contents, re.MULTILINE)
+    inside = False
+    headings = []
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            inside = not inside
+        elif not inside and (heading := re.match(r"^#{2,3} (.*)$", line)) and heading.group(1) != "Contents":
+            headings.append((heading.group(1), _slug(heading.group(1))))
+    assert listed == headings, "the guide's Contents lists its sections, in order"

@@ -17,11 +17,11 @@ import pytest
 
 from tests import reliability
 from tests.patterns import (
-    GUIDE,
     INSERT_OR_READ_NO_OP_UPDATE,
     INSERT_OR_READ_ONE_STATEMENT,
     INSERT_OR_READ_READ,
     INSERT_OR_READ_STORE,
+    RELIABILITY,
     render,
     results,
     together,
@@ -66,7 +66,7 @@ FORMS = {"two statements": two_statements, "one statement": one_statement}
 
 
 def test_the_guide_prints_the_sql_the_tests_run() -> None:
-    guide = GUIDE.read_text()
+    guide = RELIABILITY.read_text()
     section = guide[guide.index("### Insert-or-read\n") : guide.index("### Figures\n")]
     first, second = "'92a7c0e4-a515-4b31-aa16-64622ca9d64b'", "'457078ae-acb3-46cc-ba36-5ebee81f18af'"
     printed = {

@@ -1,4 +1,4 @@
-"""The guide's "Patterns" and "Scaling past one server" sections print exactly the SQL
+"""docs/patterns.md, the recipes and "Scaling past one server", prints exactly the SQL
 the recipe tests run: each recipe, rendered with the literals the guide uses, must
 appear in the guide character for character (tests/test_docs.py then runs it)."""
 
@@ -11,8 +11,8 @@ from tests.patterns import (
     CLEANUP_BATCH,
     CLEANUP_LOOP,
     GUARDED_SAVE,
-    GUIDE,
     LOOKUP,
+    PATTERNS,
     RECORD_RESULT,
     TRY_LOCK,
     render,
@@ -59,9 +59,7 @@ DOCUMENTED = {
 
 
 def sections() -> str:
-    text = GUIDE.read_text()
-    start = text.index("\n## Patterns\n")
-    return text[start:]
+    return PATTERNS.read_text()
 
 
 @pytest.mark.parametrize("name", sorted(DOCUMENTED))

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from tests import helpers
-from tests.test_docs import Block, pg_cron_blocks, run_block
+from tests.test_docs import GUIDE, Block, parse_blocks, pg_cron_blocks, run_block
 from tooling import servers
 
 SERVER_BINARY = Path("/usr/lib/postgresql/15/bin/postgres")
@@ -102,6 +102,7 @@ def _jobs(conn: psycopg.Connection, name: str = JOB) -> list[tuple[int, str, str
 
 @pytest.mark.slow
 def test_the_documented_pg_cron_blocks_all_run(cron: psycopg.Connection) -> None:
+    guide_role_and_grants(cron)
     blocks = pg_cron_blocks()
     ran = []
     for block in blocks:
@@ -110,8 +111,16 @@ def test_the_documented_pg_cron_blocks_all_run(cron: psycopg.Connection) -> None
     assert ran and ran == blocks, "every pg_cron block of the docs ran here, in document order"
 
 
+def guide_role_and_grants(conn: psycopg.Connection) -> None:
+    """The guide's application role and its grants ("Least privilege"), which the job runs with."""
+    for snippet in ("CREATE ROLE jive_api_user LOGIN", "GRANT UPDATE (operation, result_payload"):
+        (block,) = [block for block in parse_blocks(GUIDE) if snippet in block.text]
+        run_block(conn, block)
+
+
 def documented_grants(conn: psycopg.Connection) -> None:
-    """The block that creates the job's role and grants it what the job needs."""
+    """The job's role and grants, then the block that lets it use pg_cron."""
+    guide_role_and_grants(conn)
     run_block(conn, documented("GRANT USAGE ON SCHEMA cron"))
 
 

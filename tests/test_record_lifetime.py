@@ -15,7 +15,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.patterns import CLAIM, GUIDE, LOOKUP, REPORT_SAVE
+from tests.patterns import CLAIM, LOOKUP, QUERIES, REPORT_SAVE
 from tooling import servers
 
 INSERT_AGED = """
@@ -158,7 +158,7 @@ INSERT_FOREVER = """
 
 
 def test_the_guide_gives_the_far_future_value_for_records_that_never_expire() -> None:
-    guide = GUIDE.read_text()
+    guide = QUERIES.read_text()
     assert f"'audit', '{{}}', 200, '{NEVER_EXPIRES}')" in guide, "the guide's never-expiring record uses it"
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import REPORT_SAVE, ROOT, explain, plan_nodes, sqlstate_of
 
-GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
+GUIDE = ROOT / "docs" / "performance.md"  # the guide's evidence page: plans and storage
 
 REPORT_CLEANUP = "DELETE FROM idempotency_records WHERE expires_at <= NOW()"
 
