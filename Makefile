@@ -66,14 +66,14 @@ lint: ## sqlfluff and squawk on the SQL, ruff on the Python
 	$(NEED_VENV)
 	$(VENV)/bin/sqlfluff lint sql
 	$(VENV)/bin/squawk sql/*.sql
-	$(VENV)/bin/ruff check tests bench tooling
-	$(VENV)/bin/ruff format --check tests bench tooling
+	$(VENV)/bin/ruff check tests bench tooling docs/examples
+	$(VENV)/bin/ruff format --check tests bench tooling docs/examples
 
 fmt: ## apply sqlfluff and ruff fixes
 	$(NEED_VENV)
 	$(VENV)/bin/sqlfluff fix sql
-	$(VENV)/bin/ruff check --fix tests bench tooling
-	$(VENV)/bin/ruff format tests bench tooling
+	$(VENV)/bin/ruff check --fix tests bench tooling docs/examples
+	$(VENV)/bin/ruff format tests bench tooling docs/examples
 
 migrate: ## apply the up migrations in order with psql (to DATABASE_URL/PG*, else a local server it starts)
 	$(NEED_VENV)
