@@ -1,6 +1,8 @@
-"""What `make` runs for users: the server lifecycle (tooling.servers) and the
-export layouts for other migration tools (tooling.export). The suite and the
-benchmark import it; it imports nothing from tests/ or bench/."""
+"""What `make` runs for users: the server lifecycle (tooling.servers), the
+root-owned copy of the server binaries (tooling.bincache), private paths and
+secret files on a shared host (tooling.private), and the export layouts for
+other migration tools (tooling.export, standard library only). The suite and
+the benchmark import it; it imports nothing from tests/ or bench/."""
 
 from pathlib import Path
 
