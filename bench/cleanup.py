@@ -1,12 +1,15 @@
 """Cleanup phase: N expired rows among M deleted while hit lookups run, by the installed
 cleanup_expired_idempotency_records(), by the design report's original body (the anchor,
-bench/cleanup_anchor.sql) and by the guide's batch from the caller, against the lookups
-alone; then the vacuum each cleanup leaves behind."""
+bench/cleanup_anchor.sql), by the guide's batch from the caller and by the batch that
+deletes by ctid; against a do-nothing control (pg_sleep for as long as the installed
+function takes) measured the same way, the wait-event sampler running in its window as
+in theirs; then the vacuum each cleanup leaves behind."""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import statistics
 import threading
 import time
 from collections import Counter
@@ -40,10 +43,14 @@ CLEANUP_PAUSE = 0.02  # seconds between two batches: lets concurrent lookups thr
 GUIDE_BATCH = read_sql("cleanup_batch.sql")
 BATCH_DELETE = GUIDE_BATCH.replace("LIMIT 1000", "LIMIT %s")
 assert BATCH_DELETE.count("LIMIT %s") == 1, "bench/cleanup_batch.sql: expected one LIMIT 1000 to parametrise"
-BASELINE = "lookup-baseline"
+CTID_BATCH_DELETE = read_sql("cleanup_batch_ctid.sql").replace("LIMIT 1000", "LIMIT %s")
+assert CTID_BATCH_DELETE.count("LIMIT %s") == 1, "bench/cleanup_batch_ctid.sql: expected one LIMIT 1000"
+CONTROL = "cleanup-control"
 INSTALLED = "cleanup-single"
 ANCHOR = "cleanup-anchor"
 BATCHED = "cleanup-batched"
+BATCHED_CTID = "cleanup-batched-ctid"
+RECOMMENDED = (INSTALLED, BATCHED)  # the guide's two ways, each judged against the control
 
 
 class WaitSampler(threading.Thread):
@@ -79,21 +86,40 @@ def cleanup_function(name: str) -> Callable[[psycopg.Connection], int]:
     return call
 
 
-def cleanup_batched(conn: psycopg.Connection) -> int:
+def cleanup_batched(statement: str) -> Callable[[psycopg.Connection], int]:
     """The caller's loop: delete at most CLEANUP_BATCH expired rows per transaction, pause, repeat."""
-    deleted = 0
-    while True:
-        cursor = conn.execute(BATCH_DELETE, (CLEANUP_BATCH,))
-        deleted += cursor.rowcount
-        if cursor.rowcount < CLEANUP_BATCH:
-            return deleted
-        time.sleep(CLEANUP_PAUSE)
+
+    def loop(conn: psycopg.Connection) -> int:
+        deleted = 0
+        while True:
+            cursor = conn.execute(statement, (CLEANUP_BATCH,))
+            deleted += cursor.rowcount
+            if cursor.rowcount < CLEANUP_BATCH:
+                return deleted
+            time.sleep(CLEANUP_PAUSE)
+
+    return loop
 
 
+class DoNothing:
+    """The control: holds the cleanup's connection busy for as long as the installed
+    function last took (pg_sleep), deleting nothing."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, conn: psycopg.Connection) -> int:
+        conn.execute("SELECT pg_sleep(%s)", (self.seconds,))
+        return 0
+
+
+DO_NOTHING = DoNothing(0.2)
 CLEANUPS: dict[str, Callable[[psycopg.Connection], int]] = {
+    CONTROL: DO_NOTHING,
     INSTALLED: cleanup_function("cleanup_expired_idempotency_records"),  # the migrations' function, as installed
     ANCHOR: cleanup_function("bench_cleanup_anchor"),  # the report's body, created by create_anchor()
-    BATCHED: cleanup_batched,
+    BATCHED: cleanup_batched(BATCH_DELETE),
+    BATCHED_CTID: cleanup_batched(CTID_BATCH_DELETE),
 }
 
 
@@ -144,10 +170,11 @@ def measure_cleanup(
     seconds = ended - started
     during = run.latencies_overlapping(started, ended)
     add = ctx.samples.add
-    add("cleanup", workload, size, "rows_deleted", "rows", deleted)
     add("cleanup", workload, size, "duration", "s", seconds)
-    add("cleanup", workload, size, "rows_per_s", "rows/s", deleted / seconds)
-    add("cleanup", workload, size, "wal_bytes", "bytes", wal_bytes(conn, start_lsn, end_lsn))
+    if workload != CONTROL:
+        add("cleanup", workload, size, "rows_deleted", "rows", deleted)
+        add("cleanup", workload, size, "rows_per_s", "rows/s", deleted / seconds)
+        add("cleanup", workload, size, "wal_bytes", "bytes", wal_bytes(conn, start_lsn, end_lsn))
     add("cleanup", workload, size, "lookups_during", "tx", len(during))
     add("cleanup", workload, size, "latency_p50", "ms", percentile(during, 0.50) / 1000)
     add("cleanup", workload, size, "latency_p99", "ms", percentile(during, 0.99) / 1000)
@@ -156,13 +183,15 @@ def measure_cleanup(
 
 
 def add_round_ratios(ctx: Context, size: int) -> None:
-    """This round's ratios: each cleanup's lookup p99 to the baseline's; the installed
-    cleanup's rows/s, WAL and lookup p99 to the anchor's."""
+    """This round's ratios: each cleanup's lookup p99 to the do-nothing control's; the
+    installed cleanup's rows/s, WAL and lookup p99 to the anchor's."""
     last = ctx.samples.last
-    baseline = last("cleanup", BASELINE, size, "latency_p99", "ms")
+    control = last("cleanup", CONTROL, size, "latency_p99", "ms")
     for workload in CLEANUPS:
+        if workload == CONTROL:
+            continue
         during_p99 = last("cleanup", workload, size, "latency_p99", "ms")
-        ctx.samples.add("cleanup", workload, size, "p99_ratio_to_baseline", "x", during_p99 / baseline)
+        ctx.samples.add("cleanup", workload, size, "p99_ratio_to_control", "x", during_p99 / control)
     for metric, unit in (("rows_per_s", "rows/s"), ("wal_bytes", "bytes"), ("latency_p99", "ms")):
         ratio = last("cleanup", INSTALLED, size, metric, unit) / last("cleanup", ANCHOR, size, metric, unit)
         ctx.samples.add("cleanup", INSTALLED, size, f"{metric}_ratio_to_anchor", "x", ratio)
@@ -176,27 +205,27 @@ def run(ctx: Context) -> None:
     estimate = max(1.0, expired / 50_000)
     waits: dict[str, Counter[str]] = {workload: Counter() for workload in CLEANUPS}
     with ctx.connect() as stats, ctx.connect(schema) as setup:  # stats: public, where pg_stat_statements is
-        ctx.notes["pg_stat_statements"] = reset_statements(stats)
+        reset_statements(stats)
         create_anchor(setup)
+        with ctx.connect(schema) as conn:  # not recorded: how long the installed function takes here
+            checkpoint(conn)
+            started = time.time()
+            CLEANUPS[INSTALLED](conn)
+            DO_NOTHING.seconds = time.time() - started
         for round_ in range(ctx.config.rounds):
             progress(f"cleanup: {expired:,} expired among {size:,}, round {round_ + 1}/{ctx.config.rounds}")
-            for workload in rotate([BASELINE, *CLEANUPS], round_):
-                duration = math.ceil(ctx.config.duration + 1 + 1.5 * estimate)
+            for workload in rotate(list(CLEANUPS), round_):
+                duration = math.ceil(ctx.config.duration + 1.5 * estimate)
                 with ctx.connect(schema) as conn:
                     vacuum_after_cleanup(ctx, conn, size, now, expired)
                     restore_expired(conn, size, expired, now)
                     checkpoint(conn)
                     reset_statements(stats)
-                    if workload == BASELINE:
-                        run = ctx.bench.run(
-                            schema, script("lookup_hit.sql"), {"size": size, "expired": expired}, duration
-                        )
-                        ctx.samples.add_run("cleanup", workload, size, run)
-                        ctx.samples.add_statements("cleanup", workload, size, statements_stats(stats))
-                        continue
                     seconds, counts = measure_cleanup(ctx, conn, stats, workload, size, duration)
                     waits[workload].update(counts)
                     estimate = max(estimate, seconds)
+                    if workload == INSTALLED:
+                        DO_NOTHING.seconds = statistics.median(ctx.samples.of("cleanup", INSTALLED, size, "duration"))
             add_round_ratios(ctx, size)
         restore_expired(setup, size, expired, now)
         plan = explain(setup, "DELETE FROM idempotency_records WHERE expires_at <= now()")
@@ -204,6 +233,8 @@ def run(ctx: Context) -> None:
         "rows": size,
         "expired": expired,
         "batch": CLEANUP_BATCH,
+        "control": "pg_sleep for the median duration of the installed function so far, the sampler running",
+        "autovacuum": "off on the table; VACUUM (ANALYZE) after every cleanup, before the next round",
         "pause_s": CLEANUP_PAUSE,
         "anchor": "the design report's body, one DELETE ... WHERE expires_at <= now() (bench/cleanup_anchor.sql)",
         "scaled_down": ctx.config.quick,

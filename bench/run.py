@@ -50,7 +50,7 @@ import psycopg
 from bench import cleanup, floor, lookup, save, storage
 from bench.config import Config, parse_config
 from bench.context import Context, progress
-from bench.database import apply_migrations, bench_database, bench_server
+from bench.database import apply_migrations, bench_database, bench_server, checkpoint, reset_statements
 from bench.pgbench import Pgbench
 from bench.report import machine, report, server_settings
 from bench.samples import Samples
@@ -78,11 +78,18 @@ def main(argv: Sequence[str]) -> int:
     started = time.time()
     samples = Samples()
     notes: dict[str, Any] = {}
-    with bench_server() as server, bench_database(server) as db, tempfile.TemporaryDirectory() as logdir:
+    with (
+        bench_server(max(config.sizes)) as server,
+        bench_database(server) as db,
+        tempfile.TemporaryDirectory() as logdir,
+    ):
         with server.connect(db, autocommit=True) as conn:
             apply_migrations(conn)
             with contextlib.suppress(psycopg.Error):
                 conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            notes["pg_stat_statements"] = reset_statements(conn)
+            if not notes["pg_stat_statements"]:
+                progress("pg_stat_statements is not loaded on this server: no verdict by server time per call")
         meta = describe(argv, config, server_settings(server, db))
         if meta["settings"]["fsync"] != "on":
             progress("warning: the server runs with fsync=off; write workloads will look cheaper than they are")
@@ -90,6 +97,8 @@ def main(argv: Sequence[str]) -> int:
         meta["pgbench"] = bench.binary
         context = Context(server, db, bench, config, samples, notes)
         for phase in PHASES:
+            with context.connect() as conn:
+                checkpoint(conn)  # each phase starts from a checkpoint, none left pending from the last
             phase(context)
     meta["machine"]["load_average_end"] = os.getloadavg()
     meta["wall_time_s"] = round(time.time() - started, 1)
