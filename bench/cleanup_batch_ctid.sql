@@ -6,7 +6,7 @@
 -- size in place of LIMIT 1000.
 DELETE FROM idempotency_records
 WHERE
-    ctid = ANY(ARRAY(
+    ctid = ANY (ARRAY(
         SELECT ctid
         FROM idempotency_records
         WHERE expires_at <= now()

@@ -8,13 +8,15 @@ run does to differences: the control's ratio there against its ratio in separate
 from __future__ import annotations
 
 import datetime as dt
+import json
+import random
 import statistics
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from bench.config import EXPIRED_FRACTION, KEY_BASE, KEY_MODULUS, KEY_PREFIX, KEY_STEP, LOOKUP_PAYLOAD
+from bench.config import EXPIRED_FRACTION, KEY_BASE, KEY_MODULUS, KEY_PREFIX, KEY_STEP, LOOKUP_PAYLOAD, SEED
 from bench.context import Context, progress, rotate
 from bench.database import (
     ANCHOR_PATTERN,
@@ -173,7 +175,53 @@ def run_separate(
     reset_statements(stats)
     run = ctx.bench.run(where, args, variables)
     ctx.samples.add_run("lookup", workload, size, run)
-    ctx.samples.add_statements("lookup", workload, size, statements_stats(stats, SEPARATE[workload]))
+    if ctx.notes["pg_stat_statements"]:
+        ctx.samples.add_statements("lookup", workload, size, statements_stats(stats, SEPARATE[workload]))
+    else:
+        with ctx.connect(where) as conn:
+            ctx.samples.add_statements("lookup", workload, size, explained_calls(conn, workload, variables))
+
+
+# Without pg_stat_statements (PostgreSQL 16 from pgserver ships without it), the server
+# time per call comes from EXPLAIN (ANALYZE, TIMING OFF): the executor's time for one
+# call, as pg_stat_statements counts it, for EXPLAINED_CALLS keys drawn as the script
+# draws them, one connection, after each run.
+EXPLAINED_CALLS = 200
+STATEMENTS = {
+    "lookup-hit": LOOKUP_QUERY,
+    "lookup-hit-narrow": script_statement("lookup_hit_narrow.sql").replace("(:prefix || :k)::uuid", "$1"),
+    ANCHOR: "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+    CONTROL: script_statement("control_fixed_cost.sql").replace(":aid", "$1"),
+}
+
+
+def explained_calls(conn: psycopg.Connection, workload: str, variables: dict[str, object]) -> dict[str, float]:
+    """Mean server time, buffers and blocks read per call, by EXPLAIN (ANALYZE, TIMING OFF, BUFFERS)."""
+    draw = random.Random(ctx_seed(variables))
+    statement = STATEMENTS[workload].replace(":extra_work", str(EXTRA_WORK))
+    size, expired, anchor_rows = (int(str(variables[name])) for name in ("size", "expired", "anchor_rows"))
+    totals = {"server_exec_ms": 0.0, "buffers_per_call": 0.0, "reads_per_call": 0.0}
+    for _ in range(EXPLAINED_CALLS):
+        if workload in (ANCHOR, CONTROL):
+            key: object = draw.randint(1, anchor_rows)
+        else:
+            key = key_of(draw.randint(expired + 1, size))
+        query = sql.SQL("EXPLAIN (ANALYZE, TIMING OFF, BUFFERS, FORMAT JSON) {}").format(
+            sql.SQL(statement.replace("$1", "{}")).format(sql.Literal(key))
+        )
+        row = conn.execute(query).fetchone()
+        assert row is not None
+        document = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+        plan = document[0]["Plan"]
+        totals["server_exec_ms"] += float(document[0]["Execution Time"])
+        totals["buffers_per_call"] += plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
+        totals["reads_per_call"] += plan.get("Shared Read Blocks", 0)
+    return {metric: total / EXPLAINED_CALLS for metric, total in totals.items()}
+
+
+def ctx_seed(variables: dict[str, object]) -> int:
+    """The fixed seed, varied by table size so that each size draws its own keys."""
+    return SEED + int(str(variables["size"]))
 
 
 def add_round_ratios(ctx: Context, size: int) -> None:

@@ -88,8 +88,14 @@ def main(argv: Sequence[str]) -> int:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             notes["pg_stat_statements"] = reset_statements(conn)
+            notes["server_time_source"] = (
+                "pg_stat_statements: mean execution time of every call of each pgbench run"
+                if notes["pg_stat_statements"]
+                else "EXPLAIN (ANALYZE, TIMING OFF, BUFFERS): Execution Time of 200 calls after each run,"
+                " one connection (pg_stat_statements is not loaded on this server)"
+            )
             if not notes["pg_stat_statements"]:
-                progress("pg_stat_statements is not loaded on this server: no verdict by server time per call")
+                progress("pg_stat_statements is not loaded: server time per lookup from EXPLAIN ANALYZE instead")
         meta = describe(argv, config, server_settings(server, db))
         if meta["settings"]["fsync"] != "on":
             progress("warning: the server runs with fsync=off; write workloads will look cheaper than they are")
