@@ -206,6 +206,35 @@ def evaluate_targets(samples: Samples, config: Config, notes: dict[str, Any]) ->
     ]
 
 
+def study_lines(samples: Samples, config: Config) -> list[str]:
+    """The hot-path studies: time-ordered against random keys, the ctid batch against the
+    guide's, the vacuum after a cleanup unthrottled against autovacuum's throttling."""
+    rows, size = config.save_rows, max(config.sizes)
+    median = samples.median
+    lines = [
+        "studies:",
+        f"  new keys, time-ordered (v7) vs random (v4), {rows:,} rows:"
+        f" {samples.spread('save', 'save-new-v7', rows, 'ratio_to_random_keys')} the throughput;"
+        f" WAL per save {fmt(median('save', 'save-new-v7', rows, 'wal_bytes_per_save'))} B"
+        f" vs {fmt(median('save', 'save-new', rows, 'wal_bytes_per_save'))} B",
+    ]
+    for workload, label in (
+        ("cleanup-batched", "guide's batch (by request_id)"),
+        ("cleanup-batched-ctid", "batch by ctid"),
+    ):
+        lines.append(
+            f"  {label}: {fmt(median('cleanup', workload, size, 'duration'))} s,"
+            f" {fmt(median('cleanup', workload, size, 'wal_bytes') / 2**20)} MiB WAL,"
+            f" lookup p99 {samples.spread('cleanup', workload, size, 'p99_ratio_to_control')} the control's"
+        )
+    for workload, label in (("vacuum-after-cleanup", "unthrottled"), ("vacuum-throttled", "throttled as autovacuum")):
+        lines.append(
+            f"  VACUUM after the cleanup, {label}: {fmt(median('cleanup', workload, size, 'duration'))} s,"
+            f" {fmt(median('cleanup', workload, size, 'wal_bytes') / 2**20)} MiB WAL"
+        )
+    return lines
+
+
 def control_lines(samples: Samples, config: Config) -> list[str]:
     """What the controls show about the method: the fixed-cost script's ratio by each
     measure, and the do-nothing cleanup's p99 spread (the noise a p99 verdict must beat)."""
@@ -316,6 +345,8 @@ def report(samples: Samples, config: Config, meta: dict[str, Any], notes: dict[s
     print("\n".join(anchor_lines(samples, config, notes)))
     print()
     print("\n".join(control_lines(samples, config)))
+    print()
+    print("\n".join(study_lines(samples, config)))
     print()
     for item in targets:
         verdict = "MET   " if item["met"] else "MISSED" if item["decided"] else "UNDECIDED"

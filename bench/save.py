@@ -32,7 +32,10 @@ CONTENDERS = {
     "save-existing": ("save", "save_existing.sql"),
     "pk-only-new": ("pk_only", "save_new.sql"),
     "pk-only-existing": ("pk_only", "save_existing.sql"),
+    "save-new-v7": ("save", "save_new_v7.sql"),
 }
+# Time-ordered keys: a prefix above every other key; each client counts its own saves.
+V7_VARIABLES: dict[str, object] = {"v7_prefix": "ffffffff00000000", "n": 0}
 # Each save against its anchor on the PK-only table.
 ANCHORS = {"save-new": "pk-only-new", "save-existing": "pk-only-existing"}
 UPDATES = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s"
@@ -84,7 +87,7 @@ def measure(ctx: Context, workload: str, variables: dict[str, object]) -> float:
         checkpoint(conn)
         reset_statements(conn)
         before, start_lsn = updates(conn, where), wal_lsn(conn)
-        run = ctx.bench.run(where, script(name), variables)
+        run = ctx.bench.run(where, script(name), variables | (V7_VARIABLES if workload.endswith("v7") else {}))
         wal = wal_bytes(conn, start_lsn, wal_lsn(conn))
         after = updates(conn, where)
         ctx.samples.add_run("save", workload, rows, run)
@@ -111,4 +114,5 @@ def run(ctx: Context) -> None:
             restore(ctx, CONTENDERS[workload][0], now)
         for workload, anchor in ANCHORS.items():
             ctx.samples.add("save", workload, rows, "ratio_to_pk_only", "x", tps[workload] / tps[anchor])
+        ctx.samples.add("save", "save-new-v7", rows, "ratio_to_random_keys", "x", tps["save-new-v7"] / tps["save-new"])
     ctx.notes["save_payload_bytes"] = LOOKUP_PAYLOAD

@@ -39,6 +39,7 @@ EXPECTED_WORKLOADS = {
     "control",
     "save-new",
     "save-existing",
+    "save-new-v7",
     "pk-only-new",
     "pk-only-existing",
     "cleanup-control",
@@ -47,6 +48,7 @@ EXPECTED_WORKLOADS = {
     "cleanup-batched",
     "cleanup-batched-ctid",
     "vacuum-after-cleanup",
+    "vacuum-throttled",
     "truncate",
     "drop-partition",
 }
@@ -247,7 +249,10 @@ def test_bench_narrow_lookup_is_the_guides_duplicate_check() -> None:
     _same(script_statement("lookup_hit_narrow.sql"), render(REPORT_GET, **BENCH_GET), "lookup_hit_narrow.sql")
 
 
-@pytest.mark.parametrize(("name", "prefix"), [("save_new.sql", ":new_prefix"), ("save_existing.sql", ":prefix")])
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [("save_new.sql", ":new_prefix"), ("save_existing.sql", ":prefix"), ("save_new_v7.sql", ":v7_prefix")],
+)
 def test_bench_save_is_the_repositorys_save(name: str, prefix: str) -> None:
     bound = BENCH_SAVE | {"$1": f"({prefix} || :k)::uuid"}
     _same(script_statement(name), _bound(_guide_prepared("idempotency_save"), bound), name)
