@@ -215,7 +215,9 @@ def run(ctx: Context) -> None:
     expired = int(size * EXPIRED_FRACTION)
     schema = f"size_{size}"
     now = dt.datetime.now(dt.UTC)
-    estimate = max(1.0, expired / 50_000)
+    # How long each contender takes: the pgbench run must outlast it (1 s before, as
+    # long after), so the runs are only as long as their contender needs.
+    estimate = dict.fromkeys(CLEANUPS, max(1.0, expired / 50_000))
     waits: dict[str, Counter[str]] = {workload: Counter() for workload in CLEANUPS}
     with ctx.connect() as stats, ctx.connect(schema) as setup:  # stats: public, where pg_stat_statements is
         reset_statements(stats)
@@ -228,7 +230,7 @@ def run(ctx: Context) -> None:
         for round_ in range(ctx.config.rounds):
             progress(f"cleanup: {expired:,} expired among {size:,}, round {round_ + 1}/{ctx.config.rounds}")
             for workload in rotate(list(CLEANUPS), round_):
-                duration = math.ceil(ctx.config.duration + 1.5 * estimate)
+                duration = math.ceil(ctx.config.duration + 1.5 * estimate[workload])
                 with ctx.connect(schema) as conn:
                     vacuum_after_cleanup(ctx, conn, size, now, expired)
                     restore_expired(conn, size, expired, now)
@@ -236,7 +238,7 @@ def run(ctx: Context) -> None:
                     reset_statements(stats)
                     seconds, counts = measure_cleanup(ctx, conn, stats, workload, size, duration)
                     waits[workload].update(counts)
-                    estimate = max(estimate, seconds)
+                    estimate[workload] = seconds
                     if workload == INSTALLED:
                         DO_NOTHING.seconds = statistics.median(ctx.samples.of("cleanup", INSTALLED, size, "duration"))
             add_round_ratios(ctx, size)

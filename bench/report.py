@@ -76,6 +76,13 @@ def lookup_targets(samples: Samples, config: Config) -> list[dict[str, Any]]:
                 reason = "no server time: pg_stat_statements is not available on this server"
             elif medians[worst] < threshold:
                 reason = f"{threshold - medians[worst]:.2f} short at {worst:,} rows"
+                blocks = samples.median("lookup", workload, worst, "buffers_per_call")
+                anchor_blocks = samples.median("lookup", "pgbench -S", worst, "buffers_per_call")
+                if blocks > anchor_blocks:
+                    reason += (
+                        f"; {blocks:.0f} buffers per lookup against pgbench -S's {anchor_blocks:.0f}:"
+                        " the 16-byte UUID key's B-tree has one level more than the integer key's"
+                    )
             misses = uncached(samples, workload, config.sizes)
             if misses:
                 reason += f"; not cached at {', '.join(f'{s:,}' for s in misses)} rows (blocks read per lookup)"
