@@ -300,3 +300,29 @@ def test_bench_anchor_has_the_contract_signature(conn: psycopg.Connection) -> No
     assert row == ("TABLE(deleted_count bigint)", False), (
         f"bench_cleanup_anchor(): expected TABLE(deleted_count bigint), SECURITY INVOKER; got {row}"
     )
+
+
+# The measured alternative batch (bench/cleanup_batch_ctid.sql) must keep the guarantees of
+# the guide's batch: exactly the expired rows, a row an application holds skipped rather than
+# waited for.
+
+
+def test_bench_ctid_batch_deletes_the_expired_rows_and_skips_a_held_one(
+    pg_server: servers.Server, database: str, conn: psycopg.Connection
+) -> None:
+    conn.execute(EXPIRED_AND_LIVE, {"now": dt.datetime.now(dt.UTC), "expired": 30, "total": 100})
+    held = conn.execute("SELECT request_id FROM idempotency_records WHERE expires_at <= now() LIMIT 1").fetchone()
+    assert held is not None
+    with pg_server.connect(database) as application:  # a request taking the expired key over
+        application.execute("SELECT 1 FROM idempotency_records WHERE request_id = %s FOR UPDATE", held)
+        # A wait on the held row would fail with 55P03 here instead of hanging the suite.
+        conn.execute("SET lock_timeout = '30s'")
+        deleted = conn.execute(read_sql("cleanup_batch_ctid.sql").replace("LIMIT 1000", "LIMIT 20")).rowcount
+        assert deleted == 20, f"cleanup_batch_ctid.sql: expected a batch of 20 rows, deleted {deleted}"
+        rest = conn.execute(read_sql("cleanup_batch_ctid.sql")).rowcount
+        assert rest == 9, f"cleanup_batch_ctid.sql: expected the 9 expired rows left but the held one, deleted {rest}"
+        application.rollback()
+    left = conn.execute("SELECT request_id FROM idempotency_records WHERE expires_at <= now()").fetchall()
+    assert left == [held], f"cleanup_batch_ctid.sql should leave only the held expired row, left {left}"
+    live = conn.execute("SELECT count(*) FROM idempotency_records WHERE expires_at > now()").fetchone()
+    assert live == (70,), f"cleanup_batch_ctid.sql should leave the 70 live rows, left {live}"
