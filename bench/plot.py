@@ -27,7 +27,13 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return percentile(values, 0.25), percentile(values, 0.5), percentile(values, 0.75)
 
 
-def by_size(axis: Any, samples: Samples, config: Config, workload: str, metric: str, scale: float, label: str) -> None:
+MARKERS = ("o", "s", "^", "D")  # series that coincide (hit and narrow buffers) stay told apart
+LINES = ("-", "--", "-.", ":")
+
+
+def by_size(
+    axis: Any, samples: Samples, config: Config, workload: str, metric: str, scale: float, label: str, style: int = 0
+) -> None:
     """Medians by table size with interquartile bars, where the metric was measured."""
     points = [(size, quartiles(samples.of("lookup", workload, size, metric))) for size in config.sizes]
     points = [(size, q) for size, q in points if not math.isnan(q[1])]
@@ -37,7 +43,16 @@ def by_size(axis: Any, samples: Samples, config: Config, workload: str, metric: 
     medians = [q[1] * scale for _, q in points]
     low = [(q[1] - q[0]) * scale for _, q in points]
     high = [(q[2] - q[1]) * scale for _, q in points]
-    axis.errorbar(sizes, medians, yerr=[low, high], marker="o", capsize=3, label=label)
+    axis.errorbar(
+        sizes,
+        medians,
+        yerr=[low, high],
+        marker=MARKERS[style % len(MARKERS)],
+        linestyle=LINES[style % len(LINES)],
+        markersize=8 - 1.5 * (style % len(MARKERS)),
+        capsize=3,
+        label=label,
+    )
 
 
 def plot(samples: Samples, config: Config, path: Path) -> None:
@@ -48,17 +63,15 @@ def plot(samples: Samples, config: Config, path: Path) -> None:
 
     figure, axes = plt.subplots(2, 2, figsize=(13, 9))
     (server, blocks), (ratios, p99) = axes
-    for workload in PER_CALL:
-        by_size(server, samples, config, workload, "server_exec_ms", 1000, workload)
-        by_size(blocks, samples, config, workload, "buffers_per_call", 1, workload)
-    server.set(
-        xscale="log", xlabel="rows in the table", ylabel="server time per call, µs (median, IQR)", ylim=(0, None)
-    )
-    server.set_title("Server time per lookup (pg_stat_statements)")
+    for style, workload in enumerate(PER_CALL):
+        by_size(server, samples, config, workload, "server_exec_ms", 1000, workload, style)
+        by_size(blocks, samples, config, workload, "buffers_per_call", 1, workload, style)
+    server.set(xscale="log", yscale="log", xlabel="rows in the table", ylabel="server time per call, µs (median, IQR)")
+    server.set_title("Server time per lookup (control: pgbench -S + a fixed cost)")
     blocks.set(xscale="log", xlabel="rows in the table", ylabel="shared buffers per call", ylim=(0, None))
     blocks.set_title("Buffers per lookup: one more is one more B-tree level")
-    for workload, metric, label in RATIOS:
-        by_size(ratios, samples, config, workload, metric, 1, label)
+    for style, (workload, metric, label) in enumerate(RATIOS):
+        by_size(ratios, samples, config, workload, metric, 1, label, style)
     ratios.axhline(0.95, color="black", linestyle="--", linewidth=1, label="target, server time (0.95)")
     ratios.axhline(0.9, color="grey", linestyle=":", linewidth=1, label="target, throughput (0.9)")
     ratios.set(xscale="log", xlabel="rows in the table", ylabel="speed vs pgbench -S (median, IQR)")
