@@ -62,7 +62,7 @@ class Samples:
             return "not measured"
         return (
             f"{statistics.median(values):.2f}x (interquartile {percentile(values, 0.25):.2f}-"
-            f"{percentile(values, 0.75):.2f}, {len(values)} rounds)"
+            f"{percentile(values, 0.75):.2f}, {len(values)} round{'s' if len(values) > 1 else ''})"
         )
 
     def every_round(self) -> list[dict[str, Any]]:
