@@ -230,7 +230,7 @@ def run(ctx: Context) -> None:
         for round_ in range(ctx.config.rounds):
             progress(f"cleanup: {expired:,} expired among {size:,}, round {round_ + 1}/{ctx.config.rounds}")
             for workload in rotate(list(CLEANUPS), round_):
-                duration = math.ceil(ctx.config.duration + 1.5 * estimate[workload])
+                duration = max(ctx.config.duration, math.ceil(1.5 + 1.5 * estimate[workload]))
                 with ctx.connect(schema) as conn:
                     vacuum_after_cleanup(ctx, conn, size, now, expired)
                     restore_expired(conn, size, expired, now)
