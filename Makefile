@@ -94,7 +94,7 @@ export: ## write the migrations laid out for TOOL=... into DEST=dir (AFTER=newes
 	@test -n "$(filter $(EXPORT_TOOLS),$(TOOL))" && test -n "$(DEST)" || { echo "$(EXPORT_USAGE)" >&2; exit 2; }
 	$(PYTHON) -m tooling.export "$(TOOL)" "$(DEST)" $(if $(AFTER),--after "$(AFTER)")
 
-bench: ## pgbench every hot path against pgbench -S (SIZE=10000000 adds 10M rows, QUICK=1 tiny) -> bench/results/
+bench: ## pgbench every hot path against its anchor and a control, 10 rounds (SIZE=10000000: 10M rows; QUICK=1: decides nothing) -> bench/results/
 	$(NEED_VENV)
 	$(PY) bench/run.py $(if $(SIZE),--size $(SIZE)) $(if $(filter-out 0,$(QUICK)),--quick)
 

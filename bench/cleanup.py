@@ -1,12 +1,15 @@
 """Cleanup phase: N expired rows among M deleted while hit lookups run, by the installed
 cleanup_expired_idempotency_records(), by the design report's original body (the anchor,
-bench/cleanup_anchor.sql) and by the guide's batch from the caller, against the lookups
-alone; then the vacuum each cleanup leaves behind."""
+bench/cleanup_anchor.sql), by the guide's batch from the caller and by the batch that
+deletes by ctid; against a do-nothing control (pg_sleep for as long as the installed
+function takes) measured the same way, the wait-event sampler running in its window as
+in theirs; then the vacuum each cleanup leaves behind."""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import statistics
 import threading
 import time
 from collections import Counter
@@ -15,7 +18,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from bench.config import EXPIRED_FRACTION, LOOKUP_PAYLOAD
+from bench.config import DEFAULT_SIZE, EXPIRED_FRACTION, LOOKUP_PAYLOAD
 from bench.context import Context, progress, rotate
 from bench.database import (
     checkpoint,
@@ -40,10 +43,14 @@ CLEANUP_PAUSE = 0.02  # seconds between two batches: lets concurrent lookups thr
 GUIDE_BATCH = read_sql("cleanup_batch.sql")
 BATCH_DELETE = GUIDE_BATCH.replace("LIMIT 1000", "LIMIT %s")
 assert BATCH_DELETE.count("LIMIT %s") == 1, "bench/cleanup_batch.sql: expected one LIMIT 1000 to parametrise"
-BASELINE = "lookup-baseline"
+CTID_BATCH_DELETE = read_sql("cleanup_batch_ctid.sql").replace("LIMIT 1000", "LIMIT %s")
+assert CTID_BATCH_DELETE.count("LIMIT %s") == 1, "bench/cleanup_batch_ctid.sql: expected one LIMIT 1000"
+CONTROL = "cleanup-control"
 INSTALLED = "cleanup-single"
 ANCHOR = "cleanup-anchor"
 BATCHED = "cleanup-batched"
+BATCHED_CTID = "cleanup-batched-ctid"
+RECOMMENDED = (INSTALLED, BATCHED)  # the guide's two ways, each judged against the control
 
 
 class WaitSampler(threading.Thread):
@@ -79,21 +86,40 @@ def cleanup_function(name: str) -> Callable[[psycopg.Connection], int]:
     return call
 
 
-def cleanup_batched(conn: psycopg.Connection) -> int:
+def cleanup_batched(statement: str) -> Callable[[psycopg.Connection], int]:
     """The caller's loop: delete at most CLEANUP_BATCH expired rows per transaction, pause, repeat."""
-    deleted = 0
-    while True:
-        cursor = conn.execute(BATCH_DELETE, (CLEANUP_BATCH,))
-        deleted += cursor.rowcount
-        if cursor.rowcount < CLEANUP_BATCH:
-            return deleted
-        time.sleep(CLEANUP_PAUSE)
+
+    def loop(conn: psycopg.Connection) -> int:
+        deleted = 0
+        while True:
+            cursor = conn.execute(statement, (CLEANUP_BATCH,))
+            deleted += cursor.rowcount
+            if cursor.rowcount < CLEANUP_BATCH:
+                return deleted
+            time.sleep(CLEANUP_PAUSE)
+
+    return loop
 
 
+class DoNothing:
+    """The control: holds the cleanup's connection busy for as long as the installed
+    function last took (pg_sleep), deleting nothing."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, conn: psycopg.Connection) -> int:
+        conn.execute("SELECT pg_sleep(%s)", (self.seconds,))
+        return 0
+
+
+DO_NOTHING = DoNothing(0.2)
 CLEANUPS: dict[str, Callable[[psycopg.Connection], int]] = {
+    CONTROL: DO_NOTHING,
     INSTALLED: cleanup_function("cleanup_expired_idempotency_records"),  # the migrations' function, as installed
     ANCHOR: cleanup_function("bench_cleanup_anchor"),  # the report's body, created by create_anchor()
-    BATCHED: cleanup_batched,
+    BATCHED: cleanup_batched(BATCH_DELETE),
+    BATCHED_CTID: cleanup_batched(CTID_BATCH_DELETE),
 }
 
 
@@ -111,17 +137,30 @@ def restore_expired(conn: psycopg.Connection, size: int, expired: int, now: dt.d
         vacuum(conn)
 
 
+# The vacuum a cleanup leaves behind, alternately as a job runs it right after the cleanup
+# (unthrottled) and as autovacuum would (its default cost-based throttling: a 2 ms pause
+# every 200 cost units).
+VACUUMS = {
+    "vacuum-after-cleanup": "SET vacuum_cost_delay = 0",
+    "vacuum-throttled": "SET vacuum_cost_delay = '2ms'",
+}
+
+
 def vacuum_after_cleanup(ctx: Context, conn: psycopg.Connection, size: int, now: dt.datetime, expired: int) -> None:
     """The cost a cleanup leaves behind: the vacuum that removes its dead rows and their
-    entries in all three indexes (autovacuum's work). Measured only after a cleanup ran."""
+    entries in all three indexes. Measured only after a cleanup ran."""
     if expired_count(conn, now) >= expired:
         return
+    done = sum(len(ctx.samples.of("cleanup", name, size, "duration")) for name in VACUUMS)
+    workload = list(VACUUMS)[done % len(VACUUMS)]
+    conn.execute(VACUUMS[workload])
+    conn.execute("SET vacuum_cost_limit = 200")
     start_lsn, started = wal_lsn(conn), time.time()
     vacuum(conn)
-    ctx.samples.add("cleanup", "vacuum-after-cleanup", size, "duration", "s", time.time() - started)
-    ctx.samples.add(
-        "cleanup", "vacuum-after-cleanup", size, "wal_bytes", "bytes", wal_bytes(conn, start_lsn, wal_lsn(conn))
-    )
+    ctx.samples.add("cleanup", workload, size, "duration", "s", time.time() - started)
+    ctx.samples.add("cleanup", workload, size, "wal_bytes", "bytes", wal_bytes(conn, start_lsn, wal_lsn(conn)))
+    conn.execute("RESET vacuum_cost_delay")
+    conn.execute("RESET vacuum_cost_limit")
 
 
 def measure_cleanup(
@@ -144,10 +183,11 @@ def measure_cleanup(
     seconds = ended - started
     during = run.latencies_overlapping(started, ended)
     add = ctx.samples.add
-    add("cleanup", workload, size, "rows_deleted", "rows", deleted)
     add("cleanup", workload, size, "duration", "s", seconds)
-    add("cleanup", workload, size, "rows_per_s", "rows/s", deleted / seconds)
-    add("cleanup", workload, size, "wal_bytes", "bytes", wal_bytes(conn, start_lsn, end_lsn))
+    if workload != CONTROL:
+        add("cleanup", workload, size, "rows_deleted", "rows", deleted)
+        add("cleanup", workload, size, "rows_per_s", "rows/s", deleted / seconds)
+        add("cleanup", workload, size, "wal_bytes", "bytes", wal_bytes(conn, start_lsn, end_lsn))
     add("cleanup", workload, size, "lookups_during", "tx", len(during))
     add("cleanup", workload, size, "latency_p50", "ms", percentile(during, 0.50) / 1000)
     add("cleanup", workload, size, "latency_p99", "ms", percentile(during, 0.99) / 1000)
@@ -155,14 +195,24 @@ def measure_cleanup(
     return seconds, sampler.counts
 
 
+def contenders(size: int) -> list[str]:
+    """Every cleanup up to the default size; above it (1M expired among 10M: each round
+    reloads a million rows per cleanup) only the control and the two judged cleanups."""
+    return list(CLEANUPS) if size <= DEFAULT_SIZE else [CONTROL, *RECOMMENDED]
+
+
 def add_round_ratios(ctx: Context, size: int) -> None:
-    """This round's ratios: each cleanup's lookup p99 to the baseline's; the installed
-    cleanup's rows/s, WAL and lookup p99 to the anchor's."""
+    """This round's ratios: each cleanup's lookup p99 to the do-nothing control's; the
+    installed cleanup's rows/s, WAL and lookup p99 to the anchor's."""
     last = ctx.samples.last
-    baseline = last("cleanup", BASELINE, size, "latency_p99", "ms")
-    for workload in CLEANUPS:
+    control = last("cleanup", CONTROL, size, "latency_p99", "ms")
+    for workload in contenders(size):
+        if workload == CONTROL:
+            continue
         during_p99 = last("cleanup", workload, size, "latency_p99", "ms")
-        ctx.samples.add("cleanup", workload, size, "p99_ratio_to_baseline", "x", during_p99 / baseline)
+        ctx.samples.add("cleanup", workload, size, "p99_ratio_to_control", "x", during_p99 / control)
+    if ANCHOR not in contenders(size):
+        return
     for metric, unit in (("rows_per_s", "rows/s"), ("wal_bytes", "bytes"), ("latency_p99", "ms")):
         ratio = last("cleanup", INSTALLED, size, metric, unit) / last("cleanup", ANCHOR, size, metric, unit)
         ctx.samples.add("cleanup", INSTALLED, size, f"{metric}_ratio_to_anchor", "x", ratio)
@@ -173,30 +223,32 @@ def run(ctx: Context) -> None:
     expired = int(size * EXPIRED_FRACTION)
     schema = f"size_{size}"
     now = dt.datetime.now(dt.UTC)
-    estimate = max(1.0, expired / 50_000)
+    # How long each contender takes: the pgbench run must outlast it (1 s before, as
+    # long after), so the runs are only as long as their contender needs.
+    estimate = dict.fromkeys(CLEANUPS, max(1.0, expired / 50_000))
     waits: dict[str, Counter[str]] = {workload: Counter() for workload in CLEANUPS}
     with ctx.connect() as stats, ctx.connect(schema) as setup:  # stats: public, where pg_stat_statements is
-        ctx.notes["pg_stat_statements"] = reset_statements(stats)
+        reset_statements(stats)
         create_anchor(setup)
+        with ctx.connect(schema) as conn:  # not recorded: how long the installed function takes here
+            checkpoint(conn)
+            started = time.time()
+            CLEANUPS[INSTALLED](conn)
+            DO_NOTHING.seconds = time.time() - started
         for round_ in range(ctx.config.rounds):
             progress(f"cleanup: {expired:,} expired among {size:,}, round {round_ + 1}/{ctx.config.rounds}")
-            for workload in rotate([BASELINE, *CLEANUPS], round_):
-                duration = math.ceil(ctx.config.duration + 1 + 1.5 * estimate)
+            for workload in rotate(contenders(size), round_):
+                duration = max(ctx.config.duration, math.ceil(1.5 + 1.5 * estimate[workload]))
                 with ctx.connect(schema) as conn:
                     vacuum_after_cleanup(ctx, conn, size, now, expired)
                     restore_expired(conn, size, expired, now)
                     checkpoint(conn)
                     reset_statements(stats)
-                    if workload == BASELINE:
-                        run = ctx.bench.run(
-                            schema, script("lookup_hit.sql"), {"size": size, "expired": expired}, duration
-                        )
-                        ctx.samples.add_run("cleanup", workload, size, run)
-                        ctx.samples.add_statements("cleanup", workload, size, statements_stats(stats))
-                        continue
                     seconds, counts = measure_cleanup(ctx, conn, stats, workload, size, duration)
                     waits[workload].update(counts)
-                    estimate = max(estimate, seconds)
+                    estimate[workload] = seconds
+                    if workload == INSTALLED:
+                        DO_NOTHING.seconds = statistics.median(ctx.samples.of("cleanup", INSTALLED, size, "duration"))
             add_round_ratios(ctx, size)
         restore_expired(setup, size, expired, now)
         plan = explain(setup, "DELETE FROM idempotency_records WHERE expires_at <= now()")
@@ -204,9 +256,12 @@ def run(ctx: Context) -> None:
         "rows": size,
         "expired": expired,
         "batch": CLEANUP_BATCH,
+        "control": "pg_sleep for the median duration of the installed function so far, the sampler running",
+        "autovacuum": "off on the table; VACUUM (ANALYZE) after every cleanup, before the next round",
         "pause_s": CLEANUP_PAUSE,
         "anchor": "the design report's body, one DELETE ... WHERE expires_at <= now() (bench/cleanup_anchor.sql)",
         "scaled_down": ctx.config.quick,
+        "contenders": contenders(size),
         "wait_events": {workload: dict(counter.most_common(8)) for workload, counter in waits.items()},
         "plan": describe_plan(plan),
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.config import BENCH_DIR
+from bench.config import BENCH_DIR, key_variables
 from tooling import UP_FILES, servers
 
 LOAD_BATCH = 250_000  # rows per INSERT when loading a table
@@ -50,10 +51,21 @@ def script_statement(name: str) -> str:
     return "\n".join(lines).strip().removesuffix(";")
 
 
+BYTES_PER_CACHED_ROW = 560  # a lookup table's row with its primary key, and pgbench_accounts' beside it
+
+
+def shared_buffers_for(largest: int) -> str:
+    """shared_buffers that hold the largest lookup table and its primary key with the
+    pgbench -S table beside them (1 GB up to 1M rows; about 6 GB at 10M), so that the
+    growth verdict tells log n apart from cache misses."""
+    gib = max(1, math.ceil(largest * BYTES_PER_CACHED_ROW / 2**30))
+    return f"'{gib}GB'"
+
+
 @contextlib.contextmanager
-def bench_server() -> Iterator[servers.Server]:
+def bench_server(largest: int) -> Iterator[servers.Server]:
     """The user's server (DATABASE_URL / PG*), else a throwaway one with normal durability."""
-    settings = dict(BENCH_SETTINGS)
+    settings = {**BENCH_SETTINGS, "shared_buffers": shared_buffers_for(largest)}
     lib = servers.bindir().parent / "lib"
     if not (lib / "pg_stat_statements.so").exists() and not list(lib.glob("*/pg_stat_statements.so")):
         settings.pop("shared_preload_libraries")
@@ -97,9 +109,16 @@ def migrated_schema(server: servers.Server, db: str, schema: str) -> psycopg.Con
 
 
 def load_rows(
-    conn: psycopg.Connection, total: int, expired: int, payload: int, now: dt.datetime, last: int | None = None
+    conn: psycopg.Connection,
+    total: int,
+    expired: int,
+    payload: int,
+    now: dt.datetime,
+    last: int | None = None,
+    kind: str = "md5",
 ) -> None:
-    """Rows 1..last (default: all `total`) keyed md5(i)::uuid, the first `expired` of them expired, in time order."""
+    """Rows 1..last (default: all `total`) keyed as the scripts bind them, the first `expired`
+    of them expired, in time order; payloads of md5 digits, or compressible with kind json."""
     load = read_sql("load_rows.sql")
     end = total if last is None else last
     for first in range(1, end + 1, LOAD_BATCH):
@@ -112,12 +131,24 @@ def load_rows(
                 "total": total,
                 "payload": payload,
                 "now": now,
+                "kind": kind,
+                **key_variables(),
             },
         )
 
 
 def vacuum(conn: psycopg.Connection) -> None:
     conn.execute("VACUUM (ANALYZE) idempotency_records")
+
+
+def autovacuum_off(conn: psycopg.Connection, table: str = "idempotency_records") -> None:
+    """No autovacuum on a measured table: it would run in some rounds and not others.
+    The driver vacuums explicitly between phases and rounds instead."""
+    conn.execute(
+        sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off, toast.autovacuum_enabled = off)").format(
+            sql.Identifier(table)
+        )
+    )
 
 
 def expired_count(conn: psycopg.Connection, now: dt.datetime) -> int:
@@ -148,22 +179,34 @@ def checkpoint(conn: psycopg.Connection) -> None:
 
 
 LOOKUP_PATTERN = "SELECT request_id, operation, result_payload%"
+NARROW_PATTERN = "SELECT result_payload, status_code%"
 ANCHOR_PATTERN = "SELECT abalance FROM pgbench_accounts%"
+CONTROL_PATTERN = "SELECT abalance, (SELECT count(*)%"
+SAVE_PATTERN = "INSERT INTO idempotency_records%"
 
 
 def statements_stats(conn: psycopg.Connection, pattern: str = LOOKUP_PATTERN) -> dict[str, float]:
-    """Mean server-side execution time and buffers of a statement (pg_stat_statements), when it is loaded."""
+    """Per call of a statement, from pg_stat_statements when it is loaded: mean server-side
+    execution time, shared buffers touched and read from outside shared_buffers, WAL bytes."""
     try:
         row = conn.execute(
-            "SELECT sum(total_exec_time) / nullif(sum(calls), 0), sum(shared_blks_hit + shared_blks_read)::float"
-            " / nullif(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE %s",
+            "SELECT sum(total_exec_time) / nullif(sum(calls), 0),"
+            " sum(shared_blks_hit + shared_blks_read)::float / nullif(sum(calls), 0),"
+            " sum(shared_blks_read)::float / nullif(sum(calls), 0),"
+            " sum(wal_bytes)::float / nullif(sum(calls), 0)"
+            " FROM pg_stat_statements WHERE query LIKE %s",
             (pattern,),
         ).fetchone()
     except psycopg.Error:
         return {}
     if row is None or row[0] is None:
         return {}
-    return {"server_exec_ms": float(row[0]), "buffers_per_call": float(row[1])}
+    return {
+        "server_exec_ms": float(row[0]),
+        "buffers_per_call": float(row[1]),
+        "reads_per_call": float(row[2]),
+        "wal_bytes_per_call": float(row[3]),
+    }
 
 
 def reset_statements(conn: psycopg.Connection) -> bool:

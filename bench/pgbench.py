@@ -14,7 +14,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from bench.config import BENCH_DIR, Config
+from bench.config import BENCH_DIR, Config, script_variables
 from bench.database import connect
 from tooling import servers
 
@@ -98,7 +98,7 @@ class Pgbench:
     ) -> tuple[subprocess.Popen[str], Path]:
         self._runs += 1
         prefix = self.logdir / f"run{self._runs}"
-        defines = [f"--define={name}={value}" for name, value in variables.items()]
+        defines = [f"--define={name}={value}" for name, value in {**script_variables(), **variables}.items()]
         command = [
             *self._base(),
             "--no-vacuum",
@@ -106,6 +106,7 @@ class Pgbench:
             f"--client={self.config.clients}",
             f"--jobs={self.config.jobs}",
             f"--time={duration}",
+            f"--random-seed={self.config.seed}",
             "--log",
             f"--log-prefix={prefix}",
             *defines,

@@ -37,17 +37,40 @@ class Samples:
     def add_statements(self, phase: str, workload: str, size: int, stats: dict[str, float]) -> None:
         """pg_stat_statements' figures (server time, buffers per call), when there are any."""
         for metric, value in stats.items():
-            self.add(phase, workload, size, metric, "ms" if "ms" in metric else "blocks", value)
+            unit = "ms" if "ms" in metric else "bytes" if "bytes" in metric else "blocks"
+            self.add(phase, workload, size, metric, unit, value)
 
     def last(self, phase: str, workload: str, size: int, metric: str, unit: str) -> float:
         """The value of the latest round."""
         return self.values[(phase, workload, size, metric, unit)][-1]
 
-    def median(self, phase: str, workload: str, size: int, metric: str) -> float:
+    def of(self, phase: str, workload: str, size: int, metric: str) -> list[float]:
+        """Every round's value of a metric (empty if it was not measured)."""
         for (p, w, s, m, _), values in self.values.items():
             if (p, w, s, m) == (phase, workload, size, metric):
-                return statistics.median(values)
-        return math.nan
+                return values
+        return []
+
+    def median(self, phase: str, workload: str, size: int, metric: str) -> float:
+        values = self.of(phase, workload, size, metric)
+        return statistics.median(values) if values else math.nan
+
+    def spread(self, phase: str, workload: str, size: int, metric: str) -> str:
+        """`median (p25-p75 of N rounds)`, the way every verdict quotes its measure."""
+        values = self.of(phase, workload, size, metric)
+        if not values:
+            return "not measured"
+        return (
+            f"{statistics.median(values):.2f}x (interquartile {percentile(values, 0.25):.2f}-"
+            f"{percentile(values, 0.75):.2f}, {len(values)} round{'s' if len(values) > 1 else ''})"
+        )
+
+    def every_round(self) -> list[dict[str, Any]]:
+        """Every value of every round, for bench.json."""
+        return [
+            {"phase": phase, "workload": workload, "size": size, "metric": metric, "unit": unit, "values": values}
+            for (phase, workload, size, metric, unit), values in self.values.items()
+        ]
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -60,6 +83,8 @@ class Samples:
                 "median": statistics.median(values),
                 "min": min(values),
                 "max": max(values),
+                "p25": percentile(values, 0.25),
+                "p75": percentile(values, 0.75),
                 "rounds": len(values),
             }
             for (phase, workload, size, metric, unit), values in self.values.items()

@@ -1,13 +1,30 @@
 """Save phase: the repository's upsert of a new key and of an existing key, into the
-migrated table and into the same table with only its primary key (the anchor)."""
+migrated table and into the same table with only its primary key (the anchor), with
+the WAL each save writes and the share of existing-key updates that were HOT (no index
+entry written) on each side."""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
+
+import psycopg
 
 from bench.config import LOOKUP_PAYLOAD
 from bench.context import Context, progress, rotate
-from bench.database import checkpoint, load_rows, migrated_schema, read_sql, vacuum
+from bench.database import (
+    SAVE_PATTERN,
+    autovacuum_off,
+    checkpoint,
+    load_rows,
+    migrated_schema,
+    read_sql,
+    reset_statements,
+    statements_stats,
+    vacuum,
+    wal_bytes,
+    wal_lsn,
+)
 from bench.pgbench import payload_text, script
 
 CONTENDERS = {
@@ -15,39 +32,87 @@ CONTENDERS = {
     "save-existing": ("save", "save_existing.sql"),
     "pk-only-new": ("pk_only", "save_new.sql"),
     "pk-only-existing": ("pk_only", "save_existing.sql"),
+    "save-new-v7": ("save", "save_new_v7.sql"),
 }
+# Time-ordered keys: a prefix above every other key; each client counts its own saves.
+V7_VARIABLES: dict[str, object] = {"v7_prefix": "ffffffff00000000", "n": 0}
 # Each save against its anchor on the PK-only table.
 ANCHORS = {"save-new": "pk-only-new", "save-existing": "pk-only-existing"}
+UPDATES = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s"
 
 
-def load_tables(ctx: Context, rows: int) -> None:
-    now = dt.datetime.now(dt.UTC)
+def load_tables(ctx: Context, rows: int, now: dt.datetime) -> None:
     progress(f"save: loading {rows:,} rows into the migrated table and the PK-only table")
     with migrated_schema(ctx.server, ctx.db, "save") as conn:
+        autovacuum_off(conn)
         load_rows(conn, rows, 0, LOOKUP_PAYLOAD, now)
         vacuum(conn)
     with ctx.connect() as admin:
         admin.execute("CREATE SCHEMA pk_only")
     with ctx.connect("pk_only") as conn:
         conn.execute(read_sql("pk_only_table.sql"))
+        autovacuum_off(conn)
         load_rows(conn, rows, 0, LOOKUP_PAYLOAD, now)
         vacuum(conn)
 
 
+def restore(ctx: Context, schema: str, now: dt.datetime) -> None:
+    """The table as loaded: the rows a new-key run added deleted, the dead rows vacuumed,
+    so that every round starts from the same table (new rows have created_at after `now`;
+    an existing-key save leaves created_at alone)."""
+    with ctx.connect(schema) as conn:
+        conn.execute("DELETE FROM idempotency_records WHERE created_at > %s", (now,))
+        vacuum(conn)
+
+
+def updates(conn: psycopg.Connection, schema: str) -> tuple[int, int]:
+    """The table's (updates, HOT updates) counters once the finished run's backends have
+    reported them: each backend flushes its counters as it exits, so read until stable."""
+    previous: tuple[int, int] | None = None
+    for _ in range(50):
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(UPDATES, (schema, "idempotency_records")).fetchone()
+        current = (int(row[0]), int(row[1])) if row else (0, 0)
+        if current == previous:
+            return current
+        previous = current
+        time.sleep(0.2)
+    return previous or (0, 0)
+
+
+def measure(ctx: Context, workload: str, variables: dict[str, object]) -> float:
+    where, name = CONTENDERS[workload]
+    rows = ctx.config.save_rows
+    with ctx.connect() as conn:
+        checkpoint(conn)
+        reset_statements(conn)
+        before, start_lsn = updates(conn, where), wal_lsn(conn)
+        run = ctx.bench.run(where, script(name), variables | (V7_VARIABLES if workload.endswith("v7") else {}))
+        wal = wal_bytes(conn, start_lsn, wal_lsn(conn))
+        after = updates(conn, where)
+        ctx.samples.add_run("save", workload, rows, run)
+        ctx.samples.add("save", workload, rows, "wal_bytes_per_save", "bytes", wal / len(run.latencies_us))
+        stats = statements_stats(conn, SAVE_PATTERN)
+        if "server_exec_ms" in stats:
+            ctx.samples.add("save", workload, rows, "server_exec_ms", "ms", stats["server_exec_ms"])
+        if workload.endswith("existing") and after[0] > before[0]:
+            hot = (after[1] - before[1]) / (after[0] - before[0])
+            ctx.samples.add("save", workload, rows, "hot_update_share", "share", hot)
+    return run.tps
+
+
 def run(ctx: Context) -> None:
     rows = ctx.config.save_rows
-    load_tables(ctx, rows)
+    now = dt.datetime.now(dt.UTC)
+    load_tables(ctx, rows, now)
     variables: dict[str, object] = {"size": rows, "payload": payload_text(LOOKUP_PAYLOAD)}
     for round_ in range(ctx.config.rounds):
         progress(f"save: round {round_ + 1}/{ctx.config.rounds}")
         tps: dict[str, float] = {}
         for workload in rotate(list(CONTENDERS), round_):
-            where, name = CONTENDERS[workload]
-            with ctx.connect() as conn:
-                checkpoint(conn)
-            run = ctx.bench.run(where, script(name), variables)
-            ctx.samples.add_run("save", workload, rows, run)
-            tps[workload] = run.tps
+            tps[workload] = measure(ctx, workload, variables)
+            restore(ctx, CONTENDERS[workload][0], now)
         for workload, anchor in ANCHORS.items():
             ctx.samples.add("save", workload, rows, "ratio_to_pk_only", "x", tps[workload] / tps[anchor])
+        ctx.samples.add("save", "save-new-v7", rows, "ratio_to_random_keys", "x", tps["save-new-v7"] / tps["save-new"])
     ctx.notes["save_payload_bytes"] = LOOKUP_PAYLOAD
