@@ -22,7 +22,6 @@ from bench.config import DEFAULT_SIZE, EXPIRED_FRACTION, LOOKUP_PAYLOAD
 from bench.context import Context, progress, rotate
 from bench.database import (
     checkpoint,
-    describe_plan,
     expired_count,
     explain,
     load_rows,
@@ -36,6 +35,7 @@ from bench.database import (
 from bench.pgbench import script
 from bench.samples import percentile
 from tooling import servers
+from tooling.plans import describe_plan
 
 CLEANUP_BATCH = 5_000  # rows per transaction in the caller-batched cleanup
 CLEANUP_PAUSE = 0.02  # seconds between two batches: lets concurrent lookups through

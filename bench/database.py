@@ -227,21 +227,3 @@ def plan_of(row: tuple[Any, ...] | None) -> dict[str, Any]:
 def explain(conn: psycopg.Connection, query: str) -> dict[str, Any]:
     """The top plan node of EXPLAIN (FORMAT JSON) for a query (not executed)."""
     return plan_of(conn.execute(f"EXPLAIN (FORMAT JSON) {query}").fetchone())
-
-
-def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every node of a plan tree, depth first."""
-    yield node
-    for child in node.get("Plans", []):
-        yield from plan_nodes(child)
-
-
-def describe_plan(node: dict[str, Any], depth: int = 0) -> str:
-    """A short text rendering of a plan tree, for the report's notes."""
-    line = "  " * depth + node["Node Type"]
-    if "Index Name" in node:
-        line += f" using {node['Index Name']}"
-    for key in ("Index Cond", "Filter", "Recheck Cond"):
-        if key in node:
-            line += f" [{key}: {node[key]}]"
-    return "\n".join([line, *(describe_plan(child, depth + 1) for child in node.get("Plans", []))])

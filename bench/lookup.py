@@ -25,10 +25,8 @@ from bench.database import (
     NARROW_PATTERN,
     autovacuum_off,
     checkpoint,
-    describe_plan,
     load_rows,
     migrated_schema,
-    plan_nodes,
     plan_of,
     reset_statements,
     script_statement,
@@ -36,6 +34,7 @@ from bench.database import (
     vacuum,
 )
 from bench.pgbench import script
+from tooling.plans import describe_plan, plan_nodes
 
 # The lookup the hit/miss/expired scripts run, with the key as pgbench's prepared statement binds it.
 LOOKUP_QUERY = script_statement("lookup_hit.sql").replace("(:prefix || :k)::uuid", "$1")

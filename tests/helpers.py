@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,9 @@ import psycopg
 import pytest
 
 from tooling import DOWN_FILES, ROOT, SQL_DIR, UP_FILES
+from tooling.plans import describe_plan, plan_nodes
 
-__all__ = ["DOWN_FILES", "ROOT", "SQL_DIR", "UP_FILES"]
+__all__ = ["DOWN_FILES", "ROOT", "SQL_DIR", "UP_FILES", "describe_plan", "plan_nodes"]
 
 
 # The report's repository queries (IdempotencyRepository::get / ::save), with
@@ -125,24 +125,6 @@ def explain(conn: psycopg.Connection, query: str, params: Any = None) -> dict[st
     assert row is not None
     document = row[0] if not isinstance(row[0], str) else json.loads(row[0])
     return dict(document[0]["Plan"])
-
-
-def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every node of a plan tree, depth first."""
-    yield node
-    for child in node.get("Plans", []):
-        yield from plan_nodes(child)
-
-
-def describe_plan(node: dict[str, Any], depth: int = 0) -> str:
-    """A short text rendering of a plan tree for assertion messages."""
-    line = "  " * depth + node["Node Type"]
-    if "Index Name" in node:
-        line += f" using {node['Index Name']}"
-    for key in ("Index Cond", "Filter", "Recheck Cond"):
-        if key in node:
-            line += f" [{key}: {node[key]}]"
-    return "\n".join([line, *(describe_plan(child, depth + 1) for child in node.get("Plans", []))])
 
 
 def psql(
