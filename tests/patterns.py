@@ -9,6 +9,7 @@ so the SQL the tests prove and the SQL users copy cannot drift apart.
 from __future__ import annotations
 
 import re
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -106,20 +107,8 @@ ON CONFLICT (request_id) DO UPDATE SET
 WHERE idempotency_records.operation = EXCLUDED.operation
 RETURNING request_id"""
 
-# Recipe 4: one bounded batch of the cleanup, its own transaction in autocommit.
+# Recipe 4: batches committed one by one inside a DO block, on the server alone.
 BATCH_SIZE = 1000
-CLEANUP_BATCH = """\
-DELETE FROM idempotency_records
-WHERE request_id = ANY (ARRAY(
-    SELECT request_id
-    FROM idempotency_records
-    WHERE expires_at <= now()
-    ORDER BY expires_at
-    LIMIT 1000
-    FOR UPDATE SKIP LOCKED
-))"""
-
-# Recipe 4 on the server alone: batches committed one by one inside a DO block.
 CLEANUP_LOOP = """\
 DO $cleanup$
 DECLARE
@@ -127,20 +116,27 @@ DECLARE
 BEGIN
     LOOP
         DELETE FROM idempotency_records
-        WHERE request_id = ANY (ARRAY(
-            SELECT request_id
-            FROM idempotency_records
-            WHERE expires_at <= now()
-            ORDER BY expires_at
-            LIMIT 1000
-            FOR UPDATE SKIP LOCKED
-        ));
+        WHERE
+            ctid = ANY (ARRAY(
+                SELECT ctid
+                FROM idempotency_records
+                WHERE expires_at <= now()
+                ORDER BY expires_at
+                LIMIT 1000
+                FOR UPDATE SKIP LOCKED
+            ))
+            AND expires_at <= now();
         GET DIAGNOSTICS batch_deleted = ROW_COUNT;
         COMMIT;
         EXIT WHEN batch_deleted < 1000;
     END LOOP;
 END
 $cleanup$"""
+
+# Recipe 4, one batch: the loop's DELETE run alone, its own transaction in autocommit.
+CLEANUP_BATCH = textwrap.dedent(
+    CLEANUP_LOOP[CLEANUP_LOOP.index("        DELETE") : CLEANUP_LOOP.index(";\n        GET DIAGNOSTICS")]
+)
 
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 

@@ -8,7 +8,6 @@ import pytest
 
 from tests.patterns import (
     CLAIM,
-    CLEANUP_BATCH,
     CLEANUP_LOOP,
     GUARDED_SAVE,
     LOOKUP,
@@ -51,7 +50,6 @@ DOCUMENTED = {
         ttl_hours="1",
     ),
     "claim over an expired record (recipe 3)": render(CLAIM, request_id=EXPIRED, operation="'login'"),
-    "cleanup batch (recipe 4)": CLEANUP_BATCH,
     "cleanup loop (recipe 4)": CLEANUP_LOOP,
     "claim with its lifetime (recipe 5)": render(CLAIM, request_id=SHORT_LIVED, operation="'auth'"),
     "range partitions (scaling)": RANGE_WITH_KEY_PK,
