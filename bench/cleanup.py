@@ -1,7 +1,7 @@
 """Cleanup phase: N expired rows among M deleted while hit lookups run, by the installed
 cleanup_expired_idempotency_records(), by the design report's original body (the anchor,
-bench/cleanup_anchor.sql), by the guide's batch from the caller and by the batch that
-deletes by ctid; against a do-nothing control (pg_sleep for as long as the installed
+bench/cleanup_anchor.sql), by the guide's batch (by ctid) from the caller and by the
+same batch deleting by request_id; against a do-nothing control (pg_sleep for as long as the installed
 function takes) measured the same way, the wait-event sampler running in its window as
 in theirs; then the vacuum each cleanup leaves behind."""
 
@@ -43,13 +43,13 @@ CLEANUP_PAUSE = 0.02  # seconds between two batches: lets concurrent lookups thr
 GUIDE_BATCH = read_sql("cleanup_batch.sql")
 BATCH_DELETE = GUIDE_BATCH.replace("LIMIT 1000", "LIMIT %s")
 assert BATCH_DELETE.count("LIMIT %s") == 1, "bench/cleanup_batch.sql: expected one LIMIT 1000 to parametrise"
-CTID_BATCH_DELETE = read_sql("cleanup_batch_ctid.sql").replace("LIMIT 1000", "LIMIT %s")
-assert CTID_BATCH_DELETE.count("LIMIT %s") == 1, "bench/cleanup_batch_ctid.sql: expected one LIMIT 1000"
+KEY_BATCH_DELETE = read_sql("cleanup_batch_key.sql").replace("LIMIT 1000", "LIMIT %s")
+assert KEY_BATCH_DELETE.count("LIMIT %s") == 1, "bench/cleanup_batch_key.sql: expected one LIMIT 1000"
 CONTROL = "cleanup-control"
 INSTALLED = "cleanup-single"
 ANCHOR = "cleanup-anchor"
 BATCHED = "cleanup-batched"
-BATCHED_CTID = "cleanup-batched-ctid"
+BATCHED_KEY = "cleanup-batched-key"
 RECOMMENDED = (INSTALLED, BATCHED)  # the guide's two ways, each judged against the control
 
 
@@ -119,7 +119,7 @@ CLEANUPS: dict[str, Callable[[psycopg.Connection], int]] = {
     INSTALLED: cleanup_function("cleanup_expired_idempotency_records"),  # the migrations' function, as installed
     ANCHOR: cleanup_function("bench_cleanup_anchor"),  # the report's body, created by create_anchor()
     BATCHED: cleanup_batched(BATCH_DELETE),
-    BATCHED_CTID: cleanup_batched(CTID_BATCH_DELETE),
+    BATCHED_KEY: cleanup_batched(KEY_BATCH_DELETE),
 }
 
 

@@ -51,21 +51,23 @@ def script_statement(name: str) -> str:
     return "\n".join(lines).strip().removesuffix(";")
 
 
-BYTES_PER_CACHED_ROW = 560  # a lookup table's row with its primary key, and pgbench_accounts' beside it
+BYTES_PER_CACHED_ROW = 600  # a lookup table's row with its primary key, pgbench_accounts' beside it, and room
+# for the pages of the secondary indexes that the save and cleanup phases write
 
 
-def shared_buffers_for(largest: int) -> str:
-    """shared_buffers that hold the largest lookup table and its primary key with the
-    pgbench -S table beside them (1 GB up to 1M rows; about 6 GB at 10M), so that the
-    growth verdict tells log n apart from cache misses."""
-    gib = max(1, math.ceil(largest * BYTES_PER_CACHED_ROW / 2**30))
+def shared_buffers_for(rows: int) -> str:
+    """shared_buffers that hold `rows` (all the lookup tables' rows together) with their
+    primary keys and the pgbench -S tables beside them (1 GB up to 1M rows; 7 GB at 10M),
+    so that the growth verdict tells log n apart from cache misses."""
+    gib = max(1, math.ceil(rows * BYTES_PER_CACHED_ROW / 2**30))
     return f"'{gib}GB'"
 
 
 @contextlib.contextmanager
-def bench_server(largest: int) -> Iterator[servers.Server]:
-    """The user's server (DATABASE_URL / PG*), else a throwaway one with normal durability."""
-    settings = {**BENCH_SETTINGS, "shared_buffers": shared_buffers_for(largest)}
+def bench_server(rows: int) -> Iterator[servers.Server]:
+    """The user's server (DATABASE_URL / PG*), else a throwaway one with normal durability
+    and shared_buffers that hold `rows` (see shared_buffers_for)."""
+    settings = {**BENCH_SETTINGS, "shared_buffers": shared_buffers_for(rows)}
     lib = servers.bindir().parent / "lib"
     if not (lib / "pg_stat_statements.so").exists() and not list(lib.glob("*/pg_stat_statements.so")):
         settings.pop("shared_preload_libraries")

@@ -73,10 +73,9 @@ class Pgbench:
         self._runs = 0
 
     def _env(self, schema: str) -> dict[str, str]:
-        env = {**os.environ, "PGOPTIONS": f"-c search_path={schema}"}
-        if self.server.password:
-            env["PGPASSWORD"] = self.server.password
-        return env
+        """pgbench's environment: the server's client environment (the password in
+        PGPASSWORD, PGREQUIREAUTH), the schema of the run as its search_path."""
+        return self.server.client_env() | {"PGOPTIONS": f"-c search_path={schema}"}
 
     def _base(self) -> list[str]:
         return [self.binary, "-h", self.server.host, "-p", str(self.server.port), "-U", self.server.user]

@@ -20,7 +20,7 @@ RATIOS = (
     ("lookup-hit", "ratio_to_pgbench_S", "get, separate-run tps"),
     ("lookup-hit-narrow", "ratio_to_pgbench_S", "narrow, separate-run tps"),
 )
-CLEANUPS = ("cleanup-control", "cleanup-single", "cleanup-batched", "cleanup-batched-ctid", "cleanup-anchor")
+CLEANUPS = ("cleanup-control", "cleanup-single", "cleanup-batched", "cleanup-batched-key", "cleanup-anchor")
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:

@@ -18,6 +18,7 @@ from bench.config import VERDICT_ROUNDS, Config
 from bench.database import connect
 from bench.plot import plot
 from bench.samples import Samples
+from bench.save import key_order_sizes
 from tooling import servers
 
 REPORTED_SETTINGS = (
@@ -219,21 +220,27 @@ def evaluate_targets(samples: Samples, config: Config, notes: dict[str, Any]) ->
     ]
 
 
-def study_lines(samples: Samples, config: Config) -> list[str]:
-    """The hot-path studies: time-ordered against random keys, the ctid batch against the
-    guide's, the vacuum after a cleanup unthrottled against autovacuum's throttling."""
-    rows, size = config.save_rows, max(config.sizes)
+def key_order_line(samples: Samples, size: int) -> str:
     median = samples.median
-    lines = [
-        "studies:",
-        f"  new keys, time-ordered (v7) vs random (v4), {rows:,} rows:"
-        f" {samples.spread('save', 'save-new-v7', rows, 'ratio_to_random_keys')} the throughput;"
-        f" WAL per save {fmt(median('save', 'save-new-v7', rows, 'wal_bytes_per_save'))} B"
-        f" vs {fmt(median('save', 'save-new', rows, 'wal_bytes_per_save'))} B",
-    ]
+    return (
+        f"  new keys, time-ordered (v7) vs random (v4), into {size:,} rows:"
+        f" {samples.spread('save', 'save-new-v7', size, 'ratio_to_random_keys')} the throughput;"
+        f" WAL per save {fmt(median('save', 'save-new-v7', size, 'wal_bytes_per_save'))} B"
+        f" vs {fmt(median('save', 'save-new', size, 'wal_bytes_per_save'))} B"
+    )
+
+
+def study_lines(samples: Samples, config: Config) -> list[str]:
+    """The hot-path studies: time-ordered against random keys by table size, the guide's
+    batch (by ctid) against the same batch by request_id, the vacuum after a cleanup
+    unthrottled against autovacuum's throttling."""
+    size = max(config.sizes)
+    median = samples.median
+    lines = ["studies:", key_order_line(samples, config.save_rows)]
+    lines += [key_order_line(samples, rows) for rows in key_order_sizes(config)]
     for workload, label in (
-        ("cleanup-batched", "guide's batch (by request_id)"),
-        ("cleanup-batched-ctid", "batch by ctid"),
+        ("cleanup-batched", "guide's batch (by ctid)"),
+        ("cleanup-batched-key", "the same batch by request_id"),
     ):
         lines.append(
             f"  {label}: {fmt(median('cleanup', workload, size, 'duration'))} s,"

@@ -7,10 +7,12 @@ several clients, the prepared protocol and a fixed seed, keys bound by the clien
             each table size; miss and hit-on-expired in a mixed run     call and separate-run throughput;
                                                                         a control: -S + a fixed cost
     save    upsert of a new key / of an existing key; a time-ordered vs  the same upsert on a PK-only table
-            new key beside a random one                                 (WAL per save, HOT share)
+            new key beside a random one, also into the tables of 1M     (WAL per save, HOT share); random
+            rows and more                                               keys (WAL per save, throughput)
     cleanup delete N expired rows among M, with lookups running:    vs  a do-nothing control (lookup p99),
-            the installed function, the guide's batch, a ctid batch     the report's body (rows/s, WAL);
-            and the vacuum after it, unthrottled and throttled
+            the installed function, the guide's batch (by ctid),        the report's body (rows/s, WAL);
+            the same batch by request_id, and the vacuum after it,
+            unthrottled and throttled
     floor   the same expired rows removed in bulk                   by  TRUNCATE / dropping a partition
     storage bytes per row of the table and each index at payloads of 50 B, 200 B and 2 KB (md5
             digits, and JSON that compresses), and the report's 40,000-row scenario
@@ -23,7 +25,7 @@ measured tables, which are vacuumed explicitly; each phase starts after a CHECKP
 
 Server: DATABASE_URL or PG* (the role needs CREATEDB), else a throwaway local server of
 the selected major (PG=15|16|18) with normal durability (fsync and full_page_writes on)
-and shared_buffers that hold the largest table. Everything happens in a database
+and shared_buffers that hold every lookup table. Everything happens in a database
 idempotency_bench_<pid>, dropped at the end.
 
     python bench/run.py [--quick] [--size N] [--rounds R] [--duration S] [--out DIR]
@@ -84,7 +86,7 @@ def main(argv: Sequence[str]) -> int:
     samples = Samples()
     notes: dict[str, Any] = {}
     with (
-        bench_server(max(config.sizes)) as server,
+        bench_server(sum(config.sizes)) as server,
         bench_database(server) as db,
         tempfile.TemporaryDirectory() as logdir,
     ):

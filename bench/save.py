@@ -1,7 +1,10 @@
 """Save phase: the repository's upsert of a new key and of an existing key, into the
 migrated table and into the same table with only its primary key (the anchor), with
 the WAL each save writes and the share of existing-key updates that were HOT (no index
-entry written) on each side."""
+entry written) on each side. Then the key-order study: new keys in time order (as UUIDv7
+keys arrive) against random ones (UUIDv4), saved into the lookup tables of 1M rows and
+more, where a random key's leaf page is rarely one a save since the last checkpoint
+already wrote."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import time
 
 import psycopg
 
-from bench.config import LOOKUP_PAYLOAD
+from bench.config import DEFAULT_SIZE, LOOKUP_PAYLOAD, Config
 from bench.context import Context, progress, rotate
 from bench.database import (
     SAVE_PATTERN,
@@ -80,9 +83,11 @@ def updates(conn: psycopg.Connection, schema: str) -> tuple[int, int]:
     return previous or (0, 0)
 
 
-def measure(ctx: Context, workload: str, variables: dict[str, object]) -> float:
-    where, name = CONTENDERS[workload]
-    rows = ctx.config.save_rows
+def measure(ctx: Context, workload: str, variables: dict[str, object], where: str = "", size: int = 0) -> float:
+    """One pgbench run of `workload` into schema `where` (by default its own table of the
+    save phase), recorded under the size of that table; returns its throughput."""
+    default_where, name = CONTENDERS[workload]
+    where, size = where or default_where, size or ctx.config.save_rows
     with ctx.connect() as conn:
         checkpoint(conn)
         reset_statements(conn)
@@ -90,15 +95,42 @@ def measure(ctx: Context, workload: str, variables: dict[str, object]) -> float:
         run = ctx.bench.run(where, script(name), variables | (V7_VARIABLES if workload.endswith("v7") else {}))
         wal = wal_bytes(conn, start_lsn, wal_lsn(conn))
         after = updates(conn, where)
-        ctx.samples.add_run("save", workload, rows, run)
-        ctx.samples.add("save", workload, rows, "wal_bytes_per_save", "bytes", wal / len(run.latencies_us))
+        ctx.samples.add_run("save", workload, size, run)
+        ctx.samples.add("save", workload, size, "wal_bytes_per_save", "bytes", wal / len(run.latencies_us))
         stats = statements_stats(conn, SAVE_PATTERN)
         if "server_exec_ms" in stats:
-            ctx.samples.add("save", workload, rows, "server_exec_ms", "ms", stats["server_exec_ms"])
+            ctx.samples.add("save", workload, size, "server_exec_ms", "ms", stats["server_exec_ms"])
         if workload.endswith("existing") and after[0] > before[0]:
             hot = (after[1] - before[1]) / (after[0] - before[0])
-            ctx.samples.add("save", workload, rows, "hot_update_share", "share", hot)
+            ctx.samples.add("save", workload, size, "hot_update_share", "share", hot)
     return run.tps
+
+
+KEY_ORDER = ("save-new", "save-new-v7")
+
+
+def key_order_sizes(config: Config) -> list[int]:
+    """The lookup tables the key-order study saves into: those of 1M rows and more (none in
+    a quick run)."""
+    return [size for size in config.sizes if size >= DEFAULT_SIZE and size != config.save_rows]
+
+
+def key_order(ctx: Context) -> None:
+    """Random against time-ordered new keys into the lookup table of each size, interleaved
+    round by round; the table is restored (new rows deleted, vacuumed) after every run."""
+    now = dt.datetime.now(dt.UTC)  # every loaded row is older: restore() deletes only the new ones
+    for size in key_order_sizes(ctx.config):
+        where = f"size_{size}"
+        variables: dict[str, object] = {"size": size, "payload": payload_text(LOOKUP_PAYLOAD)}
+        for round_ in range(ctx.config.rounds):
+            progress(f"save: key order at {size:,} rows, round {round_ + 1}/{ctx.config.rounds}")
+            tps = {}
+            for workload in rotate(list(KEY_ORDER), round_):
+                tps[workload] = measure(ctx, workload, variables, where, size)
+                restore(ctx, where, now)
+            ctx.samples.add(
+                "save", "save-new-v7", size, "ratio_to_random_keys", "x", tps["save-new-v7"] / tps["save-new"]
+            )
 
 
 def run(ctx: Context) -> None:
@@ -116,3 +148,4 @@ def run(ctx: Context) -> None:
             ctx.samples.add("save", workload, rows, "ratio_to_pk_only", "x", tps[workload] / tps[anchor])
         ctx.samples.add("save", "save-new-v7", rows, "ratio_to_random_keys", "x", tps["save-new-v7"] / tps["save-new"])
     ctx.notes["save_payload_bytes"] = LOOKUP_PAYLOAD
+    key_order(ctx)
