@@ -109,7 +109,7 @@ def test_pg_stat_reset_zeroes_what_autovacuum_reads(conn: psycopg.Connection) ->
 
 
 def test_the_new_keys_alert_does_not_see_retries_and_n_tup_upd_does(conn: psycopg.Connection) -> None:
-    alert = guide_block("AS inserts_per_minute")
+    (alert,) = [block for block in parse_blocks(QUERIES) if "AS inserts_per_minute" in block.text]
     (upsert,) = [block for block in parse_blocks(QUERIES) if "PREPARE idempotency_save (UUID" in block.text]
     run_block(conn, upsert)
     before = counters(conn)
