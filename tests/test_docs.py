@@ -52,6 +52,7 @@ import os
 import re
 import shutil
 import subprocess
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -948,15 +949,32 @@ def normalised(statement: str) -> str:
     return re.sub(r" ?([(),;]) ?", r"\1", text)
 
 
+DOLLAR_BODY = re.compile(r"(\$[A-Za-z_]*\$)(.*?)\1", re.DOTALL)
+# What opens a PL/pgSQL statement list before its first statement.
+BLOCK_OPENERS = re.compile(r"^(?:\s*(?:DECLARE\b[^;]*?(?=\bBEGIN\b)|BEGIN|LOOP|THEN|ELSE)\b)+\s*", re.IGNORECASE)
+
+
+def statements_of(text: str) -> list[str]:
+    """The statements of `text`, and those inside its dollar-quoted bodies (a DO block's,
+    a function's), each body's own statements stripped of the BEGIN/LOOP that opens them."""
+    found = []
+    for statement in helpers.split_statements(text + "\n;"):
+        if prepared := PREPARED.match(statement):
+            statement = statement[prepared.end() :]
+        found.append(statement)
+        for body in DOLLAR_BODY.finditer(statement):
+            found += [BLOCK_OPENERS.sub("", inner) for inner in statements_of(body.group(2))]
+    return found
+
+
 def long_statements(paths: tuple[Path, ...]) -> dict[str, list[str]]:
-    """Every SQL statement of five lines or more in the sql blocks of `paths` (comments and
-    blank lines left out), by its normalised text, with where each copy is printed."""
+    """Every SQL statement of five lines or more in the sql blocks of `paths`, also inside a
+    DO block or a function body (comments and blank lines left out), by its normalised
+    text, with where each copy is printed."""
     found: dict[str, list[str]] = {}
     for path in paths:
         for block in parse_blocks(path):
-            for statement in helpers.split_statements(block.text + "\n;"):
-                if prepared := PREPARED.match(statement):
-                    statement = statement[prepared.end() :]
+            for statement in statements_of(block.text):
                 lines = [line for line in statement.splitlines() if line.strip() and not line.strip().startswith("--")]
                 if len(lines) >= 5:
                     found.setdefault(normalised(statement), []).append(f"{block.where} ({lines[0].strip()})")
@@ -976,6 +994,14 @@ def test_a_statement_printed_twice_is_found(tmp_path: Path) -> None:
     statement = "SELECT\n    1,\n    2,\n    3\nFROM idempotency_records;\n"
     path = _write(tmp_path, f"```sql\n{statement}```\n\n```sql\n-- again\n{statement}```\n")
     assert [len(where) for where in long_statements((path,)).values()] == [2]
+
+
+def test_a_statement_printed_again_inside_a_do_block_is_found(tmp_path: Path) -> None:
+    statement = "DELETE FROM idempotency_records\nWHERE\n    expires_at\n    <= now()\n    AND true"
+    inner = textwrap.indent(statement, " " * 8)
+    loop = f"DO $cleanup$\nDECLARE\n    n BIGINT;\nBEGIN\n    LOOP\n{inner};\n        EXIT;\n    END LOOP;\nEND\n$cleanup$;\n"
+    path = _write(tmp_path, f"```sql\n{statement};\n```\n\n```sql\n{loop}```\n")
+    assert [len(where) for where in long_statements((path,)).values() if len(where) > 1] == [2]
 
 
 CLAIMED_TWICE = """\
