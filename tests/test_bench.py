@@ -251,7 +251,7 @@ def test_bench_narrow_lookup_is_the_guides_duplicate_check() -> None:
 
 @pytest.mark.parametrize(
     ("name", "prefix"),
-    [("save_new.sql", ":new_prefix"), ("save_existing.sql", ":prefix"), ("save_new_v7.sql", ":v7_prefix")],
+    [("save_new.sql", ":prefix"), ("save_existing.sql", ":prefix"), ("save_new_v7.sql", ":v7_prefix")],
 )
 def test_bench_save_is_the_repositorys_save(name: str, prefix: str) -> None:
     bound = BENCH_SAVE | {"$1": f"({prefix} || :k)::uuid"}
