@@ -85,7 +85,7 @@ def plot(samples: Samples, config: Config, path: Path) -> None:
             p99.scatter([number] * len(values), values, s=12, alpha=0.7)
         p99.set_xticks(range(1, len(shown) + 1), [name.removeprefix("cleanup-") for name, _ in shown])
     p99.set(ylabel="lookup p99 during the window, ms (each round)", ylim=(0, None))
-    p99.set_title(f"Lookup p99 during the cleanup, {size:,} rows, vs do-nothing control")
+    p99.set_title(f"Lookup p99 during each cleanup, {size:,} rows")
     for axis in (server, blocks, ratios, p99):
         axis.grid(True, alpha=0.3)
     for axis in (server, blocks, ratios):
