@@ -39,12 +39,17 @@ from tooling.plans import describe_plan
 
 CLEANUP_BATCH = 5_000  # rows per transaction in the caller-batched cleanup
 CLEANUP_PAUSE = 0.02  # seconds between two batches: lets concurrent lookups through
-# The guide's batch (Patterns, recipe 4), its size a parameter here.
-GUIDE_BATCH = read_sql("cleanup_batch.sql")
-BATCH_DELETE = GUIDE_BATCH.replace("LIMIT 1000", "LIMIT %s")
-assert BATCH_DELETE.count("LIMIT %s") == 1, "bench/cleanup_batch.sql: expected one LIMIT 1000 to parametrise"
-KEY_BATCH_DELETE = read_sql("cleanup_batch_key.sql").replace("LIMIT 1000", "LIMIT %s")
-assert KEY_BATCH_DELETE.count("LIMIT %s") == 1, "bench/cleanup_batch_key.sql: expected one LIMIT 1000"
+
+
+def batch_statement(name: str) -> str:
+    """A bench/*.sql batch with its size a parameter in place of its one LIMIT 1000."""
+    statement = read_sql(name).replace("LIMIT 1000", "LIMIT %s")
+    assert statement.count("LIMIT %s") == 1, f"bench/{name}: expected one LIMIT 1000 to parametrise"
+    return statement
+
+
+BATCH_DELETE = batch_statement("cleanup_batch.sql")  # the guide's batch (Patterns, recipe 4)
+KEY_BATCH_DELETE = batch_statement("cleanup_batch_key.sql")  # the same batch, deleting by request_id
 CONTROL = "cleanup-control"
 INSTALLED = "cleanup-single"
 ANCHOR = "cleanup-anchor"

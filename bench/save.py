@@ -83,11 +83,10 @@ def updates(conn: psycopg.Connection, schema: str) -> tuple[int, int]:
     return previous or (0, 0)
 
 
-def measure(ctx: Context, workload: str, variables: dict[str, object], where: str = "", size: int = 0) -> float:
-    """One pgbench run of `workload` into schema `where` (by default its own table of the
-    save phase), recorded under the size of that table; returns its throughput."""
-    default_where, name = CONTENDERS[workload]
-    where, size = where or default_where, size or ctx.config.save_rows
+def measure(ctx: Context, workload: str, variables: dict[str, object], where: str, size: int) -> float:
+    """One pgbench run of `workload` into the table of schema `where`, which holds `size`
+    rows, recorded under that size; returns its throughput."""
+    name = CONTENDERS[workload][1]
     with ctx.connect() as conn:
         checkpoint(conn)
         reset_statements(conn)
@@ -115,6 +114,12 @@ def key_order_sizes(config: Config) -> list[int]:
     return [size for size in config.sizes if size >= DEFAULT_SIZE and size != config.save_rows]
 
 
+def add_key_order_ratio(ctx: Context, size: int, tps: dict[str, float]) -> None:
+    """This round's throughput of time-ordered new keys over random ones, into `size` rows."""
+    ratio = tps["save-new-v7"] / tps["save-new"]
+    ctx.samples.add("save", "save-new-v7", size, "ratio_to_random_keys", "x", ratio)
+
+
 def key_order(ctx: Context) -> None:
     """Random against time-ordered new keys into the lookup table of each size, interleaved
     round by round; the table is restored (new rows deleted, vacuumed) after every run."""
@@ -124,13 +129,11 @@ def key_order(ctx: Context) -> None:
         variables: dict[str, object] = {"size": size, "payload": payload_text(LOOKUP_PAYLOAD)}
         for round_ in range(ctx.config.rounds):
             progress(f"save: key order at {size:,} rows, round {round_ + 1}/{ctx.config.rounds}")
-            tps = {}
+            tps: dict[str, float] = {}
             for workload in rotate(list(KEY_ORDER), round_):
                 tps[workload] = measure(ctx, workload, variables, where, size)
                 restore(ctx, where, now)
-            ctx.samples.add(
-                "save", "save-new-v7", size, "ratio_to_random_keys", "x", tps["save-new-v7"] / tps["save-new"]
-            )
+            add_key_order_ratio(ctx, size, tps)
 
 
 def run(ctx: Context) -> None:
@@ -142,10 +145,10 @@ def run(ctx: Context) -> None:
         progress(f"save: round {round_ + 1}/{ctx.config.rounds}")
         tps: dict[str, float] = {}
         for workload in rotate(list(CONTENDERS), round_):
-            tps[workload] = measure(ctx, workload, variables)
+            tps[workload] = measure(ctx, workload, variables, CONTENDERS[workload][0], rows)
             restore(ctx, CONTENDERS[workload][0], now)
         for workload, anchor in ANCHORS.items():
             ctx.samples.add("save", workload, rows, "ratio_to_pk_only", "x", tps[workload] / tps[anchor])
-        ctx.samples.add("save", "save-new-v7", rows, "ratio_to_random_keys", "x", tps["save-new-v7"] / tps["save-new"])
+        add_key_order_ratio(ctx, rows, tps)
     ctx.notes["save_payload_bytes"] = LOOKUP_PAYLOAD
     key_order(ctx)
