@@ -28,7 +28,9 @@ The tests: the derivation finds no shadowable call in the docs, and every statem
 that reads or writes data was read; every block runs with both fixtures planted and no trap runs
 (a WARNING, and nextval on a sequence a rollback does not undo, read after every block, psql
 blocks included); the same for the bash blocks and, on a server with pg_cron, the pg_cron blocks.
-Each probe's two forms prove the traps armed and the derivation able to fail.
+Each probe's two forms prove the traps armed and the derivation able to fail. Beside functions
+and operators, the one table the docs create for the examples, `payments`, is refused when another
+role created it first, instead of being written to through that role's trigger.
 """
 
 from __future__ import annotations
@@ -676,3 +678,25 @@ def test_the_derivation_reads_a_literal_as_the_parser_does(conn: psycopg.Connect
     expected = ["pg_total_relation_size(text)"] if argument in UNTYPED else []
     assert derived == expected, f"pg_total_relation_size({argument})"
     assert _derived(conn, f"SELECT pg_catalog.pg_total_relation_size({argument})") == [], "pg_catalog. is exact"
+
+
+# --- a table another role created first ------------------------------------------------------
+
+PAYMENTS_OF_ANOTHER_ROLE = FIXTURES / "payments_of_another_role.sql"
+PAYMENT = "INSERT INTO payments (request_id, amount_cents) VALUES (gen_random_uuid(), 1500)"
+
+
+def test_a_payments_table_another_role_created_is_refused_not_written_to(conn: psycopg.Connection) -> None:
+    """The recipes' example table: with IF NOT EXISTS, as the docs had it, the other role's table
+    (and its trigger) would be kept and written to; the docs' block refuses it."""
+    (block,) = [b for b in parse_blocks(ROOT / "docs" / "patterns.md") if "CREATE TABLE payments" in b.text]
+    plant(conn)
+    apply(conn, PAYMENTS_OF_ANOTHER_ROLE)
+    seen: list[str] = []
+    conn.add_notice_handler(lambda d: _trap_notice(d, seen))
+    with pytest.raises(psycopg.errors.DuplicateTable):
+        conn.execute(block.text)
+    assert (seen, trap_calls(conn)) == ([], 0)
+    conn.execute(block.text.replace("CREATE TABLE payments", "CREATE TABLE IF NOT EXISTS payments"))
+    conn.execute(PAYMENT)
+    assert seen == ["trigger on payments"], "the form the docs had writes to the other role's table"
