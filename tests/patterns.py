@@ -93,7 +93,7 @@ WHERE request_id = %(request_id)s
 
 # Recipe 1, "409 while in progress": the first statement of the transaction.
 TRY_LOCK = """\
-SELECT pg_try_advisory_xact_lock(hashtextextended(%(request_id)s::UUID::TEXT, 0)) AS acquired"""
+SELECT pg_try_advisory_xact_lock(hashtextextended(%(request_id)s::UUID::TEXT, 0::BIGINT)) AS acquired"""
 
 # Recipe 2: the report's save, refused when the key belongs to another operation.
 GUARDED_SAVE = """\
@@ -104,7 +104,7 @@ ON CONFLICT (request_id) DO UPDATE SET
     result_payload = EXCLUDED.result_payload,
     status_code = EXCLUDED.status_code,
     expires_at = EXCLUDED.expires_at
-WHERE idempotency_records.operation = EXCLUDED.operation
+WHERE idempotency_records.operation::TEXT = EXCLUDED.operation::TEXT
 RETURNING request_id"""
 
 # Recipe 4: batches committed one by one inside a DO block, on the server alone.

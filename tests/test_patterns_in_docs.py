@@ -28,8 +28,9 @@ SHORT_LIVED = "'a5d6e7f8-0912-4b3c-9d4e-5f6a7b8c9d0e'"
 
 # Printed once, prepared; the recipes run them with EXECUTE and these keys.
 CLAIM_PREPARED = "PREPARE idempotency_claim (UUID, TEXT) AS\n" + render(CLAIM, request_id="$1", operation="$2")
-GUARDED_SAVE_PREPARED = "PREPARE idempotency_guarded_save (UUID, VARCHAR, TEXT, INTEGER, INTEGER) AS\n" + render(
-    GUARDED_SAVE, request_id="$1", operation="$2", result_payload="$3", status_code="$4", ttl_hours="$5"
+GUARDED_SAVE_PREPARED = (
+    "PREPARE idempotency_guarded_save (UUID, VARCHAR, TEXT, INTEGER, DOUBLE PRECISION) AS\n"
+    + render(GUARDED_SAVE, request_id="$1", operation="$2", result_payload="$3", status_code="$4", ttl_hours="$5")
 )
 
 DOCUMENTED = {
