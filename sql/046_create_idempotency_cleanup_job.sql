@@ -4,8 +4,13 @@
 -- the idempotency records whose expires_at is at or before now(), skipping any
 -- that another transaction holds (left for the next run: it never waits on a
 -- row lock), and returns the number of rows it deleted as one row,
--- deleted_count. It schedules nothing: see docs/README_IDEMPOTENCY.md for
--- pg_cron and application-level scheduling.
+-- deleted_count. It runs with its caller's privileges: a caller without UPDATE
+-- on any column of the table (one set up for the original function, with
+-- SELECT and DELETE) cannot lock rows, and deletes every expired record as the
+-- original did, waiting for those others hold, with a NOTICE naming the grant.
+-- It runs only under READ COMMITTED and fails at once under another isolation
+-- level. It schedules nothing: see docs/README_IDEMPOTENCY.md for pg_cron and
+-- application-level scheduling.
 -- Reverse:  046_create_idempotency_cleanup_job.down.sql
 -- Requires: 045_create_idempotency_records.sql, applied with the same search_path.
 -- Apply:    psql -v ON_ERROR_STOP=1 --no-psqlrc -1 -f sql/046_create_idempotency_cleanup_job.sql
@@ -283,7 +288,48 @@ DECLARE
     locked_rows TID[];
     rows_deleted BIGINT;
 BEGIN
-    -- 1. Lock the expired rows that no other transaction holds, and skip those
+    -- 1. Only under READ COMMITTED, where each statement reads the rows
+    --    committed before it. Under REPEATABLE READ or SERIALIZABLE the whole
+    --    transaction reads one snapshot, and an expired row that another
+    --    transaction changed or deleted after it cannot be locked or deleted
+    --    (SQLSTATE 40001): with saves going on, nearly every call would fail
+    --    that way while expired records pile up. Fail at once instead, saying
+    --    how to call it.
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'cleanup_expired_idempotency_records() runs only under READ COMMITTED'
+        USING
+            ERRCODE = 'invalid_transaction_state',
+            DETAIL = 'found: transaction_isolation ' || pg_catalog.current_setting('transaction_isolation')
+            || '; expected: read committed. Nothing was deleted.',
+            HINT = 'Call it in a READ COMMITTED transaction. For a pg_cron job, or any role whose database '
+            || 'defaults to another level: ALTER ROLE the_role SET default_transaction_isolation = '
+            || '''read committed''. In an application loop: run the call in its own transaction at READ '
+            || 'COMMITTED (BEGIN ISOLATION LEVEL READ COMMITTED, or the driver''s isolation level setting).';
+    END IF;
+
+    -- 2. A caller without UPDATE on any column of the table (a role granted
+    --    SELECT and DELETE for the original function) cannot lock rows with
+    --    FOR UPDATE: it deletes as the original function did, waiting for
+    --    the rows other transactions hold, and a NOTICE names the grant that
+    --    lets it skip them instead.
+    IF NOT pg_catalog.has_any_column_privilege('idempotency_records', 'UPDATE') THEN
+        RAISE NOTICE 'role % has no UPDATE privilege on idempotency_records: the cleanup waits for the records '
+        'other transactions hold', current_user
+        USING
+            HINT = 'To skip them instead, so that it never waits on a row lock: GRANT UPDATE (expires_at) ON ' || (
+                SELECT pg_catalog.quote_ident(n.nspname)
+                FROM pg_catalog.pg_namespace AS n
+                INNER JOIN pg_catalog.pg_class AS c ON n.oid = c.relnamespace
+                WHERE c.oid = 'idempotency_records'::pg_catalog.regclass::pg_catalog.oid
+            ) || '.idempotency_records TO ' || pg_catalog.quote_ident(current_user) || ';';
+        DELETE FROM idempotency_records
+        WHERE expires_at <= now();
+        GET DIAGNOSTICS rows_deleted = ROW_COUNT;
+        RETURN QUERY SELECT rows_deleted;
+        RETURN;
+    END IF;
+
+    -- 3. Lock the expired rows that no other transaction holds, and skip those
     --    it does (a request taking its key over, another cleanup): this never
     --    waits on a row lock, so whatever plan it runs with, it cannot be one
     --    side of a deadlock, and a skipped row is left for the next run. FOR
@@ -299,9 +345,9 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     ) AS expired;
 
-    -- 2. Delete exactly those rows, by their physical address: a row this
+    -- 4. Delete exactly those rows, by their physical address: a row this
     --    transaction has locked cannot move. EXECUTE plans the DELETE anew with
-    --    the array's real length, so it is a TID scan whatever plan step 1 had
+    --    the array's real length, so it is a TID scan whatever plan step 3 had
     --    cached; a cached plan made on a small table could otherwise search the
     --    whole array once per row.
     EXECUTE 'DELETE FROM idempotency_records WHERE ctid = ANY($1)'
@@ -313,7 +359,7 @@ END;
 $body$;
 
     COMMENT ON FUNCTION cleanup_expired_idempotency_records() IS
-    'Deletes the idempotency records with expires_at <= now() that no other transaction holds, and returns how many it deleted (deleted_count). It never waits on a row lock: a record another transaction has locked (a request taking its key over, a concurrent cleanup) is skipped and left for the next run, so the function cannot deadlock with other cleanups or with the application, and the application never waits for it except on a record it has already locked. Every other record expired and committed before the call is deleted; a valid record never is. Runs with its caller''s privileges (SECURITY INVOKER). Schedule it hourly, from the application or with pg_cron.';
+    'Deletes the idempotency records with expires_at <= now() that no other transaction holds, and returns how many it deleted (deleted_count). It never waits on a row lock: a record another transaction has locked (a request taking its key over, a concurrent cleanup) is skipped and left for the next run, so the function cannot deadlock with other cleanups or with the application, and the application never waits for it except on a record it has already locked. Every other record expired and committed before the call is deleted; a valid record never is. Runs with its caller''s privileges (SECURITY INVOKER): SELECT and DELETE on the table, and UPDATE on one of its columns to lock rows. A caller without UPDATE (the original function''s grants) deletes every expired record as the original did, waiting for those other transactions hold, and gets a NOTICE naming the grant. Runs only under READ COMMITTED: under REPEATABLE READ or SERIALIZABLE it fails at once (SQLSTATE 25000) and deletes nothing. Schedule it hourly, from the application or with pg_cron.';
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
 
     -- Pin the function's search_path to the schema it was created in (the first
