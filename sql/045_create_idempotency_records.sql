@@ -38,10 +38,12 @@
 --    deployer behind another waits at most lock_timeout (2 s where the deployer
 --    set none) and then fails with SQLSTATE 55P03 naming the pid it waited for.
 --    Then it reads the catalog as the other one left it: each statement under
---    READ COMMITTED takes a new snapshot, and the lock on pg_seclabel (a catalog
---    nothing here reads otherwise, so the lock is the transaction's first on it)
---    makes the backend apply the cache invalidations the other's commit sent,
---    so that names it looked up earlier in the session resolve as they are now.
+--    READ COMMITTED takes a new snapshot, and the lock on pg_seclabel right after
+--    the advisory lock (a catalog nothing here reads otherwise, so the lock is the
+--    transaction's first on it) makes the backend apply the cache invalidations
+--    the other's commit sent; without it a name looked up before that commit
+--    could still resolve as it did then (racing runs of 045 without -1 failed
+--    with "relation ... already exists").
 --    Under REPEATABLE READ or SERIALIZABLE the snapshot predates the wait: a
 --    check that finds the catalog changed since stops with SQLSTATE 40001
 --    (apply the file again).
@@ -53,12 +55,13 @@
 --    first statement sets it, each check clears its own stage when it passes, and
 --    only a passing statement commits) and fails in turn, so nothing is created
 --    after a refusal and no later line of output claims otherwise. A refusal left
---    pending also stops the next file applied in the same session. Not chosen:
---    setting default_transaction_read_only until the checks pass, which would
---    also stop everything after a refusal, but leaves a session in which the file
---    was cut off read-only for every later transaction, the file's own re-run
---    included. So the statements run in one session, in order: a pooler in
---    transaction mode needs -1.
+--    pending also stops the next file applied in the same session (its first
+--    statement fails, and every one after it). Not chosen: setting
+--    default_transaction_read_only until the checks pass, which would also stop
+--    everything after a refusal, but leaves a session in which the file was cut
+--    off read-only for every later transaction, the file's own re-run included.
+--    So the statements run in one session, in order: a pooler in transaction
+--    mode needs -1.
 --
 -- 3. Another role's code never runs here. A role that can CREATE in a schema on
 --    the search_path (public, before PostgreSQL 15) can add a function or
@@ -72,7 +75,7 @@
 --    each call and operator, which a later edit would forget.
 
 -- The checks below have not passed yet in this session (rule 2). A refusal that
--- another file left pending in this session is kept: it stops this file too.
+-- another file left pending in this session stops this file too.
 DO $begin$
 DECLARE
     saved_path CONSTANT TEXT := pg_catalog.current_setting('search_path');
@@ -80,9 +83,15 @@ DECLARE
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
     pending := coalesce(current_setting('idempotency.pending_guard', TRUE), '');
-    IF pending = '' OR split_part(pending, ' ', 1) = '045_create_idempotency_records.sql' THEN
-        PERFORM set_config('idempotency.pending_guard', '045_create_idempotency_records.sql place', FALSE);
+    IF pending <> '' AND split_part(pending, ' ', 1) <> '045_create_idempotency_records.sql' THEN
+        RAISE EXCEPTION '045_create_idempotency_records.sql stopped: % did not pass its checks earlier in this session',
+        split_part(pending, ' ', 1)
+        USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('found: idempotency.pending_guard = %L; expected: %L', pending, ''),
+            HINT = 'Nothing of this file was applied. Fix what the first error names, then apply the files again.';
     END IF;
+    PERFORM set_config('idempotency.pending_guard', '045_create_idempotency_records.sql place', FALSE);
     PERFORM set_config('search_path', saved_path, TRUE);
 END
 $begin$;

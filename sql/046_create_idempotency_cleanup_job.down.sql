@@ -41,7 +41,7 @@
 -- resolves to).
 
 -- The check below has not passed yet in this session (045's rule 2). A refusal
--- that another file left pending in this session is kept: it stops this file too.
+-- that another file left pending in this session stops this file too.
 DO $begin$
 DECLARE
     saved_path CONSTANT TEXT := pg_catalog.current_setting('search_path');
@@ -49,9 +49,15 @@ DECLARE
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
     pending := coalesce(current_setting('idempotency.pending_guard', TRUE), '');
-    IF pending = '' OR split_part(pending, ' ', 1) = '046_create_idempotency_cleanup_job.down.sql' THEN
-        PERFORM set_config('idempotency.pending_guard', '046_create_idempotency_cleanup_job.down.sql guard', FALSE);
+    IF pending <> '' AND split_part(pending, ' ', 1) <> '046_create_idempotency_cleanup_job.down.sql' THEN
+        RAISE EXCEPTION '046_create_idempotency_cleanup_job.down.sql stopped: % did not pass its checks earlier in this session',
+        split_part(pending, ' ', 1)
+        USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('found: idempotency.pending_guard = %L; expected: %L', pending, ''),
+            HINT = 'Nothing of this file was dropped. Fix what the first error names, then apply the files again.';
     END IF;
+    PERFORM set_config('idempotency.pending_guard', '046_create_idempotency_cleanup_job.down.sql guard', FALSE);
     PERFORM set_config('search_path', saved_path, TRUE);
 END
 $begin$;

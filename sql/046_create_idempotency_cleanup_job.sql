@@ -32,7 +32,7 @@
 -- argument types match exactly, or qualified with pg_catalog.
 
 -- The check below has not passed yet in this session (045's rule 2). A refusal
--- that another file left pending in this session is kept: it stops this file too.
+-- that another file left pending in this session stops this file too.
 DO $begin$
 DECLARE
     saved_path CONSTANT TEXT := pg_catalog.current_setting('search_path');
@@ -40,9 +40,15 @@ DECLARE
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
     pending := coalesce(current_setting('idempotency.pending_guard', TRUE), '');
-    IF pending = '' OR split_part(pending, ' ', 1) = '046_create_idempotency_cleanup_job.sql' THEN
-        PERFORM set_config('idempotency.pending_guard', '046_create_idempotency_cleanup_job.sql guard', FALSE);
+    IF pending <> '' AND split_part(pending, ' ', 1) <> '046_create_idempotency_cleanup_job.sql' THEN
+        RAISE EXCEPTION '046_create_idempotency_cleanup_job.sql stopped: % did not pass its checks earlier in this session',
+        split_part(pending, ' ', 1)
+        USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = format('found: idempotency.pending_guard = %L; expected: %L', pending, ''),
+            HINT = 'Nothing of this file was applied. Fix what the first error names, then apply the files again.';
     END IF;
+    PERFORM set_config('idempotency.pending_guard', '046_create_idempotency_cleanup_job.sql guard', FALSE);
     PERFORM set_config('search_path', saved_path, TRUE);
 END
 $begin$;
@@ -225,15 +231,14 @@ BEGIN
             AND p.proowner IS DISTINCT FROM (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = current_user)
         ORDER BY 1
     LOOP
-        RAISE EXCEPTION 'function %.% is owned by another role', target, foreign_function.signature
+        RAISE EXCEPTION 'function % is owned by another role', foreign_function.signature
         USING
             ERRCODE = 'insufficient_privilege',
             DETAIL = format('found: owner %s; expected: owner %s (the role applying 046)',
                 foreign_function.owner, current_user),
             HINT = format('Its owner can change its body, which runs with the rights of every caller. Check it '
-                || '(body, SECURITY DEFINER, settings), then drop it (DROP FUNCTION %s.%s) or run ALTER FUNCTION '
-                || '... OWNER TO the migration role, and apply 046 again.', quote_ident(target),
-                foreign_function.signature);
+                || '(body, SECURITY DEFINER, settings), then drop it (DROP FUNCTION %s) or run ALTER FUNCTION '
+                || '... OWNER TO the migration role, and apply 046 again.', foreign_function.signature);
     END LOOP;
     PERFORM set_config('idempotency.pending_guard', '', FALSE);
     PERFORM set_config('search_path', saved_path, TRUE);

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import helpers
+from tests import deployers, helpers
 from tests.test_docs import GUIDE, Block, parse_blocks, pg_cron_blocks, run_block
 from tooling import servers
 
@@ -345,6 +345,29 @@ def test_046_down_as_another_role_stops_before_dropping_anything(
         assert f"jobid {before[0][0]}) owned by {APP}" in detail, f"the job's role is told its job: {detail}"
     assert function_exists(cron), f"{caller}, job {owner}: the function is not dropped"
     assert _jobs(cron) == before, f"{caller}, job {owner}: the job is untouched"
+
+
+@pytest.mark.parametrize("form", ["psql -f", "psql < file"])
+def test_046_down_refused_under_plain_psql_drops_nothing_after_the_refusal(
+    cron_server: servers.Server, cron: psycopg.Connection, form: str
+) -> None:
+    """Run by another role with plain psql (no ON_ERROR_STOP, no -1), 046.down's refusal stops
+    its last statement too: the function and the job stay, and no line after the error claims
+    a success (tests/test_plain_psql_guards.py does the same for every other refused state)."""
+    before = with_job(cron, "owned by the application role")
+    owner = psycopg.sql.SQL("ALTER FUNCTION cleanup_expired_idempotency_records() OWNER TO {}")
+    cron.execute(owner.format(psycopg.sql.Identifier(APP)))
+    path = helpers.DOWN_FILES[0]
+    if form == "psql -f":
+        run = deployers.run_psql(cron_server, CRON_DATABASE, deployers.PLAIN, "-c", f"SET ROLE {APP}", "-f", str(path))
+    else:
+        script = f"SET ROLE {APP};\n{path.read_text()}"
+        run = deployers.run_psql(cron_server, CRON_DATABASE, deployers.PLAIN, stdin=script)
+    assert run.sqlstates[:1] == ["42501"], f"{form}: 046.down stops as {APP}\n{run.output}"
+    claims = deployers.claims_of_success(run.after_first_error())
+    assert claims == [], f"{form}: after the refusal psql printed {claims}\n{run.output}"
+    assert function_exists(cron), f"{form}: the function is not dropped"
+    assert _jobs(cron) == before, f"{form}: the job is untouched"
 
 
 @pytest.mark.parametrize("caller", [APP, NO_CRON])
