@@ -171,9 +171,17 @@ def statements_through(path: Path, marker: str) -> int:
     return next(i for i, statement in enumerate(statements, 1) if marker in statement)
 
 
+# Each cut falls after the statement that first changes something: the block of 045
+# that creates the table ($table$), the block of 045.down that drops the first index.
 CUTS = [
-    Cut("045-up-after-create-table", UP_FILES[0], (), statements_through(UP_FILES[0], "CREATE TABLE"), 0),
-    Cut("045-down-after-one-index-on-1000-rows", DOWN_FILES[1], UP_FILES[:1], 1, 1000),
+    Cut("045-up-after-create-table", UP_FILES[0], (), statements_through(UP_FILES[0], "$table$"), 0),
+    Cut(
+        "045-down-after-one-index-on-1000-rows",
+        DOWN_FILES[1],
+        UP_FILES[:1],
+        statements_through(DOWN_FILES[1], "$operation_index$"),
+        1000,
+    ),
 ]
 
 

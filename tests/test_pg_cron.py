@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import helpers
+from tests import deployers, helpers
 from tests.test_docs import GUIDE, Block, parse_blocks, pg_cron_blocks, run_block
 from tooling import servers
 
@@ -224,6 +224,54 @@ def test_an_every_minute_job_fires_and_deletes_the_expired_rows(cron: psycopg.Co
     assert left == set(live), f"the job deleted the {len(expired)} expired rows and kept the live ones, left {left}"
 
 
+@pytest.mark.slow
+def test_in_a_repeatable_read_database_the_setting_the_hint_gives_lets_the_job_clean_up(
+    cron: psycopg.Connection,
+) -> None:
+    """A database whose default isolation is REPEATABLE READ (set by an application): the job of
+    a role without a setting of its own fails at once, its run saying why (SQLSTATE 25000:
+    READ COMMITTED only); the job of the guide's role, given the setting the cleanup's HINT names
+    (ALTER ROLE ... SET default_transaction_isolation = 'read committed'), deletes the expired
+    rows: pg_cron's background worker applies the role's settings as a login does."""
+    expired, live = _seed_expired_and_live(cron)
+    documented_grants(cron)
+    plain = psycopg.sql.Identifier(f"{APP}_login")
+    database = psycopg.sql.Identifier(CRON_DATABASE)
+    guide_role = psycopg.sql.Identifier("jive_api_user")
+    cron.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN IN ROLE jive_api_user").format(plain))
+    cron.execute(psycopg.sql.SQL("GRANT USAGE ON SCHEMA cron TO {}").format(plain))
+    cron.execute(
+        psycopg.sql.SQL("ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'").format(database)
+    )
+    setting = psycopg.sql.SQL("ALTER ROLE {} IN DATABASE {} SET default_transaction_isolation = 'read committed'")
+    cron.execute(setting.format(guide_role, database))
+    try:
+        jobs = {}
+        for role in (guide_role, plain):
+            cron.execute(psycopg.sql.SQL("SET ROLE {}").format(role))
+            row = cron.execute(
+                "SELECT cron.schedule(%s, '* * * * *', $$SELECT cleanup_expired_idempotency_records()$$)", (JOB,)
+            ).fetchone()
+            cron.execute("RESET ROLE")
+            assert row is not None
+            jobs[role.as_string(cron)] = row[0]
+        runs = {role: _wait_for_a_run(cron, jobid, FIRE_TIMEOUT) for role, jobid in jobs.items()}
+    finally:
+        cron.execute("RESET ROLE")
+        cron.execute("SELECT cron.unschedule(jobid) FROM cron.job")
+        cron.execute(psycopg.sql.SQL("ALTER DATABASE {} RESET default_transaction_isolation").format(database))
+        reset = psycopg.sql.SQL("ALTER ROLE {} IN DATABASE {} RESET default_transaction_isolation")
+        cron.execute(reset.format(guide_role, database))
+        cron.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(plain))
+        cron.execute(psycopg.sql.SQL("DROP ROLE {}").format(plain))
+    without, with_setting = runs[plain.as_string(cron)], runs[guide_role.as_string(cron)]
+    assert without and without[0][0] == "failed", f"without the setting the job fails: {without}"
+    assert "runs only under READ COMMITTED" in (without[0][1] or ""), without
+    assert with_setting and with_setting[0][0] == "succeeded", f"with the setting the job succeeds: {with_setting}"
+    left = {str(r[0]) for r in cron.execute("SELECT request_id FROM idempotency_records")}
+    assert left == set(live), f"the job deleted the {len(expired)} expired rows, left {left}"
+
+
 # 046.down in every set-up: who runs it (a superuser, the job's role, another role with
 # USAGE on schema cron, a role without it) against who owns the job (the application
 # role, as the guide schedules it; a superuser; nobody). The states are fixture files.
@@ -297,6 +345,29 @@ def test_046_down_as_another_role_stops_before_dropping_anything(
         assert f"jobid {before[0][0]}) owned by {APP}" in detail, f"the job's role is told its job: {detail}"
     assert function_exists(cron), f"{caller}, job {owner}: the function is not dropped"
     assert _jobs(cron) == before, f"{caller}, job {owner}: the job is untouched"
+
+
+@pytest.mark.parametrize("form", ["psql -f", "psql < file"])
+def test_046_down_refused_under_plain_psql_drops_nothing_after_the_refusal(
+    cron_server: servers.Server, cron: psycopg.Connection, form: str
+) -> None:
+    """Run by another role with plain psql (no ON_ERROR_STOP, no -1), 046.down's refusal stops
+    its last statement too: the function and the job stay, and no line after the error claims
+    a success (tests/test_plain_psql_guards.py does the same for every other refused state)."""
+    before = with_job(cron, "owned by the application role")
+    owner = psycopg.sql.SQL("ALTER FUNCTION cleanup_expired_idempotency_records() OWNER TO {}")
+    cron.execute(owner.format(psycopg.sql.Identifier(APP)))
+    path = helpers.DOWN_FILES[0]
+    if form == "psql -f":
+        run = deployers.run_psql(cron_server, CRON_DATABASE, deployers.PLAIN, "-c", f"SET ROLE {APP}", "-f", str(path))
+    else:
+        script = f"SET ROLE {APP};\n{path.read_text()}"
+        run = deployers.run_psql(cron_server, CRON_DATABASE, deployers.PLAIN, stdin=script)
+    assert run.sqlstates[:1] == ["42501"], f"{form}: 046.down stops as {APP}\n{run.output}"
+    claims = deployers.claims_of_success(run.after_first_error())
+    assert claims == [], f"{form}: after the refusal psql printed {claims}\n{run.output}"
+    assert function_exists(cron), f"{form}: the function is not dropped"
+    assert _jobs(cron) == before, f"{form}: the job is untouched"
 
 
 @pytest.mark.parametrize("caller", [APP, NO_CRON])
