@@ -404,7 +404,7 @@ table_checks (sort, name, found, expected, hint) AS (
                         )
                     FROM (VALUES (c.relowner), (p.proowner)) AS o (role)
                     INNER JOIN pg_roles AS r ON o.role = r.oid
-                    WHERE NOT (r.rolname = current_user OR r.rolsuper OR r.rolname = t.owner_named)
+                    WHERE NOT (r.rolname = current_user OR r.rolsuper OR r.rolname IS NOT DISTINCT FROM t.owner_named)
                 ),
                 'a trusted owner'
             ),
