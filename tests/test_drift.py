@@ -62,6 +62,7 @@ DAMAGES = [
     Damage("operation_type_text", "column operation", "42P07"),
     Damage("operation_widened_to_varchar_200", "column operation", "42P07"),
     Damage("operation_collation_c", "column operation", ACCEPTED),
+    Damage("status_code_dropped", "column status_code", "42P07"),
     Damage("extra_not_null_column_without_default", OTHER_COLUMNS, ACCEPTED),
     Damage("extra_column_default_calls_a_function", OTHER_COLUMNS, ACCEPTED),
     # the indexes

@@ -109,9 +109,13 @@ FROM (
                         CASE WHEN NOT has_table_privilege(c.oid, 'INSERT') THEN 'INSERT' END,
                         CASE WHEN NOT has_table_privilege(c.oid, 'DELETE') THEN 'DELETE' END,
                         (
-                            SELECT 'UPDATE (' || string_agg(col.name, ', ') || ')'
-                            FROM unnest(ARRAY['operation', 'result_payload', 'status_code', 'expires_at']) AS col (name)
-                            WHERE NOT has_column_privilege(c.oid, col.name, 'UPDATE')
+                            SELECT 'UPDATE (' || string_agg(a.attname::TEXT, ', ' ORDER BY a.attnum) || ')'
+                            FROM pg_attribute AS a
+                            WHERE
+                                a.attrelid = c.oid
+                                AND a.attname IN ('operation', 'result_payload', 'status_code', 'expires_at')
+                                AND NOT a.attisdropped
+                                AND NOT has_column_privilege(c.oid, a.attnum, 'UPDATE')
                         ),
                         CASE WHEN NOT has_function_privilege(p.oid, 'EXECUTE') THEN 'EXECUTE on the function' END
                     ),
@@ -221,7 +225,9 @@ columns AS (
                 AND dep.refclassid IN ('pg_catalog.pg_proc'::REGCLASS, 'pg_catalog.pg_operator'::REGCLASS)
         ) AS default_calls,
         a.attstattarget,
-        a.attoptions,
+        -- what ALTER COLUMN ... SET (n_distinct...) set; not the options the server keeps for itself
+        -- (some minor releases store pg_attver=... on every column)
+        ARRAY(SELECT o.opt FROM unnest(a.attoptions) AS o (opt) WHERE o.opt !~ '^pg_') AS attoptions,
         a.attstorage <> ty.typstorage AS storage_changed,
         a.attstorage,
         a.attcompression
@@ -799,7 +805,7 @@ notes (sort, text) AS (
             ', ',
             format('column %I', c.name),
             CASE WHEN coalesce(c.attstattarget, -1) >= 0 THEN format('statistics target %s', c.attstattarget) END,
-            CASE WHEN c.attoptions IS NOT NULL THEN format('options %s', array_to_string(c.attoptions, ', ')) END,
+            CASE WHEN c.attoptions <> '{}' THEN format('options %s', array_to_string(c.attoptions, ', ')) END,
             CASE
                 WHEN c.storage_changed
                     THEN format(
@@ -813,7 +819,7 @@ notes (sort, text) AS (
     LEFT JOIN contract_columns AS cc ON c.name = cc.name
     WHERE
         coalesce(c.attstattarget, -1) >= 0
-        OR c.attoptions IS NOT NULL
+        OR c.attoptions <> '{}'
         OR c.storage_changed
         OR c.attcompression <> ''
     UNION ALL

@@ -137,6 +137,7 @@ def test_a_projects_own_additions_are_noted_and_pass(
         "table storage parameters fillfactor=90, autovacuum_vacuum_scale_factor=0.01",
         "index idx_idempotency_expires, storage parameters fillfactor=80",
         "column expires_at, statistics target 1000",
+        "column operation, options n_distinct=50",
     ):
         assert addition in notes, f"{addition!r} must be noted\n{run.describe()}"
 
