@@ -1092,8 +1092,9 @@ BEGIN
                         note := concat_ws(
                             '; ', note,
                             format(
-                                '%s can serve this query, and so can %s on the same column, which the planner chose',
-                                probe.index_name, array_to_string(used, ', ')
+                                'for the query of %1$s the planner chose %2$s, another index on %3$s (%1$s itself '
+                                || 'is checked by its definition and validity)',
+                                probe.index_name, array_to_string(used, ', '), probe.column_name
                             )
                         );
                     ELSE

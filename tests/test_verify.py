@@ -142,6 +142,26 @@ def test_a_projects_own_additions_are_noted_and_pass(
         assert addition in notes, f"{addition!r} must be noted\n{run.describe()}"
 
 
+def test_another_index_on_a_contract_column_passes_whichever_the_planner_chooses(
+    pg_server: Server, database: str, conn: psycopg.Connection
+) -> None:
+    """A duplicate of idx_idempotency_expires (a project's, built CONCURRENTLY under another name):
+    the planner may prefer either for the cleanup's query; test 9 passes, with a note if it chose
+    the other."""
+    conn.execute("CREATE INDEX zzz_idempotency_expires ON idempotency_records (expires_at)")
+    _analyze(conn)
+    run = verification.run_script(pg_server, database)
+    assert_passes(run)
+    chosen = [note for note in run.diagnostics("note") if "the planner chose" in note]
+    assert chosen in (
+        [],
+        [
+            "for the query of idx_idempotency_expires the planner chose zzz_idempotency_expires, another index on "
+            "expires_at (idx_idempotency_expires itself is checked by its definition and validity)"
+        ],
+    ), run.describe()
+
+
 @pytest.fixture
 def application_role(conn: psycopg.Connection, role: str) -> Iterator[str]:
     """A role with the guide's grants for an application that saves with ON CONFLICT DO UPDATE."""
