@@ -12,12 +12,13 @@
 --     catalog_only=1   only the catalog checks, which write nothing: for a role with SELECT only, a
 --                      busy table, a replica
 --     owner=NAME       the role that must own the table and the function, and that you trust
---                      (default: either must be you or a superuser)
+--                      (default: the function's owner, which must be you or a superuser)
 --
 -- It prints TAP (1..N, then "ok N - ..." or "not ok N - ...: found ..., expected ...", with
 -- "# note: ..." and "# HINT: ..." lines) and exits non-zero when any check is not ok. Plain SQL
 -- and psql, no extension. Every run prints the same tests in the same order; a test that does not
--- run is printed "ok N - ... # SKIP <why>".
+-- run is printed "ok N - ... # SKIP <why>". When even the catalog cannot be read within
+-- lock_timeout (the table held in ACCESS EXCLUSIVE mode), it prints "Bail out!" and exits non-zero.
 --
 -- The rule. A check fails on anything that changes what the contract promises: which rows are
 -- unique, which values are accepted, which rows the cleanup deletes, who sees which rows, what code
@@ -27,11 +28,12 @@
 -- index on the table's own values, storage parameters, statistics targets. docs/README_IDEMPOTENCY.md
 -- ("Verification") lists every case.
 --
--- First the catalog checks: they read pg_catalog only, and run no code but the built-ins. Then,
--- unless catalog_only is set, the session is read-only, or a catalog check failed, the behaviour
--- tests of the report's test script, corrected, in one REPEATABLE READ transaction that is rolled
--- back: they write only rows under fresh random keys and lock only those. A catalog check that
--- fails skips them, because the table or the function could then run another role's code.
+-- First the catalog checks: they read pg_catalog only, and run no code but the built-ins. Then the
+-- behaviour tests of the report's test script, corrected, in one REPEATABLE READ transaction that
+-- is rolled back: they write only rows under fresh random keys and lock only those. They are
+-- skipped, with the reason, when catalog_only is set, in a read-only session or on a hot standby,
+-- for a role without the application's grants, and when a catalog check failed: the table or the
+-- function could then run another role's code.
 --
 -- Another role's code never runs here:
 --   * The script captures the schema first, with pg_catalog-qualified calls only, then runs under
