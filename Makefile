@@ -79,11 +79,12 @@ migrate: ## apply the up migrations in order with psql (to DATABASE_URL/PG*, els
 	$(NEED_VENV)
 	$(call apply_with_psql,$(UP_FILES))
 
-verify: ## check a database against the contract with tests/test_idempotency_migrations.sql (TAP; CATALOG_ONLY=1: read-only)
+verify: ## check a database against the contract with tests/test_idempotency_migrations.sql (TAP; CATALOG_ONLY=1: writes nothing; SCHEMA=, OWNER=)
 	$(NEED_VENV)
 	@settings="$$($(PY) -m tooling.servers env)"; eval "$$settings"; \
 	psql="$$($(PY) -m tooling.servers psql)"; \
 	"$$psql" -v ON_ERROR_STOP=1 --no-psqlrc $(if $(filter-out 0,$(CATALOG_ONLY)),-v catalog_only=1) \
+	    $(if $(SCHEMA),-v 'schema=$(SCHEMA)') $(if $(OWNER),-v 'owner=$(OWNER)') \
 	    $${conninfo:+-d "$$conninfo"} -f tests/test_idempotency_migrations.sql
 
 rollback: ## apply the down migrations in reverse order with psql (same server as migrate)
