@@ -299,8 +299,12 @@ BEGIN
     --    transaction changed or deleted after it cannot be locked or deleted
     --    (SQLSTATE 40001): with saves going on, nearly every call would fail
     --    that way while expired records pile up. Fail at once instead, saying
-    --    how to call it.
-    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+    --    how to call it. A caller that wants exactly the snapshot's expired
+    --    records, and a 40001 if one of them changed since (the verification
+    --    script, so that it never locks a record written during its run), says
+    --    so with SET LOCAL idempotency.cleanup_in_snapshot = on.
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed'
+        AND pg_catalog.current_setting('idempotency.cleanup_in_snapshot', TRUE) IS DISTINCT FROM 'on' THEN
         RAISE EXCEPTION 'cleanup_expired_idempotency_records() runs only under READ COMMITTED'
         USING
             ERRCODE = 'invalid_transaction_state',
@@ -327,7 +331,7 @@ BEGIN
                 INNER JOIN pg_catalog.pg_class AS c ON n.oid = c.relnamespace
                 WHERE c.oid = 'idempotency_records'::pg_catalog.regclass::pg_catalog.oid
             ) || '.idempotency_records TO ' || pg_catalog.quote_ident(current_user) || ';';
-        DELETE FROM idempotency_records
+        DELETE FROM ONLY idempotency_records
         WHERE expires_at <= now();
         GET DIAGNOSTICS rows_deleted = ROW_COUNT;
         RETURN QUERY SELECT rows_deleted;
@@ -345,7 +349,7 @@ BEGIN
     INTO locked_rows
     FROM (
         SELECT ctid
-        FROM idempotency_records
+        FROM ONLY idempotency_records
         WHERE expires_at <= now()
         FOR UPDATE SKIP LOCKED
     ) AS expired;
@@ -354,8 +358,9 @@ BEGIN
     --    transaction has locked cannot move. EXECUTE plans the DELETE anew with
     --    the array's real length, so it is a TID scan whatever plan step 3 had
     --    cached; a cached plan made on a small table could otherwise search the
-    --    whole array once per row.
-    EXECUTE 'DELETE FROM idempotency_records WHERE ctid = ANY($1)'
+    --    whole array once per row. ONLY, here and above: a ctid names a row
+    --    of this table alone, and a child table's rows have ctids of their own.
+    EXECUTE 'DELETE FROM ONLY idempotency_records WHERE ctid = ANY($1)'
     USING locked_rows;
 
     GET DIAGNOSTICS rows_deleted = ROW_COUNT;
@@ -364,7 +369,7 @@ END;
 $body$;
 
     COMMENT ON FUNCTION cleanup_expired_idempotency_records() IS
-    'Deletes the idempotency records with expires_at <= now() that no other transaction holds, and returns how many it deleted (deleted_count). It never waits on a row lock: a record another transaction has locked (a request taking its key over, a concurrent cleanup) is skipped and left for the next run, so the function cannot deadlock with other cleanups or with the application, and the application never waits for it except on a record it has already locked. Every other record expired and committed before the call is deleted; a valid record never is. Runs with its caller''s privileges (SECURITY INVOKER): SELECT and DELETE on the table, and UPDATE on one of its columns to lock rows. A caller without UPDATE (the original function''s grants) deletes every expired record as the original did, waiting for those other transactions hold, and gets a NOTICE naming the grant. Runs only under READ COMMITTED: under REPEATABLE READ or SERIALIZABLE it fails at once (SQLSTATE 25000) and deletes nothing. Schedule it hourly, from the application or with pg_cron.';
+    'Deletes the idempotency records with expires_at <= now() that no other transaction holds, and returns how many it deleted (deleted_count). It never waits on a row lock: a record another transaction has locked (a request taking its key over, a concurrent cleanup) is skipped and left for the next run, so the function cannot deadlock with other cleanups or with the application, and the application never waits for it except on a record it has already locked. Every other record expired and committed before the call is deleted; a valid record never is. Runs with its caller''s privileges (SECURITY INVOKER): SELECT and DELETE on the table, and UPDATE on one of its columns to lock rows. A caller without UPDATE (the original function''s grants) deletes every expired record as the original did, waiting for those other transactions hold, and gets a NOTICE naming the grant. Runs only under READ COMMITTED: under REPEATABLE READ or SERIALIZABLE it fails at once (SQLSTATE 25000) and deletes nothing, unless the transaction sets idempotency.cleanup_in_snapshot = on to delete exactly the expired records of its snapshot. Schedule it hourly, from the application or with pg_cron.';
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
 
     -- Pin the function's search_path to the schema it was created in (the first

@@ -90,6 +90,37 @@ def test_a_record_saved_again_after_the_snapshot(
     assert count(conn) == 10
 
 
+def test_a_caller_that_asks_for_the_snapshot_gets_exactly_its_expired_records(
+    conn: psycopg.Connection, pg_server: Server, database: str
+) -> None:
+    """SET LOCAL idempotency.cleanup_in_snapshot = on (what the verification script does): under
+    REPEATABLE READ the cleanup deletes the expired records of the transaction's snapshot and no
+    other: one stored after the snapshot is neither deleted nor locked. If one of the snapshot's
+    records is saved again after it, the call fails with 40001, as any such statement does."""
+    keys = [row[0] for row in conn.execute(BACKLOG, (10,))]
+    with pg_server.connect(database) as caller:
+        caller.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        caller.execute("SET LOCAL idempotency.cleanup_in_snapshot = on")
+        caller.execute("SELECT 1")  # the snapshot
+        late = conn.execute(BACKLOG, (1,)).fetchall()[0][0]  # expired, stored after the snapshot
+        deleted = caller.execute(CLEANUP).fetchone()
+        assert deleted == (10,), "the snapshot's ten expired records"
+        with pg_server.connect(database, autocommit=True) as other:
+            other.execute("SET lock_timeout = '1s'")
+            row = other.execute("SELECT request_id FROM idempotency_records WHERE request_id = %s FOR UPDATE", (late,))
+            assert row.fetchone() == (late,), "the record stored after the snapshot is not locked"
+        caller.rollback()
+
+        caller.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        caller.execute("SET LOCAL idempotency.cleanup_in_snapshot = on")
+        caller.execute("SELECT 1")
+        conn.execute(SAVE, (keys[0],))  # saved again after the snapshot
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            caller.execute(CLEANUP)
+        caller.rollback()
+    assert count(conn) == 11, "nothing was deleted"
+
+
 @dataclasses.dataclass
 class Tally:
     """What one cleanup loop saw while saves went on."""

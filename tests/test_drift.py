@@ -105,7 +105,14 @@ DAMAGES = [
     Damage("function_extra_setting", SETTINGS, REPAIRED),
     Damage("function_body_report_delete_repinned", BODY, REPAIRED),
     Damage("function_body_of_an_earlier_046", BODY, REPAIRED),
-    Damage("function_owned_by_another_role", OWNED, ACCEPTED, intruder=True),
+    Damage(
+        "function_owned_by_another_role",
+        OWNED,
+        "42501",
+        "public.cleanup_expired_idempotency_records()",
+        files=(UP_046,),
+        intruder=True,
+    ),
     Damage("report_original_migrations", BODY, REPAIRED, migrated=False),
 ]
 

@@ -50,9 +50,10 @@
 --
 -- No application statement waits on it: every statement waits for a lock at most lock_timeout (2s
 -- unless the session sets one), and the cleanup test runs only when the transaction's snapshot holds
--- no expired record but the script's own. Under REPEATABLE READ the cleanup sees that same snapshot,
--- so it cannot lock a row of the application's, not even one that expires or is stored while the
--- script runs.
+-- no expired record but the script's own. Under REPEATABLE READ the cleanup sees that same snapshot
+-- (the script sets idempotency.cleanup_in_snapshot, without which the function refuses any level but
+-- READ COMMITTED), so it cannot lock a row of the application's, not even one that expires or is
+-- stored while the script runs.
 
 \set QUIET on
 \set ON_ERROR_STOP on
@@ -61,7 +62,7 @@
 -- fails until these equal what it creates: when 046 changes the function, update these two lines.
 --   function_body_sha256  sha256 of the function's body (pg_proc.prosrc, line ends as \n)
 --   function_settings     its settings (pg_proc.proconfig), sorted, joined by '; '; %1$I is the schema
-\set function_body_sha256 68107c17cb148b2da985ff32affcb90e2fc333bda2d32a17bc200a6cb988e268
+\set function_body_sha256 9292f5cf221024caf5fc55c2d18e7dad3008b543558dfc03524a891a4238be22
 \set function_settings 'search_path=pg_catalog, %1$I, pg_temp'
 
 SELECT
@@ -1042,6 +1043,9 @@ BEGIN
                         || 'until the rollback', n
                     );
                 ELSE
+                    -- The cleanup refuses to run outside READ COMMITTED unless told that the
+                    -- snapshot's records are exactly what the caller wants deleted.
+                    PERFORM set_config('idempotency.cleanup_in_snapshot', 'on', TRUE);
                     EXECUTE format('SELECT c.deleted_count FROM %s AS c', cleanup) INTO n;
                     EXECUTE format(
                         'SELECT string_agg(r.request_id::TEXT, '', '') FROM %s AS r WHERE r.request_id IN ($1, $2)', tbl
