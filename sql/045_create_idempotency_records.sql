@@ -142,10 +142,18 @@ BEGIN
     SELECT format('%s.%I', c.relnamespace::REGNAMESPACE, c.relname)
     INTO visible FROM pg_class AS c WHERE c.oid = resolved;
 
-    -- What the table that is there holds.
-    WITH cols AS (
+    -- What the table that is there holds; the types of a project's own
+    -- columns, with their domains' and arrays' types.
+    WITH RECURSIVE cols AS (
         SELECT a.*, a.attname::TEXT = ANY (names) AS six FROM pg_attribute AS a
         WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+    ),
+
+    own_types (typ) AS (
+        SELECT cols.atttypid FROM cols WHERE NOT cols.six
+        UNION
+        SELECT unnest(ARRAY[t.typbasetype, t.typelem])
+        FROM own_types AS o INNER JOIN pg_type AS t ON o.typ = t.oid
     )
 
     SELECT
@@ -153,12 +161,13 @@ BEGIN
         pg_get_userbyid(c.relowner) AS owner,
         format('relkind %s, relpersistence %s', c.relkind, c.relpersistence)
             AS kind,
-        concat_ws('; ', (SELECT string_agg(format('%s %s %s%s', a.attname,
-            format_type(a.atttypid, a.atttypmod),
+        concat_ws('; ', (SELECT string_agg(format('%s %s%s %s%s', a.attname,
+            format_type(a.atttypid, a.atttypmod), ' collate '
+            || nullif(a.attcollation, t.typcollation)::REGCOLLATION,
             CASE WHEN a.attnotnull THEN 'not null' ELSE 'null' END,
             ' default ' || pg_get_expr(d.adbin, d.adrelid)), ', '
             ORDER BY a.attname)
-            FROM cols AS a
+            FROM cols AS a INNER JOIN pg_type AS t ON a.atttypid = t.oid
             LEFT JOIN pg_attrdef AS d
                 ON a.attrelid = d.adrelid AND a.attnum = d.adnum
             WHERE a.six), coalesce((SELECT string_agg(format('%s %s',
@@ -172,7 +181,59 @@ BEGIN
             WHERE g.tgrelid = tbl AND NOT g.tgisinternal
             UNION ALL
             SELECT 'rule ' || r.rulename FROM pg_rewrite AS r
-            WHERE r.ev_class = tbl) AS s (w)) AS code
+            WHERE r.ev_class = tbl) AS s (w)) AS code,
+        -- What a project may not add (the verification script's rules): it
+        -- runs code for whoever writes or cleans up the table, refuses saves
+        -- the contract accepts, or hides or keeps records.
+        (SELECT string_agg(DISTINCT w, '; ') FROM (
+            SELECT format('constraint %I on %s %s', k.conname,
+                k.conrelid::REGCLASS, pg_get_constraintdef(k.oid))
+            FROM pg_constraint AS k
+            WHERE k.conrelid = tbl AND k.contype NOT IN ('p', 'n')
+                AND k.conname <> 'chk_expires_at'
+                OR k.contype = 'f' AND k.confrelid = tbl
+            UNION ALL
+            SELECT format('%s inherits from %s', i.inhrelid::REGCLASS,
+                i.inhparent::REGCLASS)
+            FROM pg_inherits AS i WHERE tbl IN (i.inhrelid, i.inhparent)
+            UNION ALL
+            SELECT 'row security'
+            WHERE c.relrowsecurity OR c.relforcerowsecurity
+            UNION ALL
+            SELECT 'policy ' || quote_ident(p.polname)
+            FROM pg_policy AS p WHERE p.polrelid = tbl
+            UNION ALL
+            SELECT format('%s held by %s', g.privilege_type, coalesce(
+                pg_get_userbyid(nullif(g.grantee, 0))::TEXT, 'PUBLIC'))
+            FROM aclexplode(c.relacl) AS g
+            WHERE g.privilege_type IN ('TRIGGER', 'REFERENCES')
+                AND g.grantee <> c.relowner
+            UNION ALL
+            SELECT format('column %I not null without a default', a.attname)
+            FROM cols AS a WHERE NOT a.six AND a.attnotnull AND NOT a.atthasdef
+                AND a.attidentity = ''
+            UNION ALL
+            SELECT 'unique index ' || quote_ident(x.relname)
+            FROM pg_index AS i INNER JOIN pg_class AS x ON i.indexrelid = x.oid
+            WHERE i.indrelid = tbl AND i.indisunique
+                AND x.relname <> 'idempotency_records_pkey'
+            UNION ALL
+            SELECT format('%s calls %s', pg_describe_object(d.classid, d.objid,
+                0), pg_describe_object(d.refclassid, d.refobjid, 0))
+            FROM pg_depend AS d
+            WHERE d.refobjid >= 16384 AND d.refclassid IN ('pg_proc'::REGCLASS,
+                'pg_operator'::REGCLASS, 'pg_opclass'::REGCLASS)
+                AND d.objid IN (
+                    SELECT x.oid FROM pg_attrdef AS x WHERE x.adrelid = tbl
+                    UNION ALL
+                    SELECT x.indexrelid FROM pg_index AS x
+                    WHERE x.indrelid = tbl
+                    UNION ALL
+                    SELECT o.typ FROM own_types AS o
+                    UNION ALL
+                    SELECT x.oid FROM pg_constraint AS x
+                    WHERE x.contypid IN (SELECT o.typ FROM own_types AS o))
+        ) AS s (w)) AS additions
     INTO seen
     FROM pg_class AS c WHERE c.oid = tbl;
 
@@ -230,7 +291,12 @@ BEGIN
             format('table %s already exists with other columns or '
                 'constraints', qualified), seen.columns, wanted,
             'Rename or drop the table, or restore what differs as 045 defines '
-            'it, then apply 045 again.')
+            'it, then apply 045 again.'),
+        (8, seen.additions IS NOT NULL, '55000',
+            format('table %s has additions that change what it promises',
+                qualified), seen.additions, 'none', 'Drop or revoke what is '
+            'found, then apply 045 again. What a project may add: '
+            'docs/README_IDEMPOTENCY.md, "Adopting an existing database".')
     ) AS v (n, failed, code, message, found, expected, hint)
     WHERE v.failed AND (v.n <= 3 OR tbl IS NOT NULL) ORDER BY v.n LIMIT 1;
     IF FOUND THEN
@@ -260,8 +326,8 @@ BEGIN
     END IF;
 
     -- An index is created where no relation has its name; a relation of that
-    -- name must be that index, valid. Read by oid, as the catalog is now (a
-    -- snapshot may be older).
+    -- name must be that index, valid (storage parameters are the project's).
+    -- Read by oid, as the catalog is now (a snapshot may be older).
     FOREACH ddl IN ARRAY create_indexes LOOP
         ddl := replace(ddl, ' ON idempotency_records ', ' ON ' || qualified
             || ' ');
@@ -269,7 +335,8 @@ BEGIN
         idx := to_regclass(format('%I.%I', target, index_name));
         IF idx IS NULL THEN
             EXECUTE ddl;
-        ELSIF pg_get_indexdef(idx) IS DISTINCT FROM ddl THEN
+        ELSIF regexp_replace(pg_get_indexdef(idx), ' WITH \([^()]*\)', '')
+            IS DISTINCT FROM ddl THEN
             RAISE EXCEPTION 'relation %.% already exists with another '
             'definition', target, index_name
             USING ERRCODE = '42P07', DETAIL = format('found: %s; expected: %s',

@@ -51,7 +51,9 @@ DECLARE
     visible_function TEXT;
     state TEXT;
     wanted_state CONSTANT TEXT := 'permanent table, owner is the migration '
-    'role, 0 triggers, 0 rules, expires_at timestamp with time zone';
+    'role, 0 triggers, 0 rules, 0 policies, row security off, 0 foreign keys '
+    'to it, no TRIGGER or REFERENCES held by other roles, expires_at '
+    'timestamp with time zone';
     foreign_function RECORD;
     refused RECORD;
 BEGIN
@@ -102,8 +104,11 @@ BEGIN
     INTO visible_function FROM pg_proc AS p WHERE p.oid = resolved_function;
 
     -- The table 045 makes, as far as the function's callers are concerned:
-    -- nothing on it that would run code as the caller (a trigger, a rule).
-    SELECT format('%s, %s, %s triggers, %s rules, expires_at %s',
+    -- nothing on it that would run code as the caller (a trigger, a rule, a
+    -- policy, a trigger another role may add) or hide, keep or cascade
+    -- records (row security, a foreign key to it).
+    SELECT format('%s, %s, %s triggers, %s rules, %s policies, row security '
+        '%s, %s foreign keys to it, %s held by other roles, expires_at %s',
         CASE WHEN (c.relkind, c.relpersistence) = ('r', 'p')
             THEN 'permanent table' ELSE format('relkind %s relpersistence %s',
                 c.relkind, c.relpersistence) END,
@@ -113,6 +118,15 @@ BEGIN
         (SELECT count(*) FROM pg_trigger AS t WHERE t.tgrelid = tbl
             AND NOT t.tgisinternal),
         (SELECT count(*) FROM pg_rewrite AS r WHERE r.ev_class = tbl),
+        (SELECT count(*) FROM pg_policy AS p WHERE p.polrelid = tbl),
+        CASE WHEN c.relrowsecurity OR c.relforcerowsecurity THEN 'on'
+            ELSE 'off' END,
+        (SELECT count(*) FROM pg_constraint AS k
+            WHERE k.contype = 'f' AND k.confrelid = tbl),
+        coalesce((SELECT string_agg(DISTINCT g.privilege_type, ' and ')
+            FROM aclexplode(c.relacl) AS g WHERE g.grantee <> c.relowner
+                AND g.privilege_type IN ('TRIGGER', 'REFERENCES')),
+            'no TRIGGER or REFERENCES'),
         coalesce((SELECT format_type(a.atttypid, a.atttypmod)
             FROM pg_attribute AS a WHERE a.attrelid = tbl
                 AND a.attname = 'expires_at' AND NOT a.attisdropped),
