@@ -62,10 +62,11 @@ test-all: ## run the whole suite, slow tests included (what CI runs)
 	$(NEED_VENV)
 	$(PYTEST) $(PYTEST_ARGS)
 
-lint: ## sqlfluff and squawk on the SQL, ruff on the Python
+lint: ## sqlfluff and squawk on sql/*.sql with our settings, then with none (as users lint them, export layouts too); ruff
 	$(NEED_VENV)
 	$(VENV)/bin/sqlfluff lint sql
 	$(VENV)/bin/squawk sql/*.sql
+	$(PY) -m tooling.lint $(VENV)/bin
 	$(VENV)/bin/ruff check tests bench tooling docs/examples
 	$(VENV)/bin/ruff format --check tests bench tooling docs/examples
 

@@ -25,7 +25,8 @@ from tooling.servers import Server
 STATES = FIXTURES / "deploy_states"
 # The untrusted role the fixture files name: it may CREATE where a state says so.
 PLANTER = "idempotency_test_app_planter"
-# The files' own lock (045's header, rule 1): pg_advisory_xact_lock(7594306390479384566).
+# The files' own lock (docs/reliability.md, "How the files are built", rule 1):
+# pg_advisory_xact_lock(7594306390479384566).
 DEPLOY_LOCK = 7594306390479384566
 # The harness's barrier, another advisory lock: held by the test until every deployer waits on it.
 BARRIER = 7594306390479384000

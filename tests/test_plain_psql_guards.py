@@ -101,15 +101,17 @@ def test_nothing_runs_after_a_refusal_under_plain_psql(
     assert after == before, f"{case}, {form}: something was created, replaced or dropped\n{result.output}"
 
 
+@pytest.mark.parametrize("path", [*UP_FILES, *DOWN_FILES], ids=lambda path: path.name)
 def test_a_statement_run_without_the_checks_before_it_is_refused(
-    pg_server: Server, empty_database: str, empty_conn: psycopg.Connection
+    pg_server: Server, request: pytest.FixtureRequest, path: Path
 ) -> None:
-    """The statements that change something refuse to run in a session where the file's checks
-    have not passed: on their own (copied out of the file, or after a cut), they create nothing."""
-    before = catalog_snapshot(empty_conn)
-    statements = split_statements(UP_045.read_text())
-    table = next(statement for statement in statements if "$table$" in statement)
+    """The statement that changes something refuses to run in a session where the file's first
+    statement has not marked its checks: on its own (copied out of the file, or after a cut), it
+    creates, replaces and drops nothing."""
+    conn = request.getfixturevalue("empty_conn" if path == UP_045 else "conn")
+    before = catalog_snapshot(conn), deployers.catalog_versions(conn, "public")
+    statements = split_statements(path.read_text())
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as raised:
-        empty_conn.execute(table)
+        conn.execute(statements[-1])
     assert "a check before this statement did not pass" in str(raised.value)
-    assert catalog_snapshot(empty_conn) == before
+    assert (catalog_snapshot(conn), deployers.catalog_versions(conn, "public")) == before

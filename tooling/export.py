@@ -165,8 +165,15 @@ SQITCH_PLANNED = "2026-01-01T00:00:00Z idempotency-records <idempotency-records@
 # What each change must leave behind; the verify script fails if any is missing.
 SQITCH_VERIFY: dict[str, str] = {
     "create_idempotency_records": """\
--- Fails unless idempotency_records has its six columns, check constraint and two indexes.
-SELECT request_id, operation, result_payload, status_code, created_at, expires_at
+-- Fails unless idempotency_records has its six columns, its check
+-- constraint and its two indexes.
+SELECT
+    request_id,
+    operation,
+    result_payload,
+    status_code,
+    created_at,
+    expires_at
 FROM idempotency_records
 WHERE FALSE;
 
@@ -189,7 +196,8 @@ END
 $verify$;
 """,
     "create_idempotency_cleanup_job": """\
--- Fails unless cleanup_expired_idempotency_records() exists (the cast raises an error otherwise).
+-- Fails unless cleanup_expired_idempotency_records() exists (the cast
+-- raises an error otherwise).
 SELECT 'cleanup_expired_idempotency_records()'::regprocedure;
 """,
 }
