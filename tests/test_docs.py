@@ -1,509 +1,40 @@
-"""Every fenced sql block of the docs runs, runs the way its annotation says, and returns what the
-text says it returns.
-
-A ```sql block runs in document order on one migrated database and must succeed.
-An HTML comment on the line right before the fence changes how it runs:
-
-    <!-- test: error SQLSTATE -->   its LAST statement must fail with exactly that SQLSTATE, and
-                                    every statement before it must succeed (the whole block is one
-                                    transaction, rolled back, so the sequence goes on)
-    <!-- test: psql -->              runs through the real psql binary, on the same database; it
-                                    fails on an error and on a meta-command that finds nothing
-                                    (`\\df no_such_function` prints "(0 rows)" and exits 0)
-    <!-- test: role NAME -->         runs after SET ROLE NAME (RESET ROLE afterwards)
-    <!-- test: pg_cron -->           runs in tests/test_pg_cron.py, on a server with pg_cron loaded
-    <!-- test: fresh -->             runs alone on its own fresh migrated database
-    <!-- test: fresh; data NAME -->  the same, after loading tests/fixtures/data/NAME.sql: the data
-                                    the text around the block describes (e.g. 40,000 records)
-
-`role NAME` and `error SQLSTATE` may be combined with `;` (`role app; error 42501`), and either may
-follow `fresh` or `pg_cron`. Anything else is an error, and so is an annotation that does not sit
-right before a fence. Roles the blocks create are dropped at the end: roles are cluster-wide.
-
-A result stated in the text is compared with what the block returns. The block's result is that
-of its last statement that returns rows (an `EXPLAIN` between `BEGIN` and `ROLLBACK` counts):
-
-    -- returns: no row                        the block's last lines, as SQL comments: no row,
-    -- returns: deleted_count = 150           or exactly one row whose named columns hold these
-                                              values, as text (the other columns are not compared)
-
-    <!-- test: result -->    before a ```text fence that follows the block (prose may sit between,
-                             no other fence): a psql-style table (header, dashes, rows, an optional
-                             "(N rows)") equal to the block's result, cell for cell; after a psql
-                             block, lines of psql's output, in order (a line `...` skips any lines)
-    <!-- test: plan -->      before a ```text fence that follows an EXPLAIN block: its plan nodes
-                             (node type, index, relation; not costs, times or conditions) equal to
-                             the plan the block printed, in order
-
-SQL in other fences runs too. A ```bash block that calls psql runs with bash, on its own fresh
-migrated database, in a directory where `sql/` and `tests/` are this checkout's: `psql` is the real
-psql with its connection options (`-h`, `-p`, `-U`, `-d`) replaced by the test database's,
-`docker exec [-i] CONTAINER command` runs the command here, and `make` does nothing (its targets
-run in CI: `.ci/run` calls make migrate and make verify). A block that cannot run says why:
-
-    <!-- test: not-run REASON -->  before any fence that is not ```sql
-"""
+"""Every fenced block of the docs runs the way its annotation says and returns what the text says
+it returns (tests/docblocks.py: the annotations, the runner, the comparisons); every link finds its
+heading, every page is run, the test map lists every test module, and no long statement is printed
+twice."""
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import os
+import ast
 import re
-import shutil
-import subprocess
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from tests import helpers
+from tests.docblocks import (
+    DOCUMENTS,
+    FENCE,
+    GUIDE,
+    SEQUENCES,
+    Block,
+    anchors,
+    drop_roles,
+    long_statements,
+    parse_blocks,
+    parse_shells,
+    pg_cron_blocks,
+    run_block,
+    run_fresh,
+    run_psql_block,
+    run_shell,
+    server_roles,
+    shown,
+    slug,
+)
 from tests.helpers import ROOT
 from tooling.servers import Server
-
-GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
-PAGES = tuple(
-    ROOT / "docs" / name
-    for name in (
-        "queries.md",
-        "privileges.md",
-        "performance.md",
-        "reliability.md",
-        "patterns.md",
-        "migration-tools.md",
-        "test-map.md",
-    )
-)
-DOCUMENTS = (GUIDE, ROOT / "README.md", *PAGES)
-DATA = ROOT / "tests" / "fixtures" / "data"
-
-FENCE = re.compile(r"^( *)```(\w*)\s*$")  # indented inside a list item too
-ANNOTATION = re.compile(r"^\s*<!--\s*test:(.*?)-->\s*$")
-SQLSTATE = re.compile(r"^[0-9A-Z]{5}$")
-NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-PLACES = ("psql", "fresh", "pg_cron")
-RETURNS = re.compile(r"^--\s*returns:\s*(.*?)\s*$")
-PSQL_CALL = re.compile(r"(^|[\s;|&(])psql\s")
-EMPTY_LISTING = re.compile(r"^\s*List of [^\n]*\n[^\n]*\n[-+]+\n\(0 rows\)", re.MULTILINE)
-
-
-@dataclasses.dataclass(frozen=True)
-class Expected:
-    """A result printed in the text, in a ```text fence annotated `result` or `plan`."""
-
-    kind: str  # result | plan
-    line: int
-    lines: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Block:
-    """One ```sql block, how its annotation says to run it, and what the text says it returns."""
-
-    path: Path
-    line: int  # line of the opening fence, 1-based
-    text: str
-    place: str = "sequence"  # sequence | psql | fresh | pg_cron
-    role: str | None = None
-    error: str | None = None
-    data: str | None = None
-    expected: Expected | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{_shown(self.path)}:{self.line}"
-
-    @property
-    def returns(self) -> str | None:
-        """The `-- returns:` statement closing the block, if any."""
-        stated = [m.group(1) for line in self.text.splitlines() if (m := RETURNS.match(line.strip()))]
-        if not stated:
-            return None
-        last = [line.strip() for line in self.text.splitlines() if line.strip()][-len(stated) :]
-        assert all(RETURNS.match(line) for line in last), f"{self.where}: `-- returns:` must close the block"
-        return " ".join(stated)
-
-    @property
-    def compared(self) -> bool:
-        return self.returns is not None or self.expected is not None
-
-
-@dataclasses.dataclass(frozen=True)
-class Shell:
-    """A fence of another language that calls psql: run with bash, or not run, with the reason."""
-
-    path: Path
-    line: int
-    text: str
-    not_run: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{_shown(self.path)}:{self.line}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Result:
-    """The block's last result with columns: names, and every value as PostgreSQL's text."""
-
-    columns: tuple[str, ...]
-    rows: tuple[tuple[str | None, ...], ...]
-
-
-def _shown(path: Path) -> str:
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def parse_annotation(text: str, where: str) -> dict[str, str]:
-    """The directives of one `<!-- test: ... -->` comment; unknown ones raise."""
-    found: dict[str, str] = {}
-    for part in (p.strip() for p in text.split(";")):
-        words = part.split()
-        if words in (["psql"], ["fresh"], ["pg_cron"]):
-            key, value = "place", words[0]
-        elif words in (["result"], ["plan"]):
-            key, value = "expected", words[0]
-        elif len(words) == 2 and words[0] == "error" and SQLSTATE.match(words[1]):
-            key, value = "error", words[1]
-        elif len(words) == 2 and words[0] in ("role", "data") and NAME.match(words[1]):
-            key, value = words[0], words[1]
-        elif len(words) > 1 and words[0] == "not-run":
-            key, value = "not_run", " ".join(words[1:])
-        else:
-            raise AssertionError(f"{where}: unknown test annotation {part!r}")
-        if key in found:
-            raise AssertionError(f"{where}: annotation gives {key} twice")
-        found[key] = value
-    alone = {"expected", "not_run"} & found.keys()
-    if alone and len(found) > 1:
-        raise AssertionError(f"{where}: {', '.join(sorted(alone))} takes no other directive")
-    if found.get("place") == "psql" and len(found) > 1:
-        raise AssertionError(f"{where}: a psql block takes no role or error directive")
-    if "data" in found and found.get("place") != "fresh":
-        raise AssertionError(f"{where}: data NAME needs fresh: the data goes into the block's own database")
-    if "data" in found and not (DATA / f"{found['data']}.sql").is_file():
-        raise AssertionError(f"{where}: no fixture {_shown(DATA / (found['data'] + '.sql'))}")
-    return found
-
-
-@dataclasses.dataclass
-class _Parsed:
-    blocks: list[Block]
-    shells: list[Shell]
-
-
-def _attach(parsed: _Parsed, last_fence: str | None, kind: str, line: int, lines: list[str], where: str) -> None:
-    """Give the preceding sql block the result a `result`/`plan` text block states."""
-    if last_fence != "sql" or not parsed.blocks:
-        raise AssertionError(f"{where}: a `{kind}` block must follow the ```sql block whose result it shows")
-    block = parsed.blocks[-1]
-    if block.expected is not None:
-        raise AssertionError(f"{where}: {block.where} already has a stated result")
-    parsed.blocks[-1] = dataclasses.replace(block, expected=Expected(kind, line, tuple(lines)))
-
-
-def _parse(path: Path) -> _Parsed:
-    lines = path.read_text().splitlines()
-    parsed = _Parsed([], [])
-    pending: tuple[int, dict[str, str]] | None = None
-    last_fence: str | None = None
-    i = 0
-    while i < len(lines):
-        where = f"{_shown(path)}:{i + 1}"
-        annotation = ANNOTATION.match(lines[i])
-        fence = FENCE.match(lines[i])
-        if pending is not None and not fence:
-            raise AssertionError(f"{_shown(path)}:{pending[0]}: a test annotation must sit right before a fence")
-        if annotation:
-            pending = (i + 1, parse_annotation(annotation.group(1), where))
-            i += 1
-            continue
-        if fence:
-            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), None)
-            if end is None:
-                raise AssertionError(f"{where}: the fence is never closed")
-            indent = len(fence.group(1))
-            body = [line[indent:] if line[:indent].isspace() else line for line in lines[i + 1 : end]]
-            _fence(parsed, path, fence.group(2), i + 1, body, pending, last_fence)
-            last_fence = fence.group(2)
-            pending = None
-            i = end + 1
-            continue
-        if "<!--" in lines[i] and "test:" in lines[i]:
-            raise AssertionError(f"{where}: a test annotation must be a whole line of its own")
-        i += 1
-    return parsed
-
-
-def _fence(
-    parsed: _Parsed,
-    path: Path,
-    language: str,
-    line: int,
-    body: list[str],
-    pending: tuple[int, dict[str, str]] | None,
-    last_fence: str | None,
-) -> None:
-    directives = dict(pending[1]) if pending else {}
-    where = f"{_shown(path)}:{line}"
-    if language == "sql":
-        if {"expected", "not_run"} & directives.keys():
-            raise AssertionError(f"{where}: a ```sql block always runs; result, plan and not-run are for other fences")
-        parsed.blocks.append(Block(path, line, "\n".join(body) + "\n", **directives))
-    elif "expected" in directives:
-        _attach(parsed, last_fence, directives["expected"], line, body, where)
-    elif PSQL_CALL.search("\n".join(body)) or "not_run" in directives:
-        if directives.keys() - {"not_run"}:
-            raise AssertionError(f"{where}: a ```{language} block takes only not-run REASON")
-        parsed.shells.append(Shell(path, line, "\n".join(body) + "\n", directives.get("not_run")))
-    elif directives:
-        raise AssertionError(f"{where}: a ```{language} block that calls no psql takes no annotation")
-
-
-def parse_blocks(path: Path) -> list[Block]:
-    """Every ```sql block of a Markdown file, with its annotation and stated result."""
-    return _parse(path).blocks
-
-
-def parse_shells(path: Path) -> list[Shell]:
-    """Every fence of another language that calls psql (or says why it does not run)."""
-    return _parse(path).shells
-
-
-def pg_cron_blocks() -> list[Block]:
-    """The blocks that tests/test_pg_cron.py runs, in document order."""
-    return [block for path in DOCUMENTS for block in parse_blocks(path) if block.place == "pg_cron"]
-
-
-# --- running a block ---------------------------------------------------------------------
-
-
-def _last_result(cursor: psycopg.Cursor) -> Result | None:
-    """The last result set of a (multi-statement) execute that has columns."""
-    found: Result | None = None
-    while True:
-        result = cursor.pgresult
-        if result is not None and result.nfields:
-            columns = tuple((result.fname(c) or b"").decode() for c in range(result.nfields))
-            rows = tuple(
-                tuple(None if (v := result.get_value(r, c)) is None else v.decode() for c in range(result.nfields))
-                for r in range(result.ntuples)
-            )
-            found = Result(columns, rows)
-        if not cursor.nextset():
-            return found
-
-
-def _execute(conn: psycopg.Connection, text: str, role: str | None) -> Result | None:
-    if role is None:
-        return _last_result(conn.execute(text))
-    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
-    try:
-        return _last_result(conn.execute(text))
-    finally:
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
-            conn.execute("RESET ROLE")
-
-
-def _run_failing(conn: psycopg.Connection, block: Block) -> None:
-    """The statements before the last succeed; the last fails with the annotated SQLSTATE."""
-    *before, last = helpers.split_statements(block.text + "\n;")  # a last statement may lack its ;
-    try:
-        # One transaction, rolled back: whatever the block did before failing is undone.
-        with conn.transaction():
-            if before:
-                try:
-                    _execute(conn, ";\n".join(before) + ";", block.role)
-                except psycopg.Error as error:
-                    raise AssertionError(
-                        f"{block.where}: block should fail with SQLSTATE {block.error} in its last statement, "
-                        f"but an earlier one failed with {error.sqlstate}: {error}"
-                    ) from error
-            _execute(conn, last, block.role)
-    except psycopg.Error as error:
-        assert error.sqlstate == block.error, (
-            f"{block.where}: block should fail with SQLSTATE {block.error}, failed with {error.sqlstate}: {error}"
-        )
-    else:
-        raise AssertionError(f"{block.where}: block should fail with SQLSTATE {block.error}, but it succeeded")
-
-
-def run_block(conn: psycopg.Connection, block: Block) -> Result | None:
-    """Run one block on an autocommit connection, as its role and error directives say, and
-    compare what it returns with what the text states."""
-    # psycopg prepares statements it runs often and, after a ROLLBACK or DROP, clears them with
-    # DEALLOCATE ALL, which would also remove the PREPAREd statements of the docs.
-    conn.prepare_threshold = None
-    result: Result | None = None
-    if block.error is None:
-        try:
-            result = _execute(conn, block.text, block.role)
-        except psycopg.Error as error:
-            raise AssertionError(f"{block.where}: block failed with SQLSTATE {error.sqlstate}: {error}") from error
-    else:
-        _run_failing(conn, block)
-    status = conn.info.transaction_status
-    assert status == psycopg.pq.TransactionStatus.IDLE, f"{block.where}: block left a transaction open ({status.name})"
-    users = conn.execute("SELECT current_user = session_user").fetchone()
-    assert users == (True,), f"{block.where}: block left a SET ROLE behind"
-    if block.error is None:
-        compare_result(block, result)
-    return result
-
-
-# --- comparing a stated result -----------------------------------------------------------
-
-
-def _stated_row(block: Block, stated: str) -> dict[str, str]:
-    pairs = re.split(r",\s*(?=[a-z_][a-z0-9_]* = )", stated)
-    row: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition(" = ")
-        assert sep and NAME.match(name), f"{block.where}: `-- returns: {stated}`: expected `no row` or col = value, ..."
-        row[name] = value
-    return row
-
-
-def compare_returns(block: Block, result: Result | None) -> None:
-    stated = block.returns
-    if stated is None:
-        return
-    assert result is not None, f"{block.where}: the text says it returns {stated!r}, but it returned no result"
-    if stated == "no row":
-        assert not result.rows, f"{block.where}: the text says no row comes back, got {list(result.rows)}"
-        return
-    row = _stated_row(block, stated)
-    assert len(result.rows) == 1, f"{block.where}: the text states one row ({stated}), got {len(result.rows)} rows"
-    found = dict(zip(result.columns, result.rows[0], strict=True))
-    for name, value in row.items():
-        assert name in found, f"{block.where}: the text names column {name}, the result has {list(result.columns)}"
-        assert found[name] == value, f"{block.where}: column {name}: the text says {value!r}, got {found[name]!r}"
-
-
-def parse_table(expected: Expected, where: str) -> Result:
-    """A psql-style aligned table: header, a line of dashes, rows, an optional `(N rows)`."""
-    lines = [line for line in expected.lines if line.strip()]
-    assert len(lines) >= 2 and re.fullmatch(r"[-+]+", lines[1].strip()), (
-        f"{where}: a result table needs a header and a line of dashes"
-    )
-    footer = re.fullmatch(r"\((\d+) rows?\)", lines[-1].strip())
-    body = lines[2:-1] if footer else lines[2:]
-    split = lambda line: tuple(cell.strip() for cell in line.split("|"))  # noqa: E731
-    rows = tuple(split(line) for line in body)
-    if footer:
-        assert int(footer.group(1)) == len(rows), f"{where}: the table says {footer.group(0)} but shows {len(rows)}"
-    return Result(split(lines[0]), rows)
-
-
-def plan_shape(lines: list[str] | tuple[str, ...]) -> list[str]:
-    """The node lines of a text plan: node type, index and relation, without costs and times."""
-    shape = []
-    for line in lines:
-        text = re.sub(r"^\s*(->\s+)?", "", line)
-        text = re.sub(r"\s+\((cost|actual)[^)]*\)", "", text).strip()
-        if text and ":" not in text:
-            shape.append(text)
-    return shape
-
-
-def compare_result(block: Block, result: Result | None) -> None:
-    """The `-- returns:` line and the `result`/`plan` text block, against what the block returned."""
-    compare_returns(block, result)
-    expected = block.expected
-    if expected is None:
-        return
-    where = f"{_shown(block.path)}:{expected.line}"
-    assert result is not None, f"{where}: states a result, but {block.where} returned none"
-    if expected.kind == "plan":
-        printed = [row[0] or "" for row in result.rows]
-        assert plan_shape(expected.lines) == plan_shape(printed), (
-            f"{where}: the plan in the text is not the plan {block.where} printed:\n" + "\n".join(printed)
-        )
-        return
-    table = parse_table(expected, where)
-    shown = tuple(tuple("" if v is None else v for v in row) for row in result.rows)
-    assert table.columns == result.columns, f"{where}: columns {table.columns}, the block returned {result.columns}"
-    assert table.rows == shown, f"{where}: rows {list(table.rows)}, the block returned {list(shown)}"
-
-
-def compare_output(block: Block, output: str) -> None:
-    """A psql block's output against its `result` text block: its lines, in order; `...` skips."""
-    if block.expected is None:
-        return
-    where = f"{_shown(block.path)}:{block.expected.line}"
-    printed = [line.strip() for line in output.splitlines()]
-    position = 0
-    skipping = False
-    for line in (line.strip() for line in block.expected.lines):
-        if line == "...":
-            skipping = True
-            continue
-        if skipping:
-            found = next((i for i in range(position, len(printed)) if printed[i] == line), None)
-        else:
-            found = position if position < len(printed) and printed[position] == line else None
-        assert found is not None, f"{where}: psql did not print {line!r} there:\n{output}"
-        position, skipping = found + 1, False
-
-
-def run_psql_block(server: Server, dbname: str, block: Block) -> str:
-    """Run a block through psql, stopping at the first error; a meta-command that finds nothing fails."""
-    result = helpers.psql(server, dbname, "-v", "ON_ERROR_STOP=1", stdin="\\set VERBOSITY verbose\n" + block.text)
-    if result.returncode != 0:
-        state = re.search(r"ERROR:\s+([0-9A-Z]{5}):", result.stderr)
-        raise AssertionError(
-            f"{block.where}: psql block failed with SQLSTATE {state.group(1) if state else 'unknown'} "
-            f"(exit {result.returncode}): {result.stderr.strip()}"
-        )
-    empty = EMPTY_LISTING.search(result.stdout)
-    assert empty is None and "Did not find any" not in result.stdout + result.stderr, (
-        f"{block.where}: a meta-command found nothing:\n{result.stdout}{result.stderr}"
-    )
-    compare_output(block, result.stdout)
-    return result.stdout
-
-
-def _roles(conn: psycopg.Connection) -> set[str]:
-    """Roles on the server, less the idempotency_test_* roles that other tests'
-    fixtures own (and may be creating right now, from another worker)."""
-    return {
-        row[0] for row in conn.execute(r"SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'idempotency\_test\_%'")
-    }
-
-
-def drop_roles(conn: psycopg.Connection, roles: set[str]) -> None:
-    """Drop roles created during a test; `conn` is on the last database they hold privileges in."""
-    for role in sorted(roles):
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-
-
-def load_data(conn: psycopg.Connection, name: str) -> None:
-    """A data fixture, statement by statement in autocommit (it may VACUUM)."""
-    for statement in helpers.split_statements((DATA / f"{name}.sql").read_text()):
-        conn.execute(statement)
-
-
-def _run_fresh(pg_server: Server, dbname: str, block: Block) -> set[str]:
-    """Run a fresh block; return the roles it created (dropped here, before its database goes)."""
-    with pg_server.connect(dbname, autocommit=True) as fresh:
-        before = _roles(fresh)
-        try:
-            if block.data is not None:
-                load_data(fresh, block.data)
-            run_block(fresh, block)
-        finally:
-            created = _roles(fresh) - before
-            drop_roles(fresh, created)
-    return created
-
-
-# The guide's pages run after it on the same database: a page may use the roles, grants and
-# prepared statements the guide creates, as a reader who followed the guide has them.
-SEQUENCES = {"guide and its pages": (GUIDE, *PAGES), "README": (ROOT / "README.md",)}
 
 
 @pytest.mark.parametrize("paths", SEQUENCES.values(), ids=list(SEQUENCES))
@@ -515,7 +46,7 @@ def test_every_sql_block_runs_as_annotated(
     paths: tuple[Path, ...],
 ) -> None:
     blocks = [block for path in paths for block in parse_blocks(path)]
-    roles_before = _roles(conn)
+    roles_before = server_roles(conn)
     deferred: list[Block] = []
     try:
         for block in blocks:
@@ -524,59 +55,13 @@ def test_every_sql_block_runs_as_annotated(
             elif block.place == "psql":
                 run_psql_block(pg_server, database, block)
             elif block.place == "fresh":
-                _run_fresh(pg_server, fresh_database(), block)
+                run_fresh(pg_server, fresh_database(), block)
             else:
                 deferred.append(block)
     finally:
-        drop_roles(conn, _roles(conn) - roles_before)
+        drop_roles(conn, server_roles(conn) - roles_before)
     expected = [b for b in pg_cron_blocks() if b.path in paths]
     assert deferred == expected, "every pg_cron block is the one tests/test_pg_cron.py runs, none is dropped"
-
-
-# --- shell blocks ------------------------------------------------------------------------
-
-SHELL_PRELUDE = r"""
-set -euo pipefail
-psql() {
-    local args=()
-    while (($#)); do
-        case "$1" in
-            -h|-p|-U|-d|--host|--port|--username|--dbname) shift 2 ;;
-            --host=*|--port=*|--username=*|--dbname=*) shift ;;
-            *) args+=("$1"); shift ;;
-        esac
-    done
-    command "$DOC_PSQL" -d "$DOC_CONNINFO" "${args[@]}"
-}
-docker() {
-    [ "$1" = exec ] || { echo "docker $1: only docker exec runs here" >&2; return 2; }
-    shift
-    while [[ "$1" == -* ]]; do shift; done
-    shift  # the container
-    "$@"
-}
-make() { :; }
-"""
-
-
-def run_shell(server: Server, dbname: str, shell: Shell, workdir: Path) -> subprocess.CompletedProcess[str]:
-    """Run a shell block with bash against `dbname`, in `workdir` (where sql/ and tests/ are ours)."""
-    for name in ("sql", "tests"):
-        if not (workdir / name).exists():
-            (workdir / name).symlink_to(ROOT / name)
-    env = server.client_env()
-    env.update(DOC_PSQL=server.tool("psql"), DOC_CONNINFO=server.conninfo(dbname), DATABASE_URL=server.conninfo(dbname))
-    bash = shutil.which("bash")
-    assert bash is not None
-    return subprocess.run(
-        [bash, "-c", SHELL_PRELUDE + shell.text],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.name)
@@ -612,38 +97,6 @@ def test_readme_commands_sit_in_fenced_blocks() -> None:
             raise AssertionError(f"README.md:{number}: an indented code block; fence it so that the tests run it")
 
 
-def test_annotations_are_understood() -> None:
-    for directive in (
-        "error 23514",
-        "psql",
-        "role app_user",
-        "pg_cron",
-        "fresh",
-        "role app; error 42501",
-        "result",
-        "plan",
-        "not-run needs a Docker container",
-        "fresh; data guide_40k",
-    ):
-        try:
-            parse_annotation(directive, "here")
-        except AssertionError as error:
-            assert "no fixture" in str(error), error
-    for wrong in (
-        "errors 23514",
-        "error 2351",
-        "role",
-        "skip",
-        "psql; error 42501",
-        "role a; role b",
-        "not-run",
-        "result; fresh",
-        "data x",
-    ):
-        with pytest.raises(AssertionError):
-            parse_annotation(wrong, "here")
-
-
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.name)
 def test_every_sql_fence_is_a_parsed_block(path: Path) -> None:
     fences = sum(1 for line in path.read_text().splitlines() if line.rstrip() == "```sql")
@@ -667,247 +120,28 @@ def test_the_docs_have_blocks_of_every_kind() -> None:
     assert not short, f"the docs have fewer blocks than they document (kind: (found, expected at least)): {short}"
 
 
-SELF_TEST = """\
-<!-- test: error 23514 -->
-```sql
-INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at)
-VALUES ('00000000-0000-0000-0000-0000000000d1', 'x', '{}', now() - INTERVAL '1 hour');
-```
-
-```sql
-CREATE ROLE ROLE_NAME_HERE NOLOGIN;
-GRANT SELECT ON idempotency_records TO ROLE_NAME_HERE;
-```
-
-<!-- test: role ROLE_NAME_HERE -->
-```sql
-SELECT count(*) FROM idempotency_records;
-```
-
-<!-- test: role ROLE_NAME_HERE; error 42501 -->
-```sql
-DELETE FROM idempotency_records;
-```
-
-<!-- test: psql -->
-```sql
-\\d idempotency_records
-```
-"""
-
-
-def _write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "doc.md"
-    path.write_text(text)
-    return path
-
-
-def test_the_runner_runs_each_kind_of_block(
-    tmp_path: Path, pg_server: Server, database: str, conn: psycopg.Connection
-) -> None:
-    role = f"docs_selftest_{os.getpid()}"
-    blocks = parse_blocks(_write(tmp_path, SELF_TEST.replace("ROLE_NAME_HERE", role)))
-    assert [(b.place, b.role, b.error) for b in blocks] == [
-        ("sequence", None, "23514"),
-        ("sequence", None, None),
-        ("sequence", role, None),
-        ("sequence", role, "42501"),
-        ("psql", None, None),
-    ]
-    try:
-        for block in blocks[:4]:
-            run_block(conn, block)
-        run_psql_block(pg_server, database, blocks[4])
-    finally:
-        drop_roles(conn, {role})
-
-
-STATED = """\
-```sql
-INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-VALUES ('00000000-0000-0000-0000-0000000000e1', 'x', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour');
-SELECT deleted_count FROM cleanup_expired_idempotency_records();
--- returns: deleted_count = 1
-```
-
-```sql
-SELECT operation FROM idempotency_records;
--- returns: no row
-```
-
-```sql
-SELECT 1 AS a, 'two' AS b UNION ALL SELECT 3, NULL;
-```
-
-<!-- test: result -->
-```text
- a |  b
----+-----
- 1 | two
- 3 |
-(2 rows)
-```
-"""
-
-
-def test_a_stated_result_that_holds_passes(tmp_path: Path, conn: psycopg.Connection) -> None:
-    blocks = parse_blocks(_write(tmp_path, STATED))
-    assert [b.compared for b in blocks] == [True, True, True]
-    for block in blocks:
-        run_block(conn, block)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        (
-            "<!-- test: error 42501 -->\n```sql\nSELECT 1;\n```\n",
-            r"doc.md:2: block should fail with SQLSTATE 42501, but it succeeded",
-        ),
-        (
-            "<!-- test: error 42501 -->\n```sql\nSELECT 1/0;\n```\n",
-            r"doc.md:2: block should fail with SQLSTATE 42501, failed with 22012",
-        ),
-        (
-            "<!-- test: error 22012 -->\n```sql\nSELECT 1/0;\nSELECT 1;\n```\n",
-            r"doc.md:2: block should fail with SQLSTATE 22012 in its last statement, but an earlier one failed",
-        ),
-        ("text\n\n```sql\nSELECT * FROM missing;\n```\n", r"doc.md:3: block failed with SQLSTATE 42P01"),
-        ("```sql\nBEGIN;\n```\n", r"doc.md:1: block left a transaction open"),
-        ("<!-- test: fresh -->\n\n```sql\nSELECT 1;\n```\n", r"doc.md:1: a test annotation must sit right before"),
-        ("<!-- test: maybe -->\n```sql\nSELECT 1;\n```\n", r"doc.md:1: unknown test annotation 'maybe'"),
-        (
-            "```sql\nSELECT 149 AS deleted_count;\n-- returns: deleted_count = 150\n```\n",
-            r"doc.md:1: column deleted_count: the text says '150', got '149'",
-        ),
-        ("```sql\nSELECT 1 AS a;\n-- returns: no row\n```\n", r"doc.md:1: the text says no row comes back"),
-        (
-            "```sql\nSELECT 1 AS a;\n-- returns: a = 1\nSELECT 2;\n```\n",
-            r"doc.md:1: `-- returns:` must close the block",
-        ),
-        (
-            "```sql\nSELECT 1 AS a;\n```\n\n<!-- test: result -->\n```text\n a\n---\n 2\n```\n",
-            r"doc.md:6: rows \[\('2',\)\], the block returned \[\('1',\)\]",
-        ),
-        (
-            "```sql\nSELECT 1 AS a;\n```\n```ini\nx = 1\n```\n<!-- test: result -->\n```text\n a\n---\n 1\n```\n",
-            r"doc.md:8: a `result` block must follow the ```sql block",
-        ),
-        (
-            "```sql\nEXPLAIN SELECT 1 FROM idempotency_records WHERE request_id = gen_random_uuid();\n```\n\n"
-            "<!-- test: plan -->\n```text\nHash Join  (cost=0.00..1.00 rows=1 width=4)\n```\n",
-            r"doc.md:6: the plan in the text is not the plan .*doc.md:1 printed",
-        ),
-    ],
-)
-def test_the_runner_reports_a_wrong_block_by_file_and_line(
-    tmp_path: Path, conn: psycopg.Connection, text: str, message: str
-) -> None:
-    with pytest.raises(AssertionError, match=message):
-        for block in parse_blocks(_write(tmp_path, text)):
-            run_block(conn, block)
-
-
-def test_plan_shape_keeps_nodes_and_drops_costs_times_and_conditions() -> None:
-    printed = [
-        "Delete on idempotency_records  (cost=39.64..1581.98 rows=0 width=0) (actual time=0.7..0.7 rows=0 loops=1)",
-        "  ->  Bitmap Heap Scan on idempotency_records  (cost=39.64..1581.98 rows=1980 width=6)",
-        "        Recheck Cond: (expires_at <= now())",
-        "        ->  Bitmap Index Scan on idx_idempotency_expires  (cost=0.00..39.14 rows=1980 width=0)",
-        "Planning Time: 0.043 ms",
-    ]
-    assert plan_shape(printed) == [
-        "Delete on idempotency_records",
-        "Bitmap Heap Scan on idempotency_records",
-        "Bitmap Index Scan on idx_idempotency_expires",
-    ]
-
-
-def test_a_failing_psql_block_names_its_sqlstate(tmp_path: Path, pg_server: Server, database: str) -> None:
-    (block,) = parse_blocks(_write(tmp_path, "<!-- test: psql -->\n```sql\nSELECT * FROM missing;\n```\n"))
-    with pytest.raises(AssertionError, match=r"doc.md:2: psql block failed with SQLSTATE 42P01"):
-        run_psql_block(pg_server, database, block)
-
-
-@pytest.mark.parametrize("command", ["\\df no_such_function", "\\dt no_such_table", "\\d no_such_table"])
-def test_a_psql_meta_command_that_finds_nothing_fails(
-    tmp_path: Path, pg_server: Server, database: str, command: str
-) -> None:
-    (block,) = parse_blocks(_write(tmp_path, f"<!-- test: psql -->\n```sql\n{command}\n```\n"))
-    with pytest.raises(AssertionError, match=r"doc.md:2: (a meta-command found nothing|psql block failed)"):
-        run_psql_block(pg_server, database, block)
-
-
-def test_a_psql_block_output_is_compared(tmp_path: Path, pg_server: Server, database: str) -> None:
-    text = "<!-- test: psql -->\n```sql\n\\df cleanup_expired_idempotency_records\n```\n\n<!-- test: result -->\n```text\n{}\n```\n"
-    ok = parse_blocks(_write(tmp_path, text.format("...\n(1 row)")))
-    run_psql_block(pg_server, database, ok[0])
-    wrong = parse_blocks(_write(tmp_path, text.format("...\n(2 rows)")))
-    with pytest.raises(AssertionError, match=r"doc.md:7: psql did not print '\(2 rows\)'"):
-        run_psql_block(pg_server, database, wrong[0])
-
-
-SHELLS = """\
-```bash
-psql -v ON_ERROR_STOP=1 -1 -h localhost -U postgres -d jive_money -f sql/046_create_idempotency_cleanup_job.sql
-docker exec -i jive-postgres psql -v ON_ERROR_STOP=1 -U postgres -d jive_money < sql/046_create_idempotency_cleanup_job.sql
-psql -v ON_ERROR_STOP=1 -d "$DATABASE_URL" -c "SELECT deleted_count FROM cleanup_expired_idempotency_records();"
-make verify
-```
-
-<!-- test: not-run needs a cluster of three servers -->
-```bash
-psql -h node1 -c 'SELECT 1'
-```
-
-```bash
-psql -v ON_ERROR_STOP=1 -c "SELECT * FROM missing"
-```
-
-```bash
-make bench
-```
-"""
-
-
-def test_shell_blocks_run_with_psql_against_the_test_database(tmp_path: Path, pg_server: Server, database: str) -> None:
-    shells = parse_shells(_write(tmp_path, SHELLS))
-    assert [(s.line, s.not_run) for s in shells] == [(1, None), (9, "needs a cluster of three servers"), (13, None)]
-    done = run_shell(pg_server, database, shells[0], tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "deleted_count" in done.stdout, done.stdout
-    failed = run_shell(pg_server, database, shells[2], tmp_path)
-    assert failed.returncode != 0 and "missing" in failed.stderr, "a failing psql command fails the block"
+PG_CRON_TEST = ROOT / "tests" / "test_pg_cron.py"
+PG_CRON_RUNNER = "test_the_documented_pg_cron_blocks_all_run"
 
 
 def test_the_pg_cron_test_runs_every_pg_cron_block() -> None:
-    from tests import test_pg_cron
-
-    runner = inspect.getsource(test_pg_cron.test_the_documented_pg_cron_blocks_all_run)
-    assert test_pg_cron.pg_cron_blocks is pg_cron_blocks, "tests/test_pg_cron.py selects the blocks with this module"
-    assert "pg_cron_blocks()" in runner and "run_block(" in runner, "and runs every one of them"
-    assert not any(
-        mark.name == "skip"
-        for mark in getattr(test_pg_cron.test_the_documented_pg_cron_blocks_all_run, "pytestmark", [])
-    )
-
-
-def _slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return text.replace(" ", "-")
-
-
-def _anchors(path: Path) -> set[str]:
-    lines = path.read_text().splitlines()
-    anchors: set[str] = set()
-    inside = False
-    for line in lines:
-        if line.startswith("```"):
-            inside = not inside
-        elif not inside and (heading := re.match(r"^#{1,6} (.*)$", line)):
-            anchors.add(_slug(heading.group(1)))
-    return anchors
+    """Read, not imported (no test module imports another): the pg_cron test takes its blocks from
+    tests/docblocks.py and runs each one, and is not skipped."""
+    tree = ast.parse(PG_CRON_TEST.read_text())
+    imported = {
+        alias.name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module == "tests.docblocks"
+        for alias in node.names
+    }
+    assert "pg_cron_blocks" in imported, f"{shown(PG_CRON_TEST)} selects the blocks with tests/docblocks.py"
+    (runner,) = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == PG_CRON_RUNNER]
+    calls = {
+        node.func.id for node in ast.walk(runner) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+    assert {"pg_cron_blocks", "run_block"} <= calls, f"{PG_CRON_RUNNER} runs every one of them"
+    marks = [ast.unparse(decorator) for decorator in runner.decorator_list]
+    assert not any("skip" in mark for mark in marks), f"{PG_CRON_RUNNER} is not skipped: {marks}"
 
 
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.name)
@@ -915,8 +149,8 @@ def test_every_link_into_the_docs_finds_its_heading(path: Path) -> None:
     for number, line in enumerate(path.read_text().splitlines(), 1):
         for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", line):
             document = (path.parent / target).resolve() if target else path
-            assert document.is_file(), f"{_shown(path)}:{number}: link to a missing file {target}"
-            assert anchor in _anchors(document), f"{_shown(path)}:{number}: no heading #{anchor} in {document.name}"
+            assert document.is_file(), f"{shown(path)}:{number}: link to a missing file {target}"
+            assert anchor in anchors(document), f"{shown(path)}:{number}: no heading #{anchor} in {document.name}"
 
 
 def test_every_page_of_the_docs_is_run() -> None:
@@ -933,54 +167,6 @@ def test_the_test_map_lists_every_test_module() -> None:
 
 
 # A literal, a comment, a run of white space: what two copies of one statement may differ in.
-# A string first, so that `--` inside one is no comment; a parameter ($1) stands for a literal;
-# a number not part of a name.
-LITERAL_OR_COMMENT = re.compile(r"'(?:[^']|'')*'|--[^\n]*|\$\d+|(?<![\w$.])\d+(?:\.\d+)?(?![\w.])")
-# A prepared statement prints the statement it prepares: that one is compared too.
-PREPARED = re.compile(r"^(?:\s*--[^\n]*\n)*\s*PREPARE\s+\w+\s*(?:\([^)]*\))?\s*AS\s+", re.IGNORECASE)
-
-
-def normalised(statement: str) -> str:
-    """The statement with every string and number literal replaced by `?`, comments dropped,
-    white space collapsed and case folded: two copies that differ only in their literals
-    ('payment' or 'login', one request_id or another) or in layout compare equal."""
-    text = LITERAL_OR_COMMENT.sub(lambda m: "" if m.group().startswith("--") else "?", statement)
-    text = re.sub(r"\s+", " ", text).strip().lower()
-    return re.sub(r" ?([(),;]) ?", r"\1", text)
-
-
-DOLLAR_BODY = re.compile(r"(\$[A-Za-z_]*\$)(.*?)\1", re.DOTALL)
-# What opens a PL/pgSQL statement list before its first statement.
-BLOCK_OPENERS = re.compile(r"^(?:\s*(?:DECLARE\b[^;]*?(?=\bBEGIN\b)|BEGIN|LOOP|THEN|ELSE)\b)+\s*", re.IGNORECASE)
-
-
-def statements_of(text: str) -> list[str]:
-    """The statements of `text`, and those inside its dollar-quoted bodies (a DO block's,
-    a function's), each body's own statements stripped of the BEGIN/LOOP that opens them."""
-    found = []
-    for statement in helpers.split_statements(text + "\n;"):
-        if prepared := PREPARED.match(statement):
-            statement = statement[prepared.end() :]
-        found.append(statement)
-        for body in DOLLAR_BODY.finditer(statement):
-            found += [BLOCK_OPENERS.sub("", inner) for inner in statements_of(body.group(2))]
-    return found
-
-
-def long_statements(paths: tuple[Path, ...]) -> dict[str, list[str]]:
-    """Every SQL statement of five lines or more in the sql blocks of `paths`, also inside a
-    DO block or a function body (comments and blank lines left out), by its normalised
-    text, with where each copy is printed."""
-    found: dict[str, list[str]] = {}
-    for path in paths:
-        for block in parse_blocks(path):
-            for statement in statements_of(block.text):
-                lines = [line for line in statement.splitlines() if line.strip() and not line.strip().startswith("--")]
-                if len(lines) >= 5:
-                    found.setdefault(normalised(statement), []).append(f"{block.where} ({lines[0].strip()})")
-    return found
-
-
 def test_no_long_statement_is_printed_twice_across_the_docs() -> None:
     pages = tuple(path for path in DOCUMENTS if path.parent == ROOT / "docs")
     twice = [where for where in long_statements(pages).values() if len(where) > 1]
@@ -988,76 +174,6 @@ def test_no_long_statement_is_printed_twice_across_the_docs() -> None:
         "statements of 5+ lines printed more than once, also with other literals "
         "(print once, refer by heading):\n" + "\n".join("; ".join(where) for where in twice)
     )
-
-
-def test_a_statement_printed_twice_is_found(tmp_path: Path) -> None:
-    statement = "SELECT\n    1,\n    2,\n    3\nFROM idempotency_records;\n"
-    path = _write(tmp_path, f"```sql\n{statement}```\n\n```sql\n-- again\n{statement}```\n")
-    assert [len(where) for where in long_statements((path,)).values()] == [2]
-
-
-def test_a_statement_printed_again_inside_a_do_block_is_found(tmp_path: Path) -> None:
-    statement = "DELETE FROM idempotency_records\nWHERE\n    expires_at\n    <= now()\n    AND true"
-    inner = textwrap.indent(statement, " " * 8)
-    loop = f"DO $cleanup$\nDECLARE\n    n BIGINT;\nBEGIN\n    LOOP\n{inner};\n        EXIT;\n    END LOOP;\nEND\n$cleanup$;\n"
-    path = _write(tmp_path, f"```sql\n{statement};\n```\n\n```sql\n{loop}```\n")
-    assert [len(where) for where in long_statements((path,)).values() if len(where) > 1] == [2]
-
-
-CLAIMED_TWICE = """\
-```sql
-INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-VALUES ('d7a4c1e2-5b3f-4e8a-9c61-0f2b7e9a4d13', 'payment', '{"payment_id": 1}', 201, now() + INTERVAL '72 hours')
-ON CONFLICT (request_id) DO UPDATE SET
-    operation = EXCLUDED.operation,  -- the same key, another operation
-    expires_at = EXCLUDED.expires_at
-WHERE idempotency_records.expires_at <= now();
-```
-
-```sql
-insert into idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-values ('3c9e8f21-7a4d-4b6e-8f10-2d5c6b7a8e94', 'login', '{"session": "it''s -- s-1"}', 200,
-        now() + interval '1 hour')
-on conflict (request_id) do update set
-    operation = excluded.operation,
-    expires_at = excluded.expires_at
-where idempotency_records.expires_at <= now();
-```
-
-```sql
-INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-VALUES ('3c9e8f21-7a4d-4b6e-8f10-2d5c6b7a8e94', 'login', '{}', 200, now() + INTERVAL '1 hour')
-ON CONFLICT (request_id) DO UPDATE SET
-    operation = EXCLUDED.operation,
-    status_code = EXCLUDED.status_code
-WHERE idempotency_records.expires_at <= now();
-```
-
-```sql
--- the first, prepared: its parameters stand for the literals
-PREPARE claim (UUID, TEXT, TEXT, INTEGER) AS
-INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-VALUES ($1, $2, $3, $4, now() + INTERVAL '72 hours')
-ON CONFLICT (request_id) DO UPDATE SET
-    operation = EXCLUDED.operation,
-    expires_at = EXCLUDED.expires_at
-WHERE idempotency_records.expires_at <= now();
-```
-"""
-
-
-def test_a_statement_that_differs_only_in_literals_and_layout_is_found(tmp_path: Path) -> None:
-    path = _write(tmp_path, CLAIMED_TWICE)
-    copies = sorted(len(where) for where in long_statements((path,)).values())
-    # The first two differ in the key, the operation, the payload, the status, the lifetime, a
-    # comment, the case of the keywords and the line breaks; the third sets another column; the
-    # fourth prepares the first with parameters.
-    assert copies == [1, 3], f"expected one statement printed three times and one once, got {copies}"
-
-
-def test_normalised_keeps_names_and_parameters_apart_from_literals() -> None:
-    assert normalised("SELECT t1, $1, 2 FROM x") == "select t1,?,? from x"
-    assert normalised("SELECT 'a -- b', 1.5 -- c\n, 'it''s'") == "select ?,?,?"
 
 
 def test_the_guide_contents_list_every_section() -> None:
@@ -1070,5 +186,5 @@ def test_the_guide_contents_list_every_section() -> None:
         if line.strip().startswith("```"):
             inside = not inside
         elif not inside and (heading := re.match(r"^#{2,3} (.*)$", line)) and heading.group(1) != "Contents":
-            headings.append((heading.group(1), _slug(heading.group(1))))
+            headings.append((heading.group(1), slug(heading.group(1))))
     assert listed == headings, "the guide's Contents lists its sections, in order"

@@ -45,8 +45,7 @@ import pytest
 from psycopg import sql
 
 from tests import helpers, shadowable
-from tests.helpers import ROOT, UP_FILES, apply
-from tests.test_docs import (
+from tests.docblocks import (
     DOCUMENTS,
     GUIDE,
     SEQUENCES,
@@ -61,6 +60,7 @@ from tests.test_docs import (
     run_shell,
     statements_of,
 )
+from tests.helpers import ROOT, UP_FILES, apply
 from tooling import servers
 from tooling.servers import Server
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from tests.docblocks import GUIDE, Block, parse_blocks, run_block
 from tests.helpers import ROOT
 from tests.patterns import QUERIES
-from tests.test_docs import GUIDE, Block, parse_blocks, run_block
 from tooling.servers import Server
 
 STATES = ROOT / "tests" / "fixtures" / "states"

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from tests import deployers, helpers
-from tests.test_docs import GUIDE, Block, parse_blocks, pg_cron_blocks, run_block
+from tests.docblocks import GUIDE, Block, parse_blocks, pg_cron_blocks, run_block
 from tooling import servers
 
 SERVER_BINARY = Path("/usr/lib/postgresql/15/bin/postgres")
