@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from tests import helpers
+from tests import helpers, roles
 from tooling import servers
 
 _names = itertools.count(1)
@@ -101,6 +101,13 @@ def conn(pg_server: servers.Server, database: str) -> Iterator[psycopg.Connectio
     """An autocommit connection to a fresh migrated database."""
     with pg_server.connect(database, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def role(conn: psycopg.Connection) -> Iterator[str]:
+    """A new role with no privileges, dropped (with its grants on the test's database) after the test."""
+    with roles.new_role(conn, roles.unique_name()) as name:
+        yield name
 
 
 @pytest.fixture

@@ -20,24 +20,6 @@ from tooling.plans import describe_plan, plan_nodes
 __all__ = ["DOWN_FILES", "ROOT", "SQL_DIR", "UP_FILES", "describe_plan", "plan_nodes"]
 
 
-# The report's repository queries (IdempotencyRepository::get / ::save), with
-# psycopg placeholders for its $1..$5; in REPORT_SAVE the fifth is the TTL in hours.
-REPORT_GET = """
-SELECT request_id, operation, result_payload, status_code, created_at, expires_at
-FROM idempotency_records
-WHERE request_id = %s AND expires_at > now()
-"""
-REPORT_SAVE = """
-INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-VALUES (%s, %s, %s, %s, now() + INTERVAL '1 hour' * %s)
-ON CONFLICT (request_id) DO UPDATE SET
-    operation = EXCLUDED.operation,
-    result_payload = EXCLUDED.result_payload,
-    status_code = EXCLUDED.status_code,
-    expires_at = EXCLUDED.expires_at
-"""
-
-
 def apply(conn: psycopg.Connection, path: Path) -> None:
     """Run a migration file the way a runner does: its whole text, one transaction.
 
@@ -48,7 +30,7 @@ def apply(conn: psycopg.Connection, path: Path) -> None:
         conn.execute(path.read_text())
 
 
-def sqlstate_of(conn: psycopg.Connection, query: Any, params: tuple[object, ...] = ()) -> str | None:
+def sqlstate_of(conn: psycopg.Connection, query: Any, params: Any = ()) -> str | None:
     """The SQLSTATE a statement fails with (None if it succeeds); its transaction is rolled back."""
     try:
         with conn.transaction():

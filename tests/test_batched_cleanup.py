@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from tests.helpers import count, describe_plan, explain, plan_nodes, psql
-from tests.patterns import BATCH_SIZE, CLAIM, CLEANUP_BATCH, CLEANUP_LOOP, gate, results, together, wait_for_waiters
+from tests.sessions import gate, results, together, wait_for_waiters
+from tests.statements import BATCH_SIZE, CLAIM, CLEANUP_BATCH, CLEANUP_LOOP
 from tooling import servers
 
 DELETION_LOG = """

@@ -24,8 +24,9 @@ import pytest
 
 from bench.database import read_sql, script_statement
 from bench.pgbench import pgbench_binary
+from tests.docblocks import QUERIES
 from tests.helpers import ROOT
-from tests.patterns import CLEANUP_BATCH, QUERIES, REPORT_GET, render
+from tests.statements import CLEANUP_BATCH, DUPLICATE_CHECK, render
 from tooling import servers
 
 EXPECTED_COLUMNS = ["phase", "workload", "size", "metric", "unit", "median", "min", "max", "p25", "p75", "rounds"]
@@ -246,7 +247,7 @@ def test_bench_lookup_is_the_repositorys_get(name: str) -> None:
 
 
 def test_bench_narrow_lookup_is_the_guides_duplicate_check() -> None:
-    _same(script_statement("lookup_hit_narrow.sql"), render(REPORT_GET, **BENCH_GET), "lookup_hit_narrow.sql")
+    _same(script_statement("lookup_hit_narrow.sql"), render(DUPLICATE_CHECK, **BENCH_GET), "lookup_hit_narrow.sql")
 
 
 @pytest.mark.parametrize(

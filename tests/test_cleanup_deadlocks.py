@@ -33,7 +33,7 @@ from psycopg import sql
 
 from tests import reliability
 from tests.helpers import count, explain, plan_nodes
-from tests.patterns import BATCH_SIZE, CLAIM, CLEANUP_BATCH
+from tests.statements import BATCH_SIZE, CLAIM, CLEANUP_BATCH
 from tooling.servers import Server
 
 RUNS = 5

@@ -26,7 +26,9 @@ import psycopg
 import pytest
 
 from tests import reliability
-from tests.helpers import REPORT_SAVE, count
+from tests.helpers import count
+from tests.statements import REPORT_SAVE
+from tooling.records import save_params
 from tooling.servers import Server
 
 T = TypeVar("T")
@@ -35,17 +37,17 @@ SESSIONS = 32
 
 # The report's save query (IdempotencyRepository::save), $5 = TTL in hours, with
 # RETURNING added so each session learns whether it inserted or updated.
-SAVE = REPORT_SAVE + "RETURNING (xmax = 0) AS inserted\n"
+SAVE = REPORT_SAVE + "\nRETURNING (xmax = 0) AS inserted"
 
-# The report's get query: only records that have not expired.
-GET = """
+# The report's get, reading back the three values a writer saved: only records that have not expired.
+READ_BACK = """
     SELECT operation, result_payload, status_code
     FROM idempotency_records
-    WHERE request_id = %s AND expires_at > now()
+    WHERE request_id = %(request_id)s AND expires_at > now()
 """
 
 # Insert-or-read, step 1: claim the key. Returns the row only to the session that inserted it.
-CLAIM = """
+INSERT_IF_ABSENT = """
     INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
     VALUES (%s, %s, %s, %s, now() + INTERVAL '24 hours')
     ON CONFLICT (request_id) DO NOTHING
@@ -124,7 +126,7 @@ def run_together(
                 gate = stack.enter_context(pg_server.connect(database))
                 observer = stack.enter_context(pg_server.connect(database, autocommit=True))
                 reliability.add("sessions", 2)
-                gate.execute(CLAIM, (gate_key, "gate", "{}", 0))
+                gate.execute(INSERT_IF_ABSENT, (gate_key, "gate", "{}", 0))
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=sessions))
             futures = [pool.submit(run, index) for index in range(sessions)]
             if gate is not None and observer is not None:
@@ -169,7 +171,7 @@ def insert_or_read(conn: psycopg.Connection, key: uuid.UUID, values: Row, attemp
     again is right, hence the loop.
     """
     for _ in range(attempts):
-        claimed = conn.execute(CLAIM, (key, *values)).fetchone()
+        claimed = conn.execute(INSERT_IF_ABSENT, (key, *values)).fetchone()
         reliability.add("operations")
         if claimed is not None:
             return True, claimed
@@ -187,7 +189,7 @@ def test_32_sessions_upserting_one_key_leave_one_whole_row(
     started = server_clock(conn)
 
     def upsert(session: psycopg.Connection, index: int) -> bool:
-        row = session.execute(SAVE, (key, *writer_values(index), index + 1)).fetchone()
+        row = session.execute(SAVE, save_params(key, *writer_values(index), index + 1)).fetchone()
         reliability.add("operations")
         assert row is not None
         return bool(row[0])
@@ -244,7 +246,7 @@ def race_against_uncommitted_insert(pg_server: Server, database: str, statement:
     ):
         reliability.add("sessions", 3)
         with holder.transaction():
-            holder.execute(CLAIM, (key, *first))
+            holder.execute(INSERT_IF_ABSENT, (key, *first))
             params = {"key": key, "operation": "op-02", "payload": writer_values(2)[1], "status": 202}
             pending = pool.submit(lambda: waiter.execute(statement, params).fetchall())
             all_wait_on(observer, [waiter.info.backend_pid], holder.info.backend_pid)
@@ -280,7 +282,7 @@ def test_two_statement_insert_or_read_returns_the_row_committed_while_it_waited(
     ):
         reliability.add("sessions", 3)
         with holder.transaction():
-            holder.execute(CLAIM, (key, *writer_values(1)))
+            holder.execute(INSERT_IF_ABSENT, (key, *writer_values(1)))
             pending = pool.submit(insert_or_read, waiter, key, writer_values(2))
             all_wait_on(observer, [waiter.info.backend_pid], holder.info.backend_pid)
         claimed, row = pending.result(timeout=30)
@@ -326,17 +328,17 @@ def write_and_look_up(session: psycopg.Connection, writer: int, ledger: Ledger) 
         elif step == 1:
             key = uuid.uuid4()
             values = (f"live-{writer}", json.dumps({"writer": writer, "round": round_}), 201)
-            session.execute(SAVE, (key, *values, 1))
+            session.execute(SAVE, save_params(key, *values, 1))
             own.append(key)
             with ledger.lock:
                 ledger.live[key] = values
         else:
             key = rng.choice(own)
             values = (f"live-{writer}", json.dumps({"writer": writer, "round": round_}), 200)
-            session.execute(SAVE, (key, *values, 1))
+            session.execute(SAVE, save_params(key, *values, 1))
             with ledger.lock:
                 ledger.live[key] = values
-            found = session.execute(GET, (key,)).fetchone()
+            found = session.execute(READ_BACK, {"request_id": key}).fetchone()
             assert found == values, f"writer {writer}: live key {key} must read back its last save, got {found}"
             with ledger.lock:
                 ledger.lookups += 1
@@ -455,9 +457,9 @@ def app_work(session: psycopg.Connection, live: list[uuid.UUID], window: Window,
     rng = random.Random(seed)
     window.open.wait(timeout=60)
     while not window.closed.is_set():
-        found = session.execute(GET, (rng.choice(live),)).fetchone()
+        found = session.execute(READ_BACK, {"request_id": rng.choice(live)}).fetchone()
         assert found is not None, "a live key must be found while the cleanup runs"
-        session.execute(SAVE, (uuid.uuid4(), "live", "{}", 201, 1))
+        session.execute(SAVE, save_params(uuid.uuid4(), "live", "{}", 201, 1))
         with window.lock:
             if not window.closed.is_set():
                 window.completions += 1
@@ -517,7 +519,7 @@ def test_long_cleanup_does_not_block_lookups_or_inserts_of_live_keys(pg_server: 
         cleaner.execute(BULK_INSERT, (BULK_EXPIRED,))
         live = [uuid.uuid4() for _ in range(LIVE_KEYS)]
         with cleaner.cursor() as cursor:
-            cursor.executemany(SAVE, [(key, "live", "{}", 200, 24) for key in live])
+            cursor.executemany(SAVE, [save_params(key, "live", "{}", 200, 24) for key in live])
         cleaner.execute("ANALYZE idempotency_records")
 
         # 1. The cleanup's DELETE is done but not committed: it holds a row lock

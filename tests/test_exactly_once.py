@@ -18,19 +18,10 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from tests.patterns import (
-    CLAIM,
-    LOOKUP,
-    RECORD_RESULT,
-    REPORT_GET,
-    REPORT_SAVE,
-    TRY_LOCK,
-    gate,
-    results,
-    together,
-    wait_for_waiters,
-)
+from tests.sessions import gate, results, together, wait_for_waiters
+from tests.statements import CLAIM, LOOKUP, RECORD_RESULT, REPORT_GET, REPORT_SAVE, TRY_LOCK
 from tooling import servers
+from tooling.records import save_params
 
 DUPLICATES = 8
 GATE = 900_001  # advisory lock key of the test's gate
@@ -126,16 +117,7 @@ def test_naive_get_then_save_runs_the_operation_once_per_duplicate(
                 ).fetchone()
                 assert row is not None
                 payload = json.dumps({"payment_id": row[0]})
-            conn.execute(
-                REPORT_SAVE,
-                {
-                    "request_id": key,
-                    "operation": "payment",
-                    "result_payload": payload,
-                    "status_code": 201,
-                    "ttl_hours": 72,
-                },
-            )
+            conn.execute(REPORT_SAVE, save_params(key, "payment", payload, 201, 72))
             return Response("executed", payload, 201)
 
     with together(DUPLICATES, naive) as futures:
@@ -315,13 +297,9 @@ def test_the_claim_refuses_an_over_long_operation_as_the_save_does(
             (key, operation[:100]),
         )
     with pytest.raises(psycopg.errors.StringDataRightTruncation) as save:
-        conn.execute(REPORT_SAVE, {**_save_params(key, operation)})
+        conn.execute(REPORT_SAVE, save_params(key, operation))
     with pytest.raises(psycopg.errors.StringDataRightTruncation) as claim:
         conn.execute(CLAIM, {"request_id": key, "operation": operation})
     assert (save.value.sqlstate, claim.value.sqlstate) == ("22001", "22001"), "both refuse it with 22001"
     stored = conn.execute("SELECT operation FROM idempotency_records WHERE request_id = %s", (key,)).fetchall()
     assert stored == ([(operation[:100],)] if existing else []), "nothing was stored or changed"
-
-
-def _save_params(key: uuid.UUID, operation: str) -> dict[str, object]:
-    return {"request_id": key, "operation": operation, "result_payload": "{}", "status_code": 201, "ttl_hours": 24}

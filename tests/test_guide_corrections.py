@@ -7,9 +7,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.docblocks import GUIDE, Block, parse_blocks, run_block
+from tests.docblocks import GUIDE, QUERIES, Block, parse_blocks, run_block
 from tests.helpers import ROOT
-from tests.patterns import QUERIES
 from tooling.servers import Server
 
 STATES = ROOT / "tests" / "fixtures" / "states"

@@ -1,7 +1,7 @@
 """Reliability, insert-or-read: a request stores its result or reads the valid record that
 holds its key, and never gets an expired record, alone or with duplicates at the same time.
 
-The guide prints the SQL of tests/patterns.py (checked here character for character, and
+The guide prints the SQL of tests/statements.py (checked here character for character, and
 run by tests/test_docs.py). The form the guide printed before is run too, to show how it
 fails: it returned the result of a record that had expired two days earlier.
 """
@@ -16,18 +16,17 @@ import psycopg
 import pytest
 
 from tests import reliability
-from tests.patterns import (
+from tests.docblocks import RELIABILITY
+from tests.sessions import results, together, wait_for_waiters
+from tests.statements import (
     INSERT_OR_READ_NO_OP_UPDATE,
     INSERT_OR_READ_ONE_STATEMENT,
     INSERT_OR_READ_READ,
     INSERT_OR_READ_STORE,
-    RELIABILITY,
     render,
-    results,
-    together,
-    wait_for_waiters,
 )
 from tooling import servers
+from tooling.records import save_params
 
 DUPLICATES = 8
 EXPIRED_TWO_DAYS_AGO = """
@@ -42,7 +41,7 @@ Answer = tuple[str, int]
 
 
 def request(key: uuid.UUID, payload: str) -> dict[str, object]:
-    return {"request_id": key, "operation": "payment", "result_payload": payload, "status_code": 200}
+    return save_params(key, "payment", payload, 200)
 
 
 def two_statements(conn: psycopg.Connection, key: uuid.UUID, payload: str) -> tuple[bool, Answer]:

@@ -11,17 +11,8 @@ import uuid
 
 import psycopg
 
-from tests.patterns import CLAIM, GUARDED_SAVE, LOOKUP, REPORT_SAVE
-
-
-def save_params(key: uuid.UUID, operation: str, payload: str, status: int) -> dict[str, object]:
-    return {
-        "request_id": key,
-        "operation": operation,
-        "result_payload": payload,
-        "status_code": status,
-        "ttl_hours": 24,
-    }
+from tests.statements import CLAIM, GUARDED_SAVE, LOOKUP, REPORT_SAVE
+from tooling.records import save_params
 
 
 def record(conn: psycopg.Connection, key: uuid.UUID) -> tuple[str, str, int | None]:

@@ -13,6 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.statements import RANGE_WITH_KEY_PK
+
 COLUMNS = """
     request_id UUID NOT NULL,
     operation VARCHAR(100) NOT NULL,
@@ -21,17 +23,6 @@ COLUMNS = """
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     expires_at TIMESTAMPTZ NOT NULL
 """
-
-# The docs' example, verbatim: time-based partitions with the store's primary key.
-RANGE_WITH_KEY_PK = """\
-CREATE TABLE idempotency_records_by_expiry (
-    request_id UUID PRIMARY KEY,
-    operation VARCHAR(100) NOT NULL,
-    result_payload TEXT NOT NULL,
-    status_code INTEGER,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    expires_at TIMESTAMPTZ NOT NULL
-) PARTITION BY RANGE (expires_at)"""
 
 SAVE = """
     INSERT INTO {} (request_id, operation, result_payload, status_code, expires_at)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.patterns import (
+from tests.docblocks import PATTERNS
+from tests.statements import (
     CLAIM,
     CLEANUP_LOOP,
     GUARDED_SAVE,
     LOOKUP,
-    PATTERNS,
+    RANGE_WITH_KEY_PK,
     RECORD_RESULT,
     TRY_LOCK,
     render,
 )
-from tests.test_partitioning import RANGE_WITH_KEY_PK
 
 # The keys of the guide's examples.
 CLAIMED = "'d7a4c1e2-5b3f-4e8a-9c61-0f2b7e9a4d13'"

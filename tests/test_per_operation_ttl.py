@@ -12,7 +12,8 @@ import uuid
 import psycopg
 import pytest
 
-from tests.patterns import CLAIM, REPORT_SAVE
+from tests.statements import CLAIM, REPORT_SAVE
+from tooling.records import save_params
 
 LIFETIMES = {
     "payment": datetime.timedelta(hours=72),
@@ -54,8 +55,5 @@ def test_naive_fixed_ttl_gives_every_operation_the_same_lifetime(conn: psycopg.C
     """The report's save takes one TTL for every call: a payment saved by a caller that
     passes the default keeps its key for 24 hours, not 72."""
     key = uuid.uuid4()
-    conn.execute(
-        REPORT_SAVE,
-        {"request_id": key, "operation": "payment", "result_payload": "{}", "status_code": 201, "ttl_hours": 24},
-    )
+    conn.execute(REPORT_SAVE, save_params(key, "payment", "{}", 201, 24))
     assert lifetime(conn, key) != LIFETIMES["payment"]

@@ -8,29 +8,19 @@ Roles are cluster-wide: every test creates its own uniquely named role and drops
 
 from __future__ import annotations
 
-import itertools
-import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from tests.helpers import REPORT_GET, REPORT_SAVE, sqlstate_of
-from tests.patterns import CLAIM, CLEANUP_BATCH, GUARDED_SAVE, LOOKUP, RECORD_RESULT
-
-_numbers = itertools.count(1)
+from tests.helpers import sqlstate_of
+from tests.roles import UPSERT_GRANTS, acting_as, grant, new_role
+from tests.statements import CLAIM, CLEANUP_BATCH, GUARDED_SAVE, LOOKUP, RECORD_RESULT, REPORT_GET, REPORT_SAVE
+from tooling.records import save_params
 
 REPORT_GRANTS = "GRANT SELECT, INSERT, DELETE ON idempotency_records TO {role}"
-# The guide's grants (Security, Least privilege), statement for statement.
-UPSERT_GRANTS = (
-    "GRANT USAGE ON SCHEMA public TO {role}",
-    "GRANT SELECT, INSERT, DELETE ON idempotency_records TO {role}",
-    "GRANT UPDATE (operation, result_payload, status_code, expires_at) ON idempotency_records TO {role}",
-    "GRANT EXECUTE ON FUNCTION cleanup_expired_idempotency_records() TO {role}",
-)
 # Patterns, recipes 1, 3 and 5: the claim also resets created_at.
 CLAIM_GRANTS = ("GRANT UPDATE (created_at) ON idempotency_records TO {role}",)
 IMMUTABLE_GRANTS = (
@@ -62,10 +52,9 @@ WRAPPER_GRANTS = (
 )
 WRAPPED_CLEANUP = "SELECT deleted_count FROM idempotency_cleanup_as_maintenance()"
 
-GET, SAVE = REPORT_GET, REPORT_SAVE
 SAVE_ONCE = """
 INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-VALUES (%s, %s, %s, %s, now() + INTERVAL '1 hour' * %s)
+VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '1 hour' * %(ttl_hours)s)
 ON CONFLICT (request_id) DO NOTHING
 """
 DELETE = "DELETE FROM idempotency_records WHERE request_id = %s"
@@ -73,44 +62,11 @@ CLEANUP = "DELETE FROM idempotency_records WHERE expires_at <= now()"
 CLEANUP_FUNCTION = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
 
 
-@contextmanager
-def new_role(conn: psycopg.Connection, name: str) -> Iterator[str]:
-    """Create a role with no privileges (NOLOGIN); drop it, with its grants, afterwards."""
-    conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)))
-    try:
-        yield name
-    finally:
-        conn.execute("RESET ROLE")
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def role(conn: psycopg.Connection) -> Iterator[str]:
-    """A new role with no privileges, dropped (with its grants) after the test."""
-    with new_role(conn, f"idempotency_test_app_{os.getpid()}_{next(_numbers)}") as name:
-        yield name
-
-
 @pytest.fixture
 def maintenance(conn: psycopg.Connection, role: str) -> Iterator[str]:
     """A second new role, the owner of the cleanup wrapper, dropped after the test."""
     with new_role(conn, f"{role}_maintenance") as name:
         yield name
-
-
-def grant(conn: psycopg.Connection, role: str, *statements: str) -> None:
-    for statement in statements:
-        conn.execute(sql.SQL(statement).format(role=sql.Identifier(role)))
-
-
-@contextmanager
-def acting_as(conn: psycopg.Connection, role: str) -> Iterator[psycopg.Connection]:
-    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
-    try:
-        yield conn
-    finally:
-        conn.execute("RESET ROLE")
 
 
 def _seed_expired(conn: psycopg.Connection) -> str:
@@ -127,10 +83,10 @@ def _seed_expired(conn: psycopg.Connection) -> str:
 def test_the_reports_grants_make_its_own_upsert_fail(conn: psycopg.Connection, role: str, existing: bool) -> None:
     key = str(uuid.uuid4())
     if existing:
-        conn.execute(SAVE, (key, "payment", "{}", 201, 24))
+        conn.execute(REPORT_SAVE, save_params(key, "payment", "{}", 201, 24))
     grant(conn, role, REPORT_GRANTS)
     with acting_as(conn, role):
-        state = sqlstate_of(conn, SAVE, (key, "payment", '{"retry": true}', 200, 24))
+        state = sqlstate_of(conn, REPORT_SAVE, save_params(key, "payment", '{"retry": true}', 200, 24))
     assert state == "42501", (
         f"with only SELECT, INSERT, DELETE the report's ON CONFLICT DO UPDATE save is denied; got SQLSTATE {state}"
     )
@@ -140,9 +96,9 @@ def test_the_upsert_grants_run_get_save_delete_and_cleanup(conn: psycopg.Connect
     grant(conn, role, *UPSERT_GRANTS)
     key, expired = str(uuid.uuid4()), _seed_expired(conn)
     with acting_as(conn, role):
-        conn.execute(SAVE, (key, "payment", '{"n": 1}', 201, 24))
-        conn.execute(SAVE, (key, "payment", '{"n": 2}', 200, 24))
-        stored = conn.execute(GET, (key,)).fetchall()
+        conn.execute(REPORT_SAVE, save_params(key, "payment", '{"n": 1}', 201, 24))
+        conn.execute(REPORT_SAVE, save_params(key, "payment", '{"n": 2}', 200, 24))
+        stored = conn.execute(REPORT_GET, {"request_id": key}).fetchall()
         deleted = conn.execute(DELETE, (key,)).rowcount
         cleaned = conn.execute(CLEANUP).rowcount
         _seed_expired(conn)
@@ -194,7 +150,7 @@ def test_the_upsert_grants_cannot_truncate_drop_alter_or_rewrite_key_and_creatio
     conn: psycopg.Connection, role: str, statement: str
 ) -> None:
     grant(conn, role, *UPSERT_GRANTS)
-    conn.execute(SAVE, (str(uuid.uuid4()), "payment", "{}", 201, 24))
+    conn.execute(REPORT_SAVE, save_params(str(uuid.uuid4()), "payment", "{}", 201, 24))
     with acting_as(conn, role):
         state = sqlstate_of(conn, statement)
     assert state == "42501", f"{statement}: the application role is refused; got SQLSTATE {state}"
@@ -204,7 +160,7 @@ def test_the_upsert_grants_can_delete_every_record_live_ones_included(conn: psyc
     """What the guide says this role CAN do, and why the immutable variant exists: DELETE is
     table-wide, so the repository's delete right is also the right to empty the table."""
     grant(conn, role, *UPSERT_GRANTS)
-    conn.execute(SAVE, (str(uuid.uuid4()), "payment", "{}", 201, 24))
+    conn.execute(REPORT_SAVE, save_params(str(uuid.uuid4()), "payment", "{}", 201, 24))
     with acting_as(conn, role):
         deleted = conn.execute("DELETE FROM idempotency_records").rowcount
     assert deleted == 1, "DELETE without WHERE removes the live record too"
@@ -251,9 +207,9 @@ def test_the_immutable_grants_save_once_read_back_and_clean_up_through_the_wrapp
 ) -> None:
     key, expired = str(uuid.uuid4()), _seed_expired(conn)
     with acting_as(conn, immutable):
-        first = conn.execute(SAVE_ONCE, (key, "transfer", '{"n": 1}', 201, 72)).rowcount
-        second = conn.execute(SAVE_ONCE, (key, "transfer", '{"n": 2}', 201, 72)).rowcount
-        stored = conn.execute(GET, (key,)).fetchall()
+        first = conn.execute(SAVE_ONCE, save_params(key, "transfer", '{"n": 1}', 201, 72)).rowcount
+        second = conn.execute(SAVE_ONCE, save_params(key, "transfer", '{"n": 2}', 201, 72)).rowcount
+        stored = conn.execute(REPORT_GET, {"request_id": key}).fetchall()
         cleaned = conn.execute(WRAPPED_CLEANUP).fetchall()
     assert (first, second) == (1, 0), "the first save stores the record, the second stores nothing"
     assert [r[2] for r in stored] == ['{"n": 1}'], "reading back returns the first result"
@@ -264,7 +220,7 @@ def test_the_immutable_grants_save_once_read_back_and_clean_up_through_the_wrapp
 @pytest.mark.parametrize(
     ("name", "statement"),
     [
-        ("the upsert save", SAVE),
+        ("the upsert save", REPORT_SAVE),
         ("an update", "UPDATE idempotency_records SET result_payload = 'forged' WHERE request_id = %s"),
         ("the retention update", "UPDATE idempotency_records SET expires_at = created_at + INTERVAL '1 hour'"),
         ("a delete of the record", DELETE),
@@ -284,10 +240,12 @@ def test_the_immutable_grants_change_delete_or_forge_no_record(
     conn: psycopg.Connection, immutable: str, name: str, statement: str
 ) -> None:
     key = str(uuid.uuid4())
-    conn.execute(SAVE, (key, "transfer", "{}", 201, 72))
+    conn.execute(REPORT_SAVE, save_params(key, "transfer", "{}", 201, 72))
     _seed_expired(conn)
     before = conn.execute("SELECT * FROM idempotency_records ORDER BY request_id").fetchall()
-    params: tuple[object, ...] = {1: (key,), 5: (key, "transfer", "{}", 201, 72)}.get(statement.count("%s"), ())
+    params = (
+        save_params(key, "transfer", "{}", 201, 72) if statement == REPORT_SAVE else (key,) if "%s" in statement else ()
+    )
     with acting_as(conn, immutable):
         state = sqlstate_of(conn, statement, params)
     assert state == "42501", f"{name}: the immutable role is refused; got SQLSTATE {state}"
@@ -302,7 +260,7 @@ def test_the_wrapper_deletes_only_expired_records_whatever_the_callers_search_pa
     the real table only. A temporary table of the same name, first in the caller's
     search_path, changes nothing (the wrapper and the function pin their search_path)."""
     live = str(uuid.uuid4())
-    conn.execute(SAVE, (live, "transfer", "{}", 201, 72))
+    conn.execute(REPORT_SAVE, save_params(live, "transfer", "{}", 201, 72))
     expired = _seed_expired(conn)
     with acting_as(conn, immutable):
         conn.execute("CREATE TEMPORARY TABLE idempotency_records (LIKE public.idempotency_records)")
@@ -347,7 +305,7 @@ def test_execute_alone_does_not_let_a_role_clean_up(conn: psycopg.Connection, ro
 def test_the_guarded_save_runs_with_the_upsert_grants(conn: psycopg.Connection, role: str) -> None:
     grant(conn, role, *UPSERT_GRANTS)
     key = uuid.uuid4()
-    params = {"request_id": key, "operation": "payment", "result_payload": "{}", "status_code": 201, "ttl_hours": 72}
+    params = save_params(key, "payment", "{}", 201, 72)
     with acting_as(conn, role):
         stored = conn.execute(GUARDED_SAVE, params).fetchall()
         refused = conn.execute(GUARDED_SAVE, {**params, "operation": "login"}).fetchall()

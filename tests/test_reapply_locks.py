@@ -15,7 +15,9 @@ import uuid
 
 import psycopg
 
-from tests.helpers import REPORT_SAVE, UP_FILES
+from tests.helpers import UP_FILES
+from tests.statements import REPORT_SAVE
+from tooling.records import save_params
 from tooling.servers import Server
 
 TABLE_AND_INDEXES = """
@@ -30,7 +32,7 @@ ORDER BY 1, 2
 
 
 def _save(conn: psycopg.Connection, key: str) -> None:
-    conn.execute(REPORT_SAVE, (key, "payment", "{}", 201, 24))
+    conn.execute(REPORT_SAVE, save_params(key, "payment", "{}", 201, 24))
 
 
 def test_reapplying_045_and_046_waits_for_no_application_transaction_and_blocks_no_save(

@@ -15,8 +15,10 @@ import uuid
 import psycopg
 import pytest
 
-from tests.patterns import CLAIM, LOOKUP, QUERIES, REPORT_SAVE
+from tests.docblocks import QUERIES
+from tests.statements import CLAIM, LOOKUP, REPORT_SAVE
 from tooling import servers
+from tooling.records import save_params
 
 INSERT_AGED = """
     INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
@@ -38,16 +40,6 @@ def aged(conn: psycopg.Connection, age: datetime.timedelta, lifetime: datetime.t
     return key
 
 
-def report_save(key: uuid.UUID, ttl_hours: float) -> dict[str, object]:
-    return {
-        "request_id": key,
-        "operation": "payment",
-        "result_payload": "new",
-        "status_code": 201,
-        "ttl_hours": ttl_hours,
-    }
-
-
 def test_lookup_ignores_an_expired_record_that_cleanup_has_not_removed(conn: psycopg.Connection) -> None:
     key = aged(conn, datetime.timedelta(days=4), datetime.timedelta(days=3))
     by_key_only = conn.execute("SELECT result_payload FROM idempotency_records WHERE request_id = %s", (key,))
@@ -58,7 +50,7 @@ def test_lookup_ignores_an_expired_record_that_cleanup_has_not_removed(conn: psy
 def test_naive_report_save_over_an_expired_record_keeps_its_old_created_at(conn: psycopg.Connection) -> None:
     key = aged(conn, datetime.timedelta(days=4), datetime.timedelta(days=3))
     created_before, _, _ = lifetime_of(conn, key)
-    conn.execute(REPORT_SAVE, report_save(key, 72))
+    conn.execute(REPORT_SAVE, save_params(key, "payment", "new", 201, 72))
     created_at, expires_at, payload = lifetime_of(conn, key)
     assert payload == "new"
     assert created_at == created_before, "created_at still says the record was stored four days ago"
@@ -97,7 +89,7 @@ def test_report_save_with_a_ttl_of_zero_is_refused_even_over_an_older_record(con
     before = lifetime_of(conn, key)
     for target in (uuid.uuid4(), key):
         with pytest.raises(psycopg.errors.CheckViolation):
-            conn.execute(REPORT_SAVE, report_save(target, 0))
+            conn.execute(REPORT_SAVE, save_params(target, "payment", "new", 201, 0))
     assert lifetime_of(conn, key) == before, "the older record is untouched"
 
 
@@ -113,9 +105,11 @@ def test_naive_report_save_in_a_transaction_older_than_the_record_violates_chk_e
     with pg_server.connect(database) as old:
         old.execute("SELECT now()")  # the old transaction's clock starts here
         time.sleep(0.1)
-        conn.execute(REPORT_SAVE, report_save(key, 24))  # another session stores the record meanwhile
+        conn.execute(
+            REPORT_SAVE, save_params(key, "payment", "new", 201, 24)
+        )  # another session stores the record meanwhile
         with pytest.raises(psycopg.errors.CheckViolation) as raised:
-            old.execute(REPORT_SAVE, report_save(key, ttl_hours))
+            old.execute(REPORT_SAVE, save_params(key, "payment", "new", 201, ttl_hours))
         assert raised.value.diag.constraint_name == "chk_expires_at"
 
 
@@ -126,7 +120,7 @@ def test_claim_in_a_transaction_older_than_the_record_leaves_it_alone(
     with pg_server.connect(database) as old:
         old.execute("SELECT now()")
         time.sleep(0.1)
-        conn.execute(REPORT_SAVE, report_save(key, 24))
+        conn.execute(REPORT_SAVE, save_params(key, "payment", "new", 201, 24))
         claimed = old.execute(CLAIM, {"request_id": key, "operation": "payment"}).fetchall()
         found = old.execute(LOOKUP, {"request_id": key}).fetchall()
         old.commit()

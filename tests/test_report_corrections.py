@@ -14,7 +14,9 @@ import uuid
 import psycopg
 import pytest
 
-from tests.helpers import REPORT_SAVE, ROOT, explain, plan_nodes, sqlstate_of
+from tests.helpers import ROOT, explain, plan_nodes, sqlstate_of
+from tests.statements import REPORT_SAVE
+from tooling.records import save_params
 
 GUIDE = ROOT / "docs" / "performance.md"  # the guide's evidence page: plans and storage
 
@@ -54,12 +56,12 @@ def test_an_expired_record_with_the_default_created_at_is_rejected(conn: psycopg
 
 @pytest.mark.parametrize("ttl_hours", [0, -1])
 def test_the_reports_save_rejects_a_ttl_that_is_not_positive(conn: psycopg.Connection, ttl_hours: int) -> None:
-    state = sqlstate_of(conn, REPORT_SAVE, (str(uuid.uuid4()), "payment", "{}", 201, ttl_hours))
+    state = sqlstate_of(conn, REPORT_SAVE, save_params(str(uuid.uuid4()), "payment", "{}", 201, ttl_hours))
     assert state == "23514", f"a TTL of {ttl_hours} hours violates chk_expires_at; got SQLSTATE {state}"
 
 
 def test_the_reports_save_rejects_a_missing_ttl(conn: psycopg.Connection) -> None:
-    state = sqlstate_of(conn, REPORT_SAVE, (str(uuid.uuid4()), "payment", "{}", 201, None))
+    state = sqlstate_of(conn, REPORT_SAVE, save_params(str(uuid.uuid4()), "payment", "{}", 201, None))
     assert state == "23502", f"a NULL TTL makes expires_at NULL, which NOT NULL rejects; got SQLSTATE {state}"
 
 
@@ -77,7 +79,7 @@ def test_infinity_is_allowed_and_never_cleaned_up(conn: psycopg.Connection) -> N
 
 
 def test_status_code_may_be_null(conn: psycopg.Connection) -> None:
-    state = sqlstate_of(conn, REPORT_SAVE, (str(uuid.uuid4()), "payment", "{}", None, 24))
+    state = sqlstate_of(conn, REPORT_SAVE, save_params(str(uuid.uuid4()), "payment", "{}", None, 24))
     assert state is None, f"status_code is nullable; the save failed with SQLSTATE {state}"
 
 

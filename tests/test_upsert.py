@@ -6,15 +6,15 @@ import uuid
 
 import psycopg
 
-from tests.helpers import REPORT_GET, REPORT_SAVE, count
-
-SAVE, GET = REPORT_SAVE, REPORT_GET
+from tests.helpers import count
+from tests.statements import REPORT_GET, REPORT_SAVE
+from tooling.records import save_params
 
 
 def test_insert_then_query_returns_the_stored_record(conn: psycopg.Connection) -> None:
     key = uuid.uuid4()
-    conn.execute(SAVE, (key, "payment", '{"id": 1}', 201, 24))
-    row = conn.execute(GET, (key,)).fetchone()
+    conn.execute(REPORT_SAVE, save_params(key, "payment", '{"id": 1}', 201, 24))
+    row = conn.execute(REPORT_GET, {"request_id": key}).fetchone()
     assert row is not None, "a record saved with a 24 h TTL must be found"
     assert row[:4] == (key, "payment", '{"id": 1}', 201)
     assert row[5] > row[4], "expires_at must be after created_at"
@@ -22,15 +22,15 @@ def test_insert_then_query_returns_the_stored_record(conn: psycopg.Connection) -
 
 def test_expiry_filter_separates_valid_from_expired(conn: psycopg.Connection) -> None:
     valid, expired = uuid.uuid4(), uuid.uuid4()
-    conn.execute(SAVE, (valid, "payment", "{}", 200, 1))
+    conn.execute(REPORT_SAVE, save_params(valid, "payment", "{}", 200, 1))
     conn.execute(
         "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
         "VALUES (%s, 'payment', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')",
         (expired,),
     )
     assert count(conn) == 2, "both records are stored"
-    assert conn.execute(GET, (valid,)).fetchone() is not None, "the valid record is returned"
-    assert conn.execute(GET, (expired,)).fetchone() is None, "the expired record is not returned"
+    assert conn.execute(REPORT_GET, {"request_id": valid}).fetchone() is not None, "the valid record is returned"
+    assert conn.execute(REPORT_GET, {"request_id": expired}).fetchone() is None, "the expired record is not returned"
 
 
 def test_upsert_replaces_the_fields_and_keeps_created_at(conn: psycopg.Connection) -> None:
@@ -43,7 +43,7 @@ def test_upsert_replaces_the_fields_and_keeps_created_at(conn: psycopg.Connectio
     before = conn.execute(
         "SELECT created_at, expires_at FROM idempotency_records WHERE request_id = %s", (key,)
     ).fetchone()
-    conn.execute(SAVE, (key, "payment", "second", 200, 72))
+    conn.execute(REPORT_SAVE, save_params(key, "payment", "second", 200, 72))
     rows = conn.execute(
         "SELECT operation, result_payload, status_code, created_at, expires_at FROM idempotency_records "
         "WHERE request_id = %s",
@@ -66,7 +66,7 @@ def test_on_conflict_do_nothing_keeps_the_first_write(conn: psycopg.Connection) 
     first = conn.execute(insert, (key, "payment", "first", 201))
     second = conn.execute(insert, (key, "payment", "second", 409))
     assert (first.rowcount, second.rowcount) == (1, 0), "the second insert must be a no-op"
-    row = conn.execute(GET, (key,)).fetchone()
+    row = conn.execute(REPORT_GET, {"request_id": key}).fetchone()
     assert row is not None and row[2:4] == ("first", 201)
 
 

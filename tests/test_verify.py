@@ -16,11 +16,9 @@ from psycopg import sql
 
 from tests import verification
 from tests.helpers import catalog_snapshot, count, explain, plan_nodes
-from tests.test_privileges import UPSERT_GRANTS, role
+from tests.roles import UPSERT_GRANTS, grant
 from tests.verification import PASSING, assert_passes
 from tooling.servers import Server
-
-__all__ = ["role"]  # the role fixture, shared with test_privileges
 
 
 def _seed(conn: psycopg.Connection) -> None:
@@ -165,8 +163,7 @@ def test_another_index_on_a_contract_column_passes_whichever_the_planner_chooses
 @pytest.fixture
 def application_role(conn: psycopg.Connection, role: str) -> Iterator[str]:
     """A role with the guide's grants for an application that saves with ON CONFLICT DO UPDATE."""
-    for statement in UPSERT_GRANTS:
-        conn.execute(sql.SQL(statement).format(role=sql.Identifier(role)))
+    grant(conn, role, *UPSERT_GRANTS)
     yield role
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import psycopg
 
 from tests import verification
-from tests.helpers import REPORT_SAVE
+from tests.statements import REPORT_SAVE
+from tooling.records import save_params
 from tooling.servers import Server
 
 APP = "idempotency-app-under-test"
@@ -64,7 +65,7 @@ def application(conn: psycopg.Connection, iteration: int) -> None:
     """A record stored already expired, saved over (locking it), deleted; now and then a cleanup."""
     key = uuid.uuid4()
     conn.execute(EXPIRED, (key,))
-    conn.execute(REPORT_SAVE, (key, "payment", '{"n": 1}', 201, 1))
+    conn.execute(REPORT_SAVE, save_params(key, "payment", '{"n": 1}', 201, 1))
     conn.execute(DELETE, (key,))
     if iteration % 10 == 0:
         conn.execute(CLEANUP)

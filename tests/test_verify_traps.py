@@ -15,8 +15,6 @@ never fire during a run."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import os
 from collections.abc import Iterator
 
 import psycopg
@@ -24,15 +22,23 @@ import pytest
 from psycopg import sql
 
 from tests import verification
-from tests.helpers import REPORT_GET, REPORT_SAVE, ROOT, UP_FILES
-from tests.test_privileges import UPSERT_GRANTS, new_role
+from tests.helpers import ROOT, UP_FILES
+from tests.roles import UPSERT_GRANTS, grant, new_role, unique_name
+from tests.statements import REPORT_GET, REPORT_SAVE, render
 from tooling.servers import Server
 
 TRAPS = ROOT / "tests" / "fixtures" / "verify_traps"
-_numbers = itertools.count(1)
 
-SAVE = REPORT_SAVE.replace("%s", "{}").format("gen_random_uuid()", "'payment'", "'{}'", "201", "1")
-GET = REPORT_GET.replace("%s", "gen_random_uuid()")
+# The report's get and save with literals: a new key each time.
+SAVE = render(
+    REPORT_SAVE,
+    request_id="gen_random_uuid()",
+    operation="'payment'",
+    result_payload="'{}'",
+    status_code="201",
+    ttl_hours="1",
+)
+GET = render(REPORT_GET, request_id="gen_random_uuid()")
 EXPIRED = (
     "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
     "VALUES (gen_random_uuid(), 'old', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')"
@@ -77,7 +83,7 @@ class Roles:
 
 @pytest.fixture
 def roles(empty_conn: psycopg.Connection) -> Iterator[Roles]:
-    base = f"idempotency_test_app_{os.getpid()}_{next(_numbers)}"
+    base = unique_name()
     with new_role(empty_conn, f"{base}_hostile") as hostile, new_role(empty_conn, f"{base}_app") as app:
         yield Roles(hostile, app)
 
@@ -95,8 +101,7 @@ def plant(conn: psycopg.Connection, roles: Roles, kind: str | None) -> None:
             conn.execute((TRAPS / "recorder.sql").read_text())
             if kind is not None:
                 conn.execute((TRAPS / f"{kind}.sql").read_text())
-            for statement in UPSERT_GRANTS:
-                conn.execute(sql.SQL(statement).format(role=sql.Identifier(roles.app)))
+            grant(conn, roles.app, *UPSERT_GRANTS)
     finally:
         conn.execute("RESET ROLE")
 

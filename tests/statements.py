@@ -1,37 +1,25 @@
-"""The SQL of the recipes in the guide's "Patterns" section, and what the tests need to run them.
+"""The statements an application runs against the table, as the tests run them: the report's
+repository queries (the naive versions), the guide's check for a duplicate, the recipes of the
+guide's "Patterns" section, insert-or-read (Reliability) and the partitioning example.
 
-Each recipe is written here once, with psycopg named placeholders. The guide shows the
-same text with literal values; tests/test_patterns_in_docs.py renders every recipe with
-the literals the guide uses and checks the guide contains it character for character,
-so the SQL the tests prove and the SQL users copy cannot drift apart.
+Each is written here once, with psycopg named placeholders (tooling.records.save_params fills a
+save's). The docs show the same text with literal values: tests/recipes/test_patterns_in_docs.py
+renders every recipe with the literals the page uses and checks the page contains it character for
+character, so the SQL the tests prove and the SQL users copy cannot drift apart.
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
-import threading
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import TypeVar
 
-import psycopg
-
-from tests.helpers import ROOT
-
-GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
-PATTERNS = ROOT / "docs" / "patterns.md"  # the recipes, beside the guide
-QUERIES = ROOT / "docs" / "queries.md"  # the repository's queries, as prepared statements
-RELIABILITY = ROOT / "docs" / "reliability.md"  # what the concurrency and fault tests prove
-
-# The report's repository queries, the naive versions the recipes improve on.
+# The report's repository queries (IdempotencyRepository::get and ::save), the naive versions the
+# recipes improve on, with named placeholders for its $1..$5 (tooling.records.save_params fills
+# them); in REPORT_SAVE the fifth is the TTL in hours.
 REPORT_GET = """\
-SELECT result_payload, status_code
+SELECT request_id, operation, result_payload, status_code, created_at, expires_at
 FROM idempotency_records
-WHERE request_id = %(request_id)s
-  AND expires_at > now()"""
+WHERE request_id = %(request_id)s AND expires_at > now()"""
 
 REPORT_SAVE = """\
 INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
@@ -41,6 +29,13 @@ ON CONFLICT (request_id) DO UPDATE SET
     result_payload = EXCLUDED.result_payload,
     status_code = EXCLUDED.status_code,
     expires_at = EXCLUDED.expires_at"""
+
+# The guide's check for a duplicate (Usage), the narrow form: only a valid record counts.
+DUPLICATE_CHECK = """\
+SELECT result_payload, status_code
+FROM idempotency_records
+WHERE request_id = %(request_id)s
+  AND expires_at > now()"""
 
 # The claim's conflict clause: take an expired record over with a whole new lifetime
 # (created_at too); leave a valid one as it is (ON CONFLICT DO UPDATE still locks it).
@@ -138,86 +133,6 @@ CLEANUP_BATCH = textwrap.dedent(
     CLEANUP_LOOP[CLEANUP_LOOP.index("        DELETE") : CLEANUP_LOOP.index(";\n        GET DIAGNOSTICS")]
 )
 
-PLACEHOLDER = re.compile(r"%\((\w+)\)s")
-
-
-def render(query: str, **literals: str) -> str:
-    """The recipe as the guide prints it: every placeholder replaced by the SQL
-    literal text given for it. Only compared with the guide, never executed."""
-    missing = set(PLACEHOLDER.findall(query)) - literals.keys()
-    assert not missing, f"no literal given for {sorted(missing)}"
-    return PLACEHOLDER.sub(lambda match: literals[match.group(1)], query)
-
-
-# Concurrency tools: real sessions, each a thread with its own connection.
-
-T = TypeVar("T")
-
-
-@contextmanager
-def together(
-    count: int,
-    work: Callable[[threading.Barrier], T],
-    release: Callable[[], None] = lambda: None,
-    timeout: float = 30.0,
-) -> Iterator[list[Future[T]]]:
-    """Start work(barrier) in `count` threads; each passes the shared barrier before its
-    first statement. Yields their futures. Leaving the block calls `release` (open the
-    gate the threads may wait on, even when the block failed), then waits for them."""
-    barrier = threading.Barrier(count, timeout=timeout)
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        try:
-            yield [pool.submit(work, barrier) for _ in range(count)]
-        finally:
-            release()
-
-
-def results(futures: list[Future[T]], timeout: float = 30.0) -> list[T]:
-    return [future.result(timeout=timeout) for future in futures]
-
-
-@contextmanager
-def gate(conn: psycopg.Connection, key: int) -> Iterator[Callable[[], None]]:
-    """Hold a session advisory lock on `key` that a business operation can wait on
-    (pg_advisory_xact_lock(key)), so the test decides when it may finish. Yields the
-    function that opens the gate; the gate is opened at the end of the block anyway."""
-    opened = False
-
-    def open_gate() -> None:
-        nonlocal opened
-        if not opened:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-            opened = True
-
-    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-    try:
-        yield open_gate
-    finally:
-        open_gate()
-
-
-WAITERS = """\
-SELECT count(*)
-FROM pg_stat_activity
-WHERE datname = current_database()
-  AND wait_event_type = 'Lock'
-  AND wait_event = %(wait_event)s"""
-
-
-def wait_for_waiters(conn: psycopg.Connection, wait_event: str, expected: int, timeout: float = 20.0) -> None:
-    """Block until `expected` sessions of this database wait on a lock of this kind
-    (pg_stat_activity.wait_event: advisory, transactionid, tuple...)."""
-    deadline = time.monotonic() + timeout
-    seen = -1
-    while time.monotonic() < deadline:
-        row = conn.execute(WAITERS, {"wait_event": wait_event}).fetchone()
-        seen = int(row[0]) if row else 0
-        if seen >= expected:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"expected {expected} sessions waiting on a {wait_event} lock, saw {seen}")
-
-
 # Reliability, insert-or-read: store this request's result unless a valid record holds the
 # key; an expired record is taken over (a fresh lifetime, created_at too). Step 1 returns a
 # row only when it stored this request's result; step 2, in the same transaction, reads the
@@ -231,7 +146,7 @@ VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now(
     + "RETURNING result_payload, status_code"
 )
 
-INSERT_OR_READ_READ = REPORT_GET  # the report's get: only a valid record
+INSERT_OR_READ_READ = DUPLICATE_CHECK  # only a valid record
 
 # The same in one statement: DO UPDATE acts on the latest committed row, keeps a valid one
 # as it is and replaces an expired one; stored_now says which.
@@ -258,3 +173,27 @@ INSERT INTO idempotency_records (request_id, operation, result_payload, status_c
 VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '24 hours')
 ON CONFLICT (request_id) DO UPDATE SET request_id = idempotency_records.request_id
 RETURNING result_payload, status_code, (xmax = 0) AS inserted_now"""
+
+
+# Scaling past one server: the docs' example, verbatim, of time-based partitions with the store's
+# primary key (PostgreSQL refuses it: tests/recipes/test_partitioning.py).
+RANGE_WITH_KEY_PK = """\
+CREATE TABLE idempotency_records_by_expiry (
+    request_id UUID PRIMARY KEY,
+    operation VARCHAR(100) NOT NULL,
+    result_payload TEXT NOT NULL,
+    status_code INTEGER,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    expires_at TIMESTAMPTZ NOT NULL
+) PARTITION BY RANGE (expires_at)"""
+
+
+PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def render(query: str, **literals: str) -> str:
+    """The recipe as the guide prints it: every placeholder replaced by the SQL
+    literal text given for it. Only compared with the guide, never executed."""
+    missing = set(PLACEHOLDER.findall(query)) - literals.keys()
+    assert not missing, f"no literal given for {sorted(missing)}"
+    return PLACEHOLDER.sub(lambda match: literals[match.group(1)], query)
