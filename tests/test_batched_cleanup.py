@@ -6,6 +6,7 @@ table, its transaction id and how many rows it deleted, so the tests see the bat
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import uuid
 
@@ -15,7 +16,8 @@ import pytest
 from tests.helpers import count, describe_plan, explain, plan_nodes, psql
 from tests.sessions import gate, results, together, wait_for_waiters
 from tests.statements import BATCH_SIZE, CLAIM, CLEANUP_BATCH, CLEANUP_LOOP
-from tooling import servers
+from tooling import records, servers
+from tooling.records import DAY, HOUR, SECOND, Record
 
 DELETION_LOG = """
     CREATE TABLE deletion_log (
@@ -33,17 +35,16 @@ DELETION_LOG = """
     REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION log_deletion();
 """
 
-EXPIRED_ROWS = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-    SELECT gen_random_uuid(), 'payment', '{}', now() - INTERVAL '10 days', now() - i * INTERVAL '1 second'
-    FROM generate_series(1, %(rows)s) AS i
-"""
 
-VALID_ROWS = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-    SELECT gen_random_uuid(), 'payment', '{}', now(), now() + INTERVAL '1 hour' + i * INTERVAL '1 second'
-    FROM generate_series(1, %(rows)s) AS i
-"""
+def expired_rows(conn: psycopg.Connection, rows: int) -> None:
+    """Expired records created 10 days ago, one expiring a second before the next."""
+    records.insert_many(conn, rows, Record(created_at=-10 * DAY, expires_at=dt.timedelta(0)), spread=-SECOND)
+
+
+def valid_rows(conn: psycopg.Connection, rows: int) -> None:
+    """Valid records, a second apart, the first expiring in an hour."""
+    records.insert_many(conn, rows, records.live(age=12 * HOUR, lifetime=13 * HOUR), spread=SECOND)
+
 
 EXPIRED, VALID = 2500, 1000
 EXPECTED_BATCHES = [1000, 1000, 500]
@@ -53,8 +54,8 @@ EXPECTED_BATCHES = [1000, 1000, 500]
 def backlog(conn: psycopg.Connection) -> set[uuid.UUID]:
     """2,500 expired and 1,000 valid records with a deletion log; returns the valid keys."""
     conn.execute(DELETION_LOG)
-    conn.execute(EXPIRED_ROWS, {"rows": EXPIRED})
-    conn.execute(VALID_ROWS, {"rows": VALID})
+    expired_rows(conn, EXPIRED)
+    valid_rows(conn, VALID)
     return {row[0] for row in conn.execute("SELECT request_id FROM idempotency_records WHERE expires_at > now()")}
 
 
@@ -129,12 +130,8 @@ def test_batch_and_function_skip_a_record_an_in_flight_request_is_taking_over(
     the function both pass over that row (SKIP LOCKED) instead of waiting behind the
     request: under lock_timeout = 1ms, any wait on it would fail with 55P03."""
     key = uuid.uuid4()
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
-        "VALUES (%s, 'payment', '{}', now() - INTERVAL '4 days', now() - INTERVAL '1 day')",
-        (key,),
-    )
-    conn.execute(EXPIRED_ROWS, {"rows": 10})
+    records.insert(conn, records.expired(key, ago=DAY, lifetime=3 * DAY))
+    expired_rows(conn, 10)
     gate_key = 900_002
 
     def request(barrier: threading.Barrier) -> list[tuple[uuid.UUID]]:
@@ -185,8 +182,8 @@ def test_planner_chooses_the_expires_index_and_a_tid_scan_for_a_batch_of_a_reali
     finds its rows through idx_idempotency_expires and deletes them by ctid (a Tid Scan,
     no descent of the primary key); the IN (subquery) form hash-joins them against a sequential scan of the whole
     table, once per batch."""
-    conn.execute(VALID_ROWS, {"rows": 40_000})
-    conn.execute(EXPIRED_ROWS, {"rows": 200_000})
+    valid_rows(conn, 40_000)
+    expired_rows(conn, 200_000)
     conn.execute("ANALYZE idempotency_records")
     plan = explain(conn, CLEANUP_BATCH)
     indexes = {node.get("Index Name") for node in plan_nodes(plan)}

@@ -27,7 +27,8 @@ from bench.pgbench import pgbench_binary
 from tests.docblocks import QUERIES
 from tests.helpers import ROOT
 from tests.statements import CLEANUP_BATCH, DUPLICATE_CHECK, render
-from tooling import servers
+from tooling import records, servers
+from tooling.records import DAY, HOUR, Record
 
 EXPECTED_COLUMNS = ["phase", "workload", "size", "metric", "unit", "median", "min", "max", "p25", "p75", "rounds"]
 EXPECTED_PHASES = {"lookup", "save", "cleanup", "floor", "storage"}
@@ -274,18 +275,19 @@ def test_bench_imports_nothing_from_tests() -> None:
 # The cleanup anchor: the report's original body, which every run measures the installed
 # function against. It must keep doing what that body did.
 
-EXPIRED_AND_LIVE = """
-INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
-SELECT md5(i::text)::uuid, 'payment', '{}', 200, %(now)s::timestamptz - INTERVAL '2 days',
-       %(now)s::timestamptz + CASE WHEN i <= %(expired)s THEN INTERVAL '-1 hour' ELSE INTERVAL '1 hour' END
-FROM generate_series(1, %(total)s) AS i
-"""
+
+def expired_and_live(conn: psycopg.Connection, expired: int = 30, live: int = 70) -> None:
+    """Records created two days before this instant: `expired` of them expired an hour ago, the
+    others valid for another hour."""
+    now = dt.datetime.now(dt.UTC)
+    records.insert_many(conn, expired, Record(status_code=200, created_at=-2 * DAY, expires_at=-HOUR), now=now)
+    records.insert_many(conn, live, Record(status_code=200, created_at=-2 * DAY, expires_at=HOUR), now=now)
 
 
 def test_bench_anchor_deletes_every_expired_row_and_counts_them(conn: psycopg.Connection) -> None:
     with conn.transaction():
         conn.execute(read_sql("cleanup_anchor.sql"))
-    conn.execute(EXPIRED_AND_LIVE, {"now": dt.datetime.now(dt.UTC), "expired": 30, "total": 100})
+    expired_and_live(conn)
     row = conn.execute("SELECT deleted_count FROM bench_cleanup_anchor()").fetchone()
     assert row == (30,), f"bench_cleanup_anchor(): expected deleted_count 30, got {row}"
     left = conn.execute("SELECT count(*) FILTER (WHERE expires_at <= now()), count(*) FROM idempotency_records")
@@ -312,7 +314,7 @@ def test_bench_anchor_has_the_contract_signature(conn: psycopg.Connection) -> No
 def test_bench_batch_deletes_the_expired_rows_and_skips_a_held_one(
     pg_server: servers.Server, database: str, conn: psycopg.Connection, name: str
 ) -> None:
-    conn.execute(EXPIRED_AND_LIVE, {"now": dt.datetime.now(dt.UTC), "expired": 30, "total": 100})
+    expired_and_live(conn)
     held = conn.execute("SELECT request_id FROM idempotency_records WHERE expires_at <= now() LIMIT 1").fetchone()
     assert held is not None
     with pg_server.connect(database) as application:  # a request taking the expired key over

@@ -34,6 +34,8 @@ from psycopg import sql
 from tests import reliability
 from tests.helpers import count, explain, plan_nodes
 from tests.statements import BATCH_SIZE, CLAIM, CLEANUP_BATCH
+from tooling import records
+from tooling.records import DAY, HOUR, Record
 from tooling.servers import Server
 
 RUNS = 5
@@ -44,13 +46,12 @@ CLEANUP = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
 CLEANUP_SCAN = "DELETE FROM idempotency_records WHERE expires_at <= now()"
 INDEX_SCAN_ONLY = ("SET enable_seqscan = off", "SET enable_bitmapscan = off")
 
-# Expired rows whose physical order is random with respect to expires_at (mixed lifetimes).
-SHUFFLED_EXPIRED = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-    SELECT gen_random_uuid(), 'payment', '{}', now() - INTERVAL '10 days', now() - INTERVAL '1 hour' - r * INTERVAL '1 day'
-    FROM (SELECT random() AS r FROM generate_series(1, %(rows)s)) AS mixed
-    ORDER BY random()
-"""
+
+def shuffled_expired(conn: psycopg.Connection, rows: int, expired_before: datetime.timedelta) -> None:
+    """Expired rows whose physical order is random with respect to expires_at: they expired over
+    the day before `expired_before` ago, in an order unrelated to the order they are stored in."""
+    like = Record(created_at=-10 * DAY, expires_at=-expired_before)
+    records.insert_many(conn, rows, like, spread=-DAY / rows, shuffled=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +132,7 @@ def session(pg_server: Server, database: str, *settings: str) -> psycopg.Connect
 
 def backlog(conn: psycopg.Connection) -> None:
     """BIG expired rows in shuffled order, analyzed."""
-    conn.execute(SHUFFLED_EXPIRED, {"rows": BIG})
+    shuffled_expired(conn, BIG, HOUR)
     conn.execute("ANALYZE idempotency_records")
 
 
@@ -150,13 +151,10 @@ def test_a_seq_scan_cleanup_and_an_index_scan_cleanup_both_finish(
 # The pooled session plans while most rows are still valid: 3,000 rows expiring over
 # 2 to 3 seconds from now, 30 of them (1%) already expired. The expired backlog is
 # added afterwards, without ANALYZE (which would invalidate the cached plan).
-SOON_EXPIRING = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-    SELECT gen_random_uuid(), 'payment', '{}', now() - INTERVAL '10 days',
-           CASE WHEN i <= 30 THEN now() - INTERVAL '1 hour' ELSE %(soon)s + random() * INTERVAL '1 second' END
-    FROM generate_series(1, 3000) AS i
-    ORDER BY random()
-"""
+SOON_EXPIRED = 30
+SOON_EXPIRING = sql.SQL(
+    "CASE WHEN {row} <= {expired} THEN {now} - INTERVAL '1 hour' ELSE {soon} + random() * INTERVAL '1 second' END"
+)
 
 
 def wait_until_past(conn: psycopg.Connection, instant: object, timeout: float = 60.0) -> None:
@@ -179,19 +177,22 @@ def test_a_cached_index_plan_and_a_fresh_seq_plan_both_finish(
     row = conn.execute("SELECT clock_timestamp() + INTERVAL '2 seconds'").fetchone()
     assert row is not None
     soon = row[0]
-    conn.execute(SOON_EXPIRING, {"soon": soon})
+    expires_at = SOON_EXPIRING.format(
+        row=records.ROW, expired=sql.Literal(SOON_EXPIRED), now=records.NOW, soon=sql.Literal(soon)
+    )
+    records.insert_many(conn, 3000, Record(created_at=-10 * DAY), expires_at=expires_at, shuffled=True)
     conn.execute("ANALYZE idempotency_records")
     with session(pg_server, database) as pooled:
         assert scan_of(pooled) == "index", "planned while 1% had expired, the pooled session uses the index"
-        assert cleanup(pooled) == 30, "the pooled session's first cleanup plans and caches its statement"
+        assert cleanup(pooled) == SOON_EXPIRED, "the pooled session's first cleanup plans and caches its statement"
         late = conn.execute("SELECT clock_timestamp() < %s", (soon,)).fetchone()
         assert late == (True,), "the pooled session planned before the soon-expiring rows expired"
-        conn.execute(SHUFFLED_EXPIRED, {"rows": BIG})
+        shuffled_expired(conn, BIG, HOUR)
         wait_until_past(conn, soon + datetime.timedelta(seconds=1))  # every soon-expiring row has expired
         with session(pg_server, database) as fresh:
             assert scan_of(fresh) == "seq", "a fresh session, planning now, scans the table sequentially"
             outcomes = race([lambda: cleanup(pooled), lambda: cleanup(fresh)])
-    assert_clean_finish(conn, outcomes, BIG + 3000 - 30)
+    assert_clean_finish(conn, outcomes, BIG + 3000 - SOON_EXPIRED)
 
 
 @pytest.mark.slow
@@ -211,16 +212,10 @@ def test_the_cleanup_and_the_batched_recipe_both_finish(
 # The script: the transaction claims FIRST; the cleanup starts and goes through the rows;
 # once it either waits on the transaction or has returned, the transaction claims SECOND.
 # A cleanup that waits on row locks holds SECOND while it waits for FIRST: a deadlock.
-EXPIRED_AT = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-    VALUES (%(key)s, 'payment', '{}', now() - INTERVAL '10 days', now() - %(ago)s)
-"""
-MIDDLE_EXPIRED = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-    SELECT gen_random_uuid(), 'payment', '{}', now() - INTERVAL '10 days', now() - INTERVAL '2 hours' - r * INTERVAL '1 day'
-    FROM (SELECT random() AS r FROM generate_series(1, %(rows)s)) AS mixed
-    ORDER BY random()
-"""
+
+
+def expired_at(conn: psycopg.Connection, key: uuid.UUID, ago: datetime.timedelta) -> None:
+    records.insert(conn, Record(key, created_at=-10 * DAY, expires_at=-ago))
 
 
 def blocked_or_done(observer: psycopg.Connection, pid: int, blocker: int, done: Future[Outcome]) -> None:
@@ -248,9 +243,9 @@ def test_the_cleanup_and_a_transaction_claiming_two_expired_keys_both_finish(
     pg_server: Server, database: str, conn: psycopg.Connection, plan: str, run: int
 ) -> None:
     first, second = uuid.uuid4(), uuid.uuid4()
-    conn.execute(EXPIRED_AT, {"key": second, "ago": datetime.timedelta(days=9)})
-    conn.execute(MIDDLE_EXPIRED, {"rows": SMALL})
-    conn.execute(EXPIRED_AT, {"key": first, "ago": datetime.timedelta(hours=1)})
+    expired_at(conn, second, 9 * DAY)
+    shuffled_expired(conn, SMALL, 2 * HOUR)
+    expired_at(conn, first, HOUR)
     conn.execute("ANALYZE idempotency_records")
     settings = INDEX_SCAN_ONLY if plan == "index" else ()
     with (

@@ -29,24 +29,27 @@ import pytest
 
 from tests import deployers
 from tests.helpers import count
+from tests.statements import REPORT_SAVE
+from tooling import records
+from tooling.records import DAY, save_params
 from tooling.servers import Server
 
 CLEANUP = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
-SAVE = """
-INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-VALUES (%s, 'payment', '{}', 201, now() + INTERVAL '1 second')
-ON CONFLICT (request_id) DO UPDATE SET
-    operation = EXCLUDED.operation,
-    result_payload = EXCLUDED.result_payload,
-    status_code = EXCLUDED.status_code,
-    expires_at = EXCLUDED.expires_at
-"""
-BACKLOG = """
-INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
-SELECT gen_random_uuid(), 'backlog', '{}', 200, now() - INTERVAL '2 days', now() - INTERVAL '1 day'
-FROM generate_series(1, %s)
-RETURNING request_id
-"""
+# A save whose record lives one second: the report's save, with a TTL of 1/3600 hours.
+ONE_SECOND = 1 / 3600
+
+
+def save_for_a_second(conn: psycopg.Connection, key: uuid.UUID) -> None:
+    conn.execute(REPORT_SAVE, save_params(key, "payment", "{}", 201, ONE_SECOND))
+
+
+def expired_backlog(conn: psycopg.Connection, rows: int) -> list[uuid.UUID]:
+    """Records that expired a day ago; their keys."""
+    return records.insert_many(
+        conn, rows, records.expired(operation="backlog", status_code=200, ago=DAY, lifetime=DAY), returning=True
+    )
+
+
 ISOLATION = {"repeatable read": "REPEATABLE READ", "serializable": "SERIALIZABLE"}
 
 
@@ -54,7 +57,7 @@ ISOLATION = {"repeatable read": "REPEATABLE READ", "serializable": "SERIALIZABLE
 def test_outside_read_committed_the_cleanup_fails_at_once_saying_how_to_call_it(
     conn: psycopg.Connection, isolation: str
 ) -> None:
-    conn.execute(BACKLOG, (100,))
+    expired_backlog(conn, 100)
     with pytest.raises(psycopg.errors.InvalidTransactionState) as raised, conn.transaction():
         conn.execute(f"SET TRANSACTION ISOLATION LEVEL {ISOLATION[isolation]}")
         conn.execute(CLEANUP)
@@ -75,13 +78,13 @@ def test_a_record_saved_again_after_the_snapshot(
     """Under REPEATABLE READ the previous function failed with 40001 as soon as one expired
     record it had to delete was saved again after the transaction's snapshot; now the call
     fails at once, before it reads a row, with 25000."""
-    keys = [row[0] for row in conn.execute(BACKLOG, (10,))]
+    keys = expired_backlog(conn, 10)
     if body == "previous":
         deployers.load_state(conn, "cleanup_function_without_isolation_check")
     with pg_server.connect(database) as caller:
         caller.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         caller.execute("SELECT 1")  # the snapshot
-        conn.execute(SAVE, (keys[0],))  # a retry after expiry: a new lifetime
+        save_for_a_second(conn, keys[0])  # a retry after expiry: a new lifetime
         with pytest.raises(psycopg.Error) as raised:
             caller.execute(CLEANUP)
         caller.rollback()
@@ -97,12 +100,12 @@ def test_a_caller_that_asks_for_the_snapshot_gets_exactly_its_expired_records(
     REPEATABLE READ the cleanup deletes the expired records of the transaction's snapshot and no
     other: one stored after the snapshot is neither deleted nor locked. If one of the snapshot's
     records is saved again after it, the call fails with 40001, as any such statement does."""
-    keys = [row[0] for row in conn.execute(BACKLOG, (10,))]
+    keys = expired_backlog(conn, 10)
     with pg_server.connect(database) as caller:
         caller.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         caller.execute("SET LOCAL idempotency.cleanup_in_snapshot = on")
         caller.execute("SELECT 1")  # the snapshot
-        late = conn.execute(BACKLOG, (1,)).fetchall()[0][0]  # expired, stored after the snapshot
+        late = expired_backlog(conn, 1)[0]  # expired, stored after the snapshot
         deleted = caller.execute(CLEANUP).fetchone()
         assert deleted == (10,), "the snapshot's ten expired records"
         with pg_server.connect(database, autocommit=True) as other:
@@ -114,7 +117,7 @@ def test_a_caller_that_asks_for_the_snapshot_gets_exactly_its_expired_records(
         caller.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         caller.execute("SET LOCAL idempotency.cleanup_in_snapshot = on")
         caller.execute("SELECT 1")
-        conn.execute(SAVE, (keys[0],))  # saved again after the snapshot
+        save_for_a_second(conn, keys[0])  # saved again after the snapshot
         with pytest.raises(psycopg.errors.SerializationFailure):
             caller.execute(CLEANUP)
         caller.rollback()
@@ -148,7 +151,7 @@ def cleanup_under_live_saves(
     pg_server: Server, database: str, isolation: str, calls: int, backlog: int, writers: int = 4
 ) -> Tally:
     with pg_server.connect(database, autocommit=True) as setup:
-        keys = [row[0] for row in setup.execute(BACKLOG, (backlog,))]
+        keys = expired_backlog(setup, backlog)
     tally = Tally(expired_before=backlog)
     stop = threading.Event()
     lock = threading.Lock()
@@ -165,7 +168,7 @@ def cleanup_under_live_saves(
                         mine.append(key)
                     else:  # saved again after it expired: a backlog key, or one of this writer's
                         key = chooser.choice(keys if not mine or chooser.random() < 0.5 else mine)
-                    writer.execute(SAVE, (key,))
+                    save_for_a_second(writer, key)
                     with lock:
                         tally.saves += 1
         except BaseException as error:  # reported by the test thread

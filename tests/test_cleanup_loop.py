@@ -16,16 +16,11 @@ import psycopg
 import pytest
 
 from tests.helpers import ROOT
+from tooling import records
 from tooling.servers import Server
 
 EXAMPLE = ROOT / "docs" / "examples" / "cleanup_loop.py"
 GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
-
-EXPIRED = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-    SELECT gen_random_uuid(), 'payment', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour'
-    FROM generate_series(1, %s)
-"""
 
 
 def _example() -> ModuleType:
@@ -57,7 +52,7 @@ def test_the_loop_deletes_survives_a_failed_run_and_stops(
     (a database that does not exist); 3 more deleted; then the stop event, set during the fourth run."""
     example = _example()
     stop = threading.Event()
-    conn.execute(EXPIRED, (5,))
+    records.insert_many(conn, 5, records.expired())
     calls = 0
 
     def connect() -> psycopg.Connection:
@@ -66,7 +61,7 @@ def test_the_loop_deletes_survives_a_failed_run_and_stops(
         if calls == 2:
             return pg_server.connect(f"{database}_missing", autocommit=True)
         if calls == 3:
-            conn.execute(EXPIRED, (3,))
+            records.insert_many(conn, 3, records.expired())
         if calls == 4:
             stop.set()
         return pg_server.connect(database, autocommit=True)
@@ -99,7 +94,7 @@ def _read_until(stream: IO[str] | None, wanted: str, seen: list[str]) -> None:
 def test_the_script_stops_cleanly_on_a_signal(
     pg_server: Server, database: str, conn: psycopg.Connection, signal_name: str
 ) -> None:
-    conn.execute(EXPIRED, (2,))
+    records.insert_many(conn, 2, records.expired())
     env = pg_server.client_env()
     env.update(DATABASE_URL=pg_server.conninfo(database), CLEANUP_INTERVAL_SECONDS="3600")
     process = subprocess.Popen([sys.executable, str(EXAMPLE)], env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT)

@@ -19,6 +19,8 @@ from psycopg import sql
 
 from tests import deployers
 from tests.helpers import count
+from tooling import records
+from tooling.records import DAY
 from tooling.servers import Server
 
 CLEANUP = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
@@ -30,17 +32,8 @@ def cleaner(conn: psycopg.Connection) -> Iterator[str]:
     """The role with the report's grants, and a table of 3 expired and 2 live records."""
     with deployers.planter_role(conn) as role:
         deployers.load_state(conn, "cleanup_role_with_the_reports_grants")
-        conn.execute(
-            "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
-            "SELECT gen_random_uuid(), 'old', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour' "
-            "FROM generate_series(1, %s)",
-            (EXPIRED,),
-        )
-        conn.execute(
-            "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) "
-            "SELECT gen_random_uuid(), 'live', '{}', now() + INTERVAL '1 day' FROM generate_series(1, %s)",
-            (LIVE,),
-        )
+        records.insert_many(conn, EXPIRED, records.expired(operation="old"))
+        records.insert_many(conn, LIVE, records.live(operation="live", lifetime=DAY))
         yield role
 
 

@@ -28,7 +28,8 @@ import pytest
 from tests import reliability
 from tests.helpers import count
 from tests.statements import REPORT_SAVE
-from tooling.records import save_params
+from tooling import records
+from tooling.records import DAY, save_params
 from tooling.servers import Server
 
 T = TypeVar("T")
@@ -296,11 +297,6 @@ WRITERS = 4
 CLEANERS = 3
 ROUNDS = 300  # per writer: a third expired inserts, a third live inserts, a third upsert + lookup
 
-INSERT_EXPIRED = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
-    VALUES (%s, 'expired', '{}', 200, now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')
-"""
-
 
 @dataclasses.dataclass
 class Ledger:
@@ -322,7 +318,7 @@ def write_and_look_up(session: psycopg.Connection, writer: int, ledger: Ledger) 
         step = round_ % 3
         if step == 0:
             key = uuid.uuid4()
-            session.execute(INSERT_EXPIRED, (key,))
+            records.insert(session, records.expired(key, operation="expired", status_code=200))
             with ledger.lock:
                 ledger.expired.append(key)
         elif step == 1:
@@ -422,11 +418,6 @@ BULK_EXPIRED = 200_000
 LIVE_KEYS = 500
 APP_SESSIONS = 2
 
-BULK_INSERT = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
-    SELECT gen_random_uuid(), 'bulk', '{}', 200, now() - INTERVAL '2 days', now() - INTERVAL '1 day' + g * INTERVAL '1 ms'
-    FROM generate_series(1, %s) AS g
-"""
 
 # Application sessions waiting on the cleanup: the cleanup's session among those that
 # block them (pg_blocking_pids: holders of a lock they wait for, or queued ahead of
@@ -516,7 +507,8 @@ def run_beside_cleanup(
 def test_long_cleanup_does_not_block_lookups_or_inserts_of_live_keys(pg_server: Server, database: str) -> None:
     with pg_server.connect(database, autocommit=True) as cleaner:
         reliability.add("sessions")
-        cleaner.execute(BULK_INSERT, (BULK_EXPIRED,))
+        bulk = records.expired(operation="bulk", status_code=200, ago=DAY, lifetime=DAY)
+        records.insert_many(cleaner, BULK_EXPIRED, bulk, spread=records.MILLISECOND)
         live = [uuid.uuid4() for _ in range(LIVE_KEYS)]
         with cleaner.cursor() as cursor:
             cursor.executemany(SAVE, [save_params(key, "live", "{}", 200, 24) for key in live])

@@ -20,8 +20,8 @@ import pytest
 
 from tests.sessions import gate, results, together, wait_for_waiters
 from tests.statements import CLAIM, LOOKUP, RECORD_RESULT, REPORT_GET, REPORT_SAVE, TRY_LOCK
-from tooling import servers
-from tooling.records import save_params
+from tooling import records, servers
+from tooling.records import DAY, save_params
 
 DUPLICATES = 8
 GATE = 900_001  # advisory lock key of the test's gate
@@ -291,11 +291,7 @@ def test_the_claim_refuses_an_over_long_operation_as_the_save_does(
     key = uuid.uuid4()
     operation = "x" * length
     if existing:
-        conn.execute(
-            "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
-            "VALUES (%s, %s, '{}', now() - INTERVAL '2 days', now() - INTERVAL '1 day')",
-            (key, operation[:100]),
-        )
+        records.insert(conn, records.expired(key, operation=operation[:100], ago=DAY, lifetime=DAY))
     with pytest.raises(psycopg.errors.StringDataRightTruncation) as save:
         conn.execute(REPORT_SAVE, save_params(key, operation))
     with pytest.raises(psycopg.errors.StringDataRightTruncation) as claim:

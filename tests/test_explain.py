@@ -9,26 +9,29 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.helpers import describe_plan, explain, plan_nodes
+from tooling import records
+from tooling.records import HOUR, Record
 
 ACTIVE, EXPIRED = 40_000, 2_000
 
 
 @pytest.fixture
 def realistic(conn: psycopg.Connection) -> psycopg.Connection:
-    conn.execute(
-        """
-        INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
-        SELECT gen_random_uuid(),
-               (ARRAY['payment', 'transfer', 'refund', 'login'])[1 + i %% 4],
-               '{"transaction_id": "' || md5(i::text) || '", "status": "ok"}',
-               200,
-               now() - INTERVAL '25 hours' + INTERVAL '1 second' * i * 90000 / %(total)s,
-               now() - INTERVAL '1 hour' + INTERVAL '1 second' * i * 90000 / %(total)s
-        FROM generate_series(1, %(total)s) AS i
-        """,
-        {"total": ACTIVE + EXPIRED},
+    total = ACTIVE + EXPIRED
+    # Created over 25 hours, one every 90000 / total seconds, each valid for 24 hours.
+    first = Record(status_code=200, created_at=-25 * HOUR, expires_at=-HOUR)
+    records.insert_many(
+        conn,
+        total,
+        first,
+        operations=("payment", "transfer", "refund", "login"),
+        spread=25 * HOUR / total,
+        result_payload=sql.SQL("""'{{"transaction_id": "' || md5({}::text) || '", "status": "ok"}}'""").format(
+            records.ROW
+        ),
     )
     expired = conn.execute("SELECT count(*) FROM idempotency_records WHERE expires_at <= now()").fetchone()
     assert expired is not None and 1_500 <= expired[0] <= 2_500, f"fixture: expected about {EXPIRED} expired rows"

@@ -22,25 +22,19 @@ from psycopg import sql
 
 from tests import reliability
 from tests.helpers import DOWN_FILES, UP_FILES, apply_all, catalog_snapshot, count, migration_states, split_statements
+from tests.statements import REPORT_SAVE
+from tooling import records
+from tooling.records import DAY, MILLISECOND, save_params
 from tooling.servers import FAST_SETTINGS, LocalServer, Server, throwaway_datadir
-
-SAVE = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-    VALUES (%s, %s, %s, %s, now() + INTERVAL '24 hours')
-    ON CONFLICT (request_id) DO UPDATE SET
-        operation = EXCLUDED.operation,
-        result_payload = EXCLUDED.result_payload,
-        status_code = EXCLUDED.status_code,
-        expires_at = EXCLUDED.expires_at
-"""
 
 CLEANUP = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
 
-BULK_EXPIRED = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
-    SELECT gen_random_uuid(), 'expired', '{}', 200, now() - INTERVAL '2 days', now() - INTERVAL '1 day' + g * INTERVAL '1 ms'
-    FROM generate_series(1, %s) AS g
-"""
+
+def bulk_expired(conn: psycopg.Connection, rows: int) -> None:
+    """Records that expired about a day ago, a millisecond apart."""
+    like = records.expired(operation="expired", status_code=200, ago=DAY, lifetime=DAY)
+    records.insert_many(conn, rows, like, spread=MILLISECOND)
+
 
 Row = tuple[str, str, int]
 
@@ -83,7 +77,7 @@ def save_pairs_until_crash(server: Server, writer: int, saves: Saves) -> None:
             try:
                 with session.transaction():
                     for key, values in rows.items():
-                        session.execute(SAVE, (key, *values))
+                        session.execute(REPORT_SAVE, save_params(key, *values))
             except psycopg.OperationalError:
                 if saves.crashed.is_set():
                     return
@@ -241,11 +235,8 @@ def test_a_migration_terminated_mid_file_is_undone_or_completable_and_keeps_ever
     after = states[0] if cut.path in DOWN_FILES else states[1]
     apply_all(empty_conn, cut.setup)
     if cut.rows:
-        empty_conn.execute(
-            "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) "
-            "SELECT gen_random_uuid(), 'kept', g::text, now() + INTERVAL '1 day' FROM generate_series(1, %s) AS g",
-            (cut.rows,),
-        )
+        kept = records.live(operation="kept", lifetime=DAY)
+        records.insert_many(empty_conn, cut.rows, kept, result_payload=sql.SQL("{}::text").format(records.ROW))
     before = catalog_snapshot(empty_conn)
     assert before == by_files[cut.setup]
 
@@ -282,7 +273,7 @@ MANY_EXPIRED = 100_000
 def test_cleanup_cancelled_by_statement_timeout_deletes_nothing_and_a_later_run_completes(
     conn: psycopg.Connection,
 ) -> None:
-    conn.execute(BULK_EXPIRED, (MANY_EXPIRED,))
+    bulk_expired(conn, MANY_EXPIRED)
     conn.execute("SET statement_timeout = '20ms'")
     with pytest.raises(psycopg.errors.QueryCanceled) as raised:
         conn.execute(CLEANUP)
@@ -308,7 +299,7 @@ LOCKED_EXPIRED = 1000
 def test_cleanup_blocked_by_a_table_lock_gives_up_cleanly_at_its_timeout(
     pg_server: Server, database: str, conn: psycopg.Connection, setting: str, sqlstate: str
 ) -> None:
-    conn.execute(BULK_EXPIRED, (LOCKED_EXPIRED,))
+    bulk_expired(conn, LOCKED_EXPIRED)
     with pg_server.connect(database) as holder:
         reliability.add("sessions")
         # A lock the cleanup must wait for, as during CREATE INDEX. (A row lock no

@@ -9,20 +9,21 @@ import pytest
 
 from tests.docblocks import GUIDE, QUERIES, Block, parse_blocks, run_block
 from tests.helpers import ROOT
+from tooling import records
+from tooling.records import DAY
 from tooling.servers import Server
 
 STATES = ROOT / "tests" / "fixtures" / "states"
 
-EXPIRED = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-    SELECT gen_random_uuid(), 'payment', %s, now() - INTERVAL '2 hours', now() - INTERVAL '1 hour'
-    FROM generate_series(1, %s)
-"""
-LIVE = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at)
-    SELECT gen_random_uuid(), 'payment', '{}', now(), now() + INTERVAL '1 day'
-    FROM generate_series(1, %s)
-"""
+
+def live(conn: psycopg.Connection, rows: int) -> None:
+    records.insert_many(conn, rows, records.live(lifetime=DAY))
+
+
+def expired(conn: psycopg.Connection, rows: int, payload: str = "{}") -> None:
+    records.insert_many(conn, rows, records.expired(result_payload=payload))
+
+
 COUNTERS = """
     SELECT n_dead_tup, n_mod_since_analyze, n_tup_ins, n_tup_upd
     FROM pg_stat_user_tables WHERE relid = 'idempotency_records'::regclass
@@ -53,7 +54,7 @@ def counters(conn: psycopg.Connection, until: str = "TRUE") -> dict[str, int]:
 def test_reindex_table_blocks_reads_of_the_table_until_it_ends(
     pg_server: Server, database: str, conn: psycopg.Connection
 ) -> None:
-    conn.execute(LIVE, (10,))
+    live(conn, 10)
     with pg_server.connect(database) as reindex:
         reindex.execute("REINDEX TABLE idempotency_records")  # its transaction stays open
         try:
@@ -95,7 +96,7 @@ def test_a_runner_transaction_refuses_create_index_concurrently(conn: psycopg.Co
 
 
 def test_pg_stat_reset_zeroes_what_autovacuum_reads(conn: psycopg.Connection) -> None:
-    conn.execute(EXPIRED, ("{}", 100))
+    expired(conn, 100)
     conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()")
     before = counters(conn, "n_dead_tup >= 100")
     assert before["n_mod_since_analyze"] >= 100
@@ -122,8 +123,8 @@ def test_the_new_keys_alert_does_not_see_retries_and_n_tup_upd_does(conn: psycop
 
 def test_a_deleted_payload_stays_in_the_table_file_until_vacuum_full(conn: psycopg.Connection) -> None:
     marker = "payload-that-was-deleted-4711"
-    conn.execute(LIVE, (50,))
-    conn.execute(EXPIRED, (marker, 1))
+    live(conn, 50)
+    expired(conn, 1, marker)
 
     def in_file() -> bool:
         conn.execute("CHECKPOINT")  # the table's pages, written to its file
@@ -147,7 +148,7 @@ def test_an_open_transaction_holds_back_vacuum_and_the_guide_lists_it(
     with pg_server.connect(database) as report:
         report.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         report.execute("SELECT count(*) FROM idempotency_records")  # its snapshot stays open
-        conn.execute(EXPIRED, ("{}", 100))
+        expired(conn, 100)
         conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()")
         conn.execute("VACUUM idempotency_records")
         assert counters(conn)["n_dead_tup"] >= 100, "vacuum could not remove the rows the open snapshot may see"
@@ -173,7 +174,7 @@ SAVE = """
 
 
 def test_the_tenant_key_migration_steps(conn: psycopg.Connection) -> None:
-    conn.execute(LIVE, (20,))
+    live(conn, 20)
     for step in TENANT_STEPS:
         conn.execute(step)
     notices: list[str] = []
@@ -203,7 +204,7 @@ def test_a_single_delete_writes_its_wal_as_it_goes_not_at_commit(pg_server: Serv
     """The WAL the DELETE statement itself wrote (EXPLAIN's WAL counters, this statement only),
     read inside its transaction, before the commit."""
     with pg_server.connect(database) as conn:
-        conn.execute(EXPIRED, ("{}", 5000))
+        expired(conn, 5000)
         conn.commit()
         row = conn.execute(
             "EXPLAIN (ANALYZE, WAL, FORMAT JSON) DELETE FROM idempotency_records WHERE expires_at <= now()"

@@ -25,18 +25,20 @@ from tests.statements import (
     INSERT_OR_READ_STORE,
     render,
 )
-from tooling import servers
-from tooling.records import save_params
+from tooling import records, servers
+from tooling.records import DAY, HOUR, Record, save_params
 
 DUPLICATES = 8
-EXPIRED_TWO_DAYS_AGO = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
-    VALUES (%s, 'payment', 'expired result', 201, now() - INTERVAL '3 days', now() - INTERVAL '2 days')
-"""
-VALID = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-    VALUES (%s, 'payment', 'valid result', 201, now() + INTERVAL '1 hour')
-"""
+
+
+def expired_two_days_ago(key: uuid.UUID) -> Record:
+    return records.expired(key, result_payload="expired result", status_code=201, ago=2 * DAY, lifetime=DAY)
+
+
+def valid(key: uuid.UUID) -> Record:
+    return records.live(key, result_payload="valid result", status_code=201, lifetime=HOUR)
+
+
 Answer = tuple[str, int]
 
 
@@ -91,7 +93,7 @@ def test_the_guide_prints_the_sql_the_tests_run() -> None:
 
 def test_naive_no_op_update_returns_a_record_that_expired_two_days_ago(conn: psycopg.Connection) -> None:
     key = uuid.uuid4()
-    conn.execute(EXPIRED_TWO_DAYS_AGO, (key,))
+    records.insert(conn, expired_two_days_ago(key))
     row = conn.execute(INSERT_OR_READ_NO_OP_UPDATE, request(key, "new result")).fetchone()
     assert row is not None and row[0] == "expired result", f"the previous form replays the expired result: {row}"
 
@@ -99,7 +101,7 @@ def test_naive_no_op_update_returns_a_record_that_expired_two_days_ago(conn: psy
 @pytest.mark.parametrize("form", FORMS)
 def test_an_expired_record_is_taken_over_never_returned(conn: psycopg.Connection, form: str) -> None:
     key = uuid.uuid4()
-    conn.execute(EXPIRED_TWO_DAYS_AGO, (key,))
+    records.insert(conn, expired_two_days_ago(key))
     stored, answer = FORMS[form](conn, key, "new result")
     assert (stored, answer) == (True, ("new result", 200)), f"{form}: this request's result, got {answer}"
     row = conn.execute("SELECT expires_at - created_at FROM idempotency_records WHERE request_id = %s", (key,))
@@ -109,7 +111,7 @@ def test_an_expired_record_is_taken_over_never_returned(conn: psycopg.Connection
 @pytest.mark.parametrize("form", FORMS)
 def test_a_valid_record_is_returned_and_kept(conn: psycopg.Connection, form: str) -> None:
     key = uuid.uuid4()
-    conn.execute(VALID, (key,))
+    records.insert(conn, valid(key))
     assert FORMS[form](conn, key, "new result") == (False, ("valid result", 201)), f"{form}: the stored result"
     stored = conn.execute("SELECT result_payload FROM idempotency_records WHERE request_id = %s", (key,)).fetchone()
     assert stored == ("valid result",), f"{form}: the valid record is unchanged"
@@ -127,7 +129,7 @@ def test_duplicates_racing_on_an_expired_key_all_get_one_new_result(
     """A holder locks the expired record until every duplicate waits on it; then they all go.
     One stores its result, every other one gets that result, none the expired one."""
     key = uuid.uuid4()
-    conn.execute(EXPIRED_TWO_DAYS_AGO, (key,))
+    records.insert(conn, expired_two_days_ago(key))
     holder = pg_server.connect(database)
     reliability.add("sessions", DUPLICATES + 1)
     holder.execute("SELECT 1 FROM idempotency_records WHERE request_id = %s FOR UPDATE", (key,))

@@ -12,7 +12,8 @@ import uuid
 import psycopg
 
 from tests.statements import CLAIM, GUARDED_SAVE, LOOKUP, REPORT_SAVE
-from tooling.records import save_params
+from tooling import records
+from tooling.records import DAY, save_params
 
 
 def record(conn: psycopg.Connection, key: uuid.UUID) -> tuple[str, str, int | None]:
@@ -66,11 +67,7 @@ def test_claim_on_a_key_held_by_another_operation_returns_no_row_and_the_lookup_
 
 def test_an_expired_record_of_another_operation_frees_its_key_for_the_claim(conn: psycopg.Connection) -> None:
     key = uuid.uuid4()
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
-        "VALUES (%s, 'payment', '{}', now() - INTERVAL '4 days', now() - INTERVAL '1 day')",
-        (key,),
-    )
+    records.insert(conn, records.expired(key, ago=DAY, lifetime=3 * DAY))
     with conn.transaction():
         claimed = conn.execute(CLAIM, {"request_id": key, "operation": "login"}).fetchall()
     assert claimed == [(key,)], "an expired record no longer holds its key"

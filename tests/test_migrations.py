@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from tests.helpers import DOWN_FILES, SQL_DIR, UP_FILES, apply, apply_all, catalog_snapshot, split_statements
+from tooling import records
 
 
 def test_migration_file_names() -> None:
@@ -45,10 +46,7 @@ def test_up_down_up_leaves_the_same_catalog(empty_conn: psycopg.Connection) -> N
 
 
 def test_down_with_data_present_leaves_nothing(conn: psycopg.Connection) -> None:
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) "
-        "SELECT gen_random_uuid(), 'x', '{}', now() + INTERVAL '1 hour' FROM generate_series(1, 1000)"
-    )
+    records.insert_many(conn, 1000, records.live(operation="x", lifetime=records.HOUR))
     apply_all(conn, DOWN_FILES)
     assert catalog_snapshot(conn) == {kind: [] for kind in catalog_snapshot(conn)}
 
@@ -75,10 +73,7 @@ def test_downs_without_their_ups_succeed_and_change_nothing(empty_conn: psycopg.
 
 
 def test_up_keeps_rows_already_stored(conn: psycopg.Connection) -> None:
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) "
-        "VALUES ('33333333-3333-3333-3333-333333333333', 'kept', '{}', now() + INTERVAL '1 hour')"
-    )
+    records.insert(conn, records.live(operation="kept", lifetime=records.HOUR))
     apply_all(conn, UP_FILES)
     assert conn.execute("SELECT operation FROM idempotency_records").fetchall() == [("kept",)]
 

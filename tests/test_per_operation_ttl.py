@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from tests.statements import CLAIM, REPORT_SAVE
-from tooling.records import save_params
+from tooling import records
+from tooling.records import DAY, save_params
 
 LIFETIMES = {
     "payment": datetime.timedelta(hours=72),
@@ -42,11 +43,7 @@ def test_claim_gives_each_operation_its_lifetime(conn: psycopg.Connection, opera
 
 def test_a_taken_over_expired_record_gets_the_new_operations_lifetime(conn: psycopg.Connection) -> None:
     key = uuid.uuid4()
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
-        "VALUES (%s, 'payment', '{}', now() - INTERVAL '4 days', now() - INTERVAL '1 day')",
-        (key,),
-    )
+    records.insert(conn, records.expired(key, ago=DAY, lifetime=3 * DAY))
     conn.execute(CLAIM, {"request_id": key, "operation": "login"})
     assert lifetime(conn, key) == LIFETIMES["login"], "the old payment's 72 hours do not carry over"
 

@@ -25,7 +25,7 @@ import pytest
 
 from tests import deployers, helpers
 from tests.docblocks import GUIDE, Block, parse_blocks, pg_cron_blocks, run_block
-from tooling import servers
+from tooling import records, servers
 
 SERVER_BINARY = Path("/usr/lib/postgresql/15/bin/postgres")
 CONTROL = Path("/usr/share/postgresql/15/extension/pg_cron.control")
@@ -178,17 +178,9 @@ def test_046_down_runs_where_pg_cron_is_absent(conn: psycopg.Connection) -> None
 def _seed_expired_and_live(conn: psycopg.Connection) -> tuple[list[str], list[str]]:
     expired = [str(uuid.uuid4()) for _ in range(3)]
     live = [str(uuid.uuid4()) for _ in range(2)]
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
-            "VALUES (%s, 'payment', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')",
-            [(key,) for key in expired],
-        )
-        cur.executemany(
-            "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) "
-            "VALUES (%s, 'payment', '{}', now() + INTERVAL '1 day')",
-            [(key,) for key in live],
-        )
+    records.insert(
+        conn, *(records.expired(key) for key in expired), *(records.live(key, lifetime=records.DAY) for key in live)
+    )
     return expired, live
 
 

@@ -18,6 +18,7 @@ from psycopg import sql
 from tests.helpers import sqlstate_of
 from tests.roles import UPSERT_GRANTS, acting_as, grant, new_role
 from tests.statements import CLAIM, CLEANUP_BATCH, GUARDED_SAVE, LOOKUP, RECORD_RESULT, REPORT_GET, REPORT_SAVE
+from tooling import records
 from tooling.records import save_params
 
 REPORT_GRANTS = "GRANT SELECT, INSERT, DELETE ON idempotency_records TO {role}"
@@ -71,11 +72,7 @@ def maintenance(conn: psycopg.Connection, role: str) -> Iterator[str]:
 
 def _seed_expired(conn: psycopg.Connection) -> str:
     key = str(uuid.uuid4())
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
-        "VALUES (%s, 'old', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')",
-        (key,),
-    )
+    records.insert(conn, records.expired(key, operation="old"))
     return key
 
 

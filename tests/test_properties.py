@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests import reliability
+from tooling.records import Record, insert
 
 EXAMPLES = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None
@@ -39,7 +40,7 @@ ZONES = st.sampled_from(
 INSTANTS = st.datetimes(min_value=datetime(1901, 1, 1), max_value=datetime(2200, 1, 1), timezones=ZONES)
 LIFETIMES = st.timedeltas(min_value=timedelta(microseconds=1), max_value=timedelta(days=3650))
 
-records = st.fixed_dictionaries(
+RECORDS = st.fixed_dictionaries(
     {
         "request_id": st.uuids(),
         "operation": st.text(TEXT, max_size=100),
@@ -50,6 +51,8 @@ records = st.fixed_dictionaries(
     }
 )
 
+# The values go in as bound parameters, each adapted by psycopg (a datetime with its zone, the
+# DST fold): that round trip is what the first test proves, so it keeps its own INSERT.
 INSERT = """
     INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
     VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, %(created_at)s, %(expires_at)s)
@@ -68,7 +71,7 @@ FOLD = {
 
 
 @EXAMPLES
-@given(record=records)
+@given(record=RECORDS)
 @example(record=FOLD)
 def test_a_stored_record_reads_back_equal(conn: psycopg.Connection, record: dict[str, Any]) -> None:
     values = {**record, "expires_at": record["created_at"] + record["lifetime"]}
@@ -112,22 +115,11 @@ def test_cleanup_deletes_exactly_the_rows_expired_at_its_now(
     # One transaction, rolled back: now() is frozen at its start, so it is the
     # cleanup's now() too, and the example leaves nothing behind.
     with conn.transaction(force_rollback=True):
-        now_row = conn.execute("SELECT now()").fetchone()
-        assert now_row is not None
-        now = now_row[0]
-        for key, offset in zip(keys, offsets, strict=False):
-            expires_at = now + offset
-            conn.execute(
-                INSERT,
-                {
-                    "request_id": key,
-                    "operation": "generated",
-                    "result_payload": "{}",
-                    "status_code": None,
-                    "created_at": expires_at - timedelta(days=1),
-                    "expires_at": expires_at,
-                },
-            )
+        generated = (
+            Record(key, operation="generated", created_at=offset - timedelta(days=1), expires_at=offset)
+            for key, offset in zip(keys, offsets, strict=False)
+        )
+        insert(conn, *generated)
         deleted = conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone()
         left = {row[0] for row in conn.execute("SELECT request_id FROM idempotency_records")}
     reliability.add("operations", len(offsets) + 2)

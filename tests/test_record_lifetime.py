@@ -17,13 +17,8 @@ import pytest
 
 from tests.docblocks import QUERIES
 from tests.statements import CLAIM, LOOKUP, REPORT_SAVE
-from tooling import servers
-from tooling.records import save_params
-
-INSERT_AGED = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
-    VALUES (%(request_id)s, 'payment', 'old', 201, now() - %(age)s, now() - %(age)s + %(lifetime)s)
-"""
+from tooling import records, servers
+from tooling.records import Record, save_params
 
 
 def lifetime_of(conn: psycopg.Connection, key: uuid.UUID) -> tuple[datetime.datetime, datetime.datetime, str]:
@@ -35,8 +30,9 @@ def lifetime_of(conn: psycopg.Connection, key: uuid.UUID) -> tuple[datetime.date
 
 
 def aged(conn: psycopg.Connection, age: datetime.timedelta, lifetime: datetime.timedelta) -> uuid.UUID:
-    key = uuid.uuid4()
-    conn.execute(INSERT_AGED, {"request_id": key, "age": age, "lifetime": lifetime})
+    (key,) = records.insert(
+        conn, Record(result_payload="old", status_code=201, created_at=-age, expires_at=lifetime - age)
+    )
     return key
 
 
@@ -145,10 +141,11 @@ def test_a_claim_that_returns_no_row_still_locks_the_record_until_its_lookup_is_
 
 # Usage and Data retention: a record that never expires. The guide's value, as printed there.
 NEVER_EXPIRES = "9999-01-01 00:00:00+00"
-INSERT_FOREVER = """
-    INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-    VALUES (%(request_id)s, 'audit', '{}', 200, %(expires_at)s)
-"""
+
+
+def forever(key: uuid.UUID, expires_at: str) -> Record:
+    """The guide's record that never expires: an audit record with a far-future expires_at."""
+    return Record(key, operation="audit", status_code=200, expires_at=expires_at)
 
 
 def test_the_guide_gives_the_far_future_value_for_records_that_never_expire() -> None:
@@ -161,7 +158,7 @@ def test_a_record_that_never_expires_reads_back_with_psycopg_and_outlives_cleanu
     conn: psycopg.Connection, zone: str
 ) -> None:
     key = uuid.uuid4()
-    conn.execute(INSERT_FOREVER, {"request_id": key, "expires_at": NEVER_EXPIRES})
+    records.insert(conn, forever(key, NEVER_EXPIRES))
     conn.execute(psycopg.sql.SQL("SET TIME ZONE {}").format(psycopg.sql.Literal(zone)))
     conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()")
     row = conn.execute("SELECT expires_at FROM idempotency_records WHERE request_id = %s", (key,)).fetchone()
@@ -173,6 +170,6 @@ def test_a_record_that_never_expires_reads_back_with_psycopg_and_outlives_cleanu
 
 def test_naive_infinity_cannot_be_read_back_with_psycopg(conn: psycopg.Connection) -> None:
     key = uuid.uuid4()
-    conn.execute(INSERT_FOREVER, {"request_id": key, "expires_at": "infinity"})
+    records.insert(conn, forever(key, "infinity"))
     with pytest.raises(psycopg.DataError):
         conn.execute("SELECT expires_at FROM idempotency_records WHERE request_id = %s", (key,)).fetchone()

@@ -29,7 +29,7 @@ def test_a_live_and_an_expired_record_have_the_times_asked_for(conn: psycopg.Con
     with conn.transaction():
         keys = records.insert(
             conn,
-            records.live(lifetime=2 * HOUR, age=HOUR, operation="login", status_code=None),
+            records.live(lifetime=2 * HOUR, age=HOUR, operation="login", status_code=200),
             records.expired(ago=HOUR, lifetime=3 * HOUR, result_payload='{"n": 1}'),
         )
         rows = conn.execute(
@@ -37,8 +37,8 @@ def test_a_live_and_an_expired_record_have_the_times_asked_for(conn: psycopg.Con
             "FROM idempotency_records ORDER BY expires_at DESC"
         ).fetchall()
     assert rows == [
-        (keys[0], "login", "{}", None, -HOUR, HOUR),
-        (keys[1], "payment", '{"n": 1}', 201, -4 * HOUR, -HOUR),
+        (keys[0], "login", "{}", 200, -HOUR, HOUR),
+        (keys[1], "payment", '{"n": 1}', None, -4 * HOUR, -HOUR),
     ]
 
 
@@ -46,14 +46,14 @@ def test_records_are_made_relative_to_a_given_instant(conn: psycopg.Connection) 
     instant = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     key = uuid.uuid4()
     records.insert(conn, records.Record(key, created_at=-HOUR, expires_at="infinity"), now=instant)
-    records.insert_many(conn, 3, now=instant, created_at=-HOUR, expires_at=HOUR, spread=HOUR)
+    records.insert_many(conn, 3, records.live(age=HOUR, lifetime=2 * HOUR), now=instant, spread=HOUR)
     stamps = conn.execute(
         "SELECT created_at, nullif(expires_at, 'infinity') FROM idempotency_records ORDER BY expires_at"
     ).fetchall()
     assert stamps == [
-        (instant - HOUR, instant + 2 * HOUR),
-        (instant - HOUR, instant + 3 * HOUR),
-        (instant - HOUR, instant + 4 * HOUR),
+        (instant, instant + 2 * HOUR),
+        (instant + HOUR, instant + 3 * HOUR),
+        (instant + 2 * HOUR, instant + 4 * HOUR),
         (instant - HOUR, None),
     ]
 
@@ -61,30 +61,23 @@ def test_records_are_made_relative_to_a_given_instant(conn: psycopg.Connection) 
 def test_many_records_deal_out_operations_and_spread_their_expiry(conn: psycopg.Connection) -> None:
     with conn.transaction():  # one now() for the records and the query
         keys = records.insert_many(
-            conn, 6, operation=("a", "b", "c"), created_at=-10 * HOUR, expires_at=-HOUR, spread=-HOUR, returning=True
+            conn, 6, records.expired(lifetime=9 * HOUR), operations=("a", "b", "c"), spread=-HOUR, returning=True
         )
         rows = conn.execute(
-            "SELECT operation, expires_at - now() FROM idempotency_records ORDER BY expires_at DESC"
+            "SELECT operation, created_at - now(), expires_at - now() FROM idempotency_records ORDER BY expires_at DESC"
         ).fetchall()
     assert len(set(keys)) == 6
-    assert rows == [
-        ("b", -2 * HOUR),
-        ("c", -3 * HOUR),
-        ("a", -4 * HOUR),
-        ("b", -5 * HOUR),
-        ("c", -6 * HOUR),
-        ("a", -7 * HOUR),
-    ]
+    assert rows == [(op, -(10 + i) * HOUR, -(1 + i) * HOUR) for i, op in enumerate("bcabca", start=1)]
 
 
 def test_an_expression_of_the_row_number_makes_each_row(conn: psycopg.Connection) -> None:
     records.insert_many(
         conn,
         3,
+        records.Record(created_at=-HOUR),
         first=5,
         request_id=sql.SQL("md5({}::text)::uuid").format(records.ROW),
         result_payload=sql.SQL("repeat('x', {}::integer)").format(records.ROW),
-        created_at=-HOUR,
         lifetime=3 * HOUR,
         shuffled=True,
     )

@@ -8,15 +8,18 @@ and a test keeps them within a tolerance of what a real table measures.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.helpers import ROOT, explain, plan_nodes, sqlstate_of
 from tests.statements import REPORT_SAVE
-from tooling.records import save_params
+from tooling import records
+from tooling.records import HOUR, MINUTE, Record, save_params
 
 GUIDE = ROOT / "docs" / "performance.md"  # the guide's evidence page: plans and storage
 
@@ -67,11 +70,7 @@ def test_the_reports_save_rejects_a_missing_ttl(conn: psycopg.Connection) -> Non
 
 def test_infinity_is_allowed_and_never_cleaned_up(conn: psycopg.Connection) -> None:
     key = str(uuid.uuid4())
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) "
-        "VALUES (%s, 'audit', '{}', 'infinity')",
-        (key,),
-    )
+    records.insert(conn, Record(key, operation="audit", expires_at="infinity"))
     conn.execute("SELECT cleanup_expired_idempotency_records()")
     conn.execute(REPORT_CLEANUP)
     left = conn.execute("SELECT count(*) FROM idempotency_records WHERE request_id = %s", (key,)).fetchone()
@@ -99,21 +98,17 @@ RETENTION = "UPDATE idempotency_records SET expires_at = created_at + %s::interv
 def test_the_retention_update_violates_the_check_exactly_when_the_interval_is_not_positive(
     conn: psycopg.Connection, interval: str, sqlstate: str | None
 ) -> None:
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) "
-        "VALUES (%s, 'payment', '{}', NOW() + INTERVAL '72 hours')",
-        (str(uuid.uuid4()),),
-    )
+    records.insert(conn, records.live(lifetime=72 * HOUR))
     state = sqlstate_of(conn, RETENTION, (interval,))
     assert state == sqlstate, f"expires_at = created_at + '{interval}': expected SQLSTATE {sqlstate}, got {state}"
 
 
 def test_the_safe_retention_update_only_shortens(conn: psycopg.Connection) -> None:
     short, long_ = str(uuid.uuid4()), str(uuid.uuid4())
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) "
-        "VALUES (%s, 'login', '{}', NOW() + INTERVAL '10 minutes'), (%s, 'login', '{}', NOW() + INTERVAL '72 hours')",
-        (short, long_),
+    records.insert(
+        conn,
+        records.live(short, operation="login", lifetime=10 * MINUTE),
+        records.live(long_, operation="login", lifetime=72 * HOUR),
     )
     conn.execute(
         "UPDATE idempotency_records SET expires_at = created_at + INTERVAL '1 hour' "
@@ -133,18 +128,14 @@ RELATIONS = ("idempotency_records", "idempotency_records_pkey", "idx_idempotency
 def _fill(conn: psycopg.Connection, rows: int, payload_bytes: int) -> None:
     """`rows` live records arriving evenly over the last 24 hours with a 24-hour TTL, as the report
     assumes (1M requests a month), each with a result_payload of exactly `payload_bytes` bytes."""
-    conn.execute(
-        """
-        INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at)
-        SELECT gen_random_uuid(),
-               (ARRAY['payment', 'transfer', 'login', 'refund'])[1 + i %% 4],
-               rpad('{"transaction_id": "' || i || '", "note": "', %(bytes)s - 2, 'x') || '"}',
-               201,
-               now() - INTERVAL '24 hours' + i * (INTERVAL '24 hours' / %(rows)s),
-               now() + i * (INTERVAL '24 hours' / %(rows)s)
-        FROM generate_series(1, %(rows)s) AS i
-        """,
-        {"rows": rows, "bytes": payload_bytes},
+    payload = sql.SQL("""rpad('{{"transaction_id": "' || {row} || '", "note": "', {bytes}, 'x') || '"}}'""")
+    records.insert_many(
+        conn,
+        rows,
+        Record(status_code=201, created_at=-24 * HOUR, expires_at=dt.timedelta(0)),
+        operations=("payment", "transfer", "login", "refund"),
+        spread=24 * HOUR / rows,
+        result_payload=payload.format(row=records.ROW, bytes=sql.Literal(payload_bytes - 2)),
     )
 
 

@@ -10,12 +10,9 @@ import psycopg
 from psycopg import sql
 
 from tests import helpers
+from tooling import records
 
 CLEANUP = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
-INSERT_EXPIRED = sql.SQL(
-    "INSERT INTO {} (request_id, operation, result_payload, created_at, expires_at) "
-    "VALUES (%s, 'old', '{{}}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')"
-)
 
 
 def _table(schema: str) -> sql.Identifier:
@@ -23,7 +20,7 @@ def _table(schema: str) -> sql.Identifier:
 
 
 def _insert_expired(conn: psycopg.Connection, schema: str) -> None:
-    conn.execute(INSERT_EXPIRED.format(_table(schema)), (str(uuid.uuid4()),))
+    records.insert(conn, records.expired(operation="old"), schema=schema)
 
 
 def _count(conn: psycopg.Connection, schema: str) -> int:
@@ -55,11 +52,7 @@ def test_the_migrations_install_into_a_non_public_schema(empty_conn: psycopg.Con
 def test_the_package_works_in_a_non_public_schema(empty_conn: psycopg.Connection) -> None:
     _install(empty_conn, "app")
     key = str(uuid.uuid4())
-    empty_conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at) "
-        "VALUES (%s, 'payment', '{}', 201, now() + INTERVAL '24 hours')",
-        (key,),
-    )
+    records.insert(empty_conn, records.live(key, status_code=201))
     _insert_expired(empty_conn, "app")
     stored = empty_conn.execute(
         "SELECT status_code FROM idempotency_records WHERE request_id = %s AND expires_at > now()", (key,)

@@ -14,6 +14,7 @@ import pytest
 
 from tests import verification
 from tests.helpers import DOWN_FILES, ROOT, UP_FILES, apply
+from tooling import records
 from tooling.servers import Server
 
 TRAPS = ROOT / "tests" / "fixtures" / "hostile_shadowing_traps.sql"
@@ -107,10 +108,7 @@ def test_the_cleanup_runs_no_trap(empty_conn: psycopg.Connection) -> None:
     """The function's body (pinned search_path pg_catalog, public, pg_temp) calls built-ins only."""
     for path in UP_FILES:
         apply(empty_conn, path)
-    empty_conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
-        "VALUES (gen_random_uuid(), 'old', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')"
-    )
+    records.insert(empty_conn, records.expired(operation="old"))
     witness = _plant(empty_conn)
     deleted = empty_conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchall()
     assert deleted == [(1,)], "the cleanup deleted the expired record"

@@ -8,7 +8,8 @@ import psycopg
 
 from tests.helpers import count
 from tests.statements import REPORT_GET, REPORT_SAVE
-from tooling.records import save_params
+from tooling import records
+from tooling.records import HOUR, MINUTE, Record, save_params
 
 
 def test_insert_then_query_returns_the_stored_record(conn: psycopg.Connection) -> None:
@@ -23,11 +24,7 @@ def test_insert_then_query_returns_the_stored_record(conn: psycopg.Connection) -
 def test_expiry_filter_separates_valid_from_expired(conn: psycopg.Connection) -> None:
     valid, expired = uuid.uuid4(), uuid.uuid4()
     conn.execute(REPORT_SAVE, save_params(valid, "payment", "{}", 200, 1))
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
-        "VALUES (%s, 'payment', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')",
-        (expired,),
-    )
+    records.insert(conn, records.expired(expired))
     assert count(conn) == 2, "both records are stored"
     assert conn.execute(REPORT_GET, {"request_id": valid}).fetchone() is not None, "the valid record is returned"
     assert conn.execute(REPORT_GET, {"request_id": expired}).fetchone() is None, "the expired record is not returned"
@@ -35,11 +32,8 @@ def test_expiry_filter_separates_valid_from_expired(conn: psycopg.Connection) ->
 
 def test_upsert_replaces_the_fields_and_keeps_created_at(conn: psycopg.Connection) -> None:
     key = uuid.uuid4()
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at) "
-        "VALUES (%s, 'transfer', 'first', 500, now() - INTERVAL '10 minutes', now() + INTERVAL '1 hour')",
-        (key,),
-    )
+    first = Record(key, "transfer", "first", 500, created_at=-10 * MINUTE, expires_at=HOUR)
+    records.insert(conn, first)
     before = conn.execute(
         "SELECT created_at, expires_at FROM idempotency_records WHERE request_id = %s", (key,)
     ).fetchone()
@@ -71,6 +65,7 @@ def test_on_conflict_do_nothing_keeps_the_first_write(conn: psycopg.Connection) 
 
 
 def test_an_already_expired_record_can_be_stored_with_a_backdated_created_at(conn: psycopg.Connection) -> None:
+    """The report's test 6, corrected: its own INSERT, with created_at before expires_at."""
     key = uuid.uuid4()
     conn.execute(
         "INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, created_at, expires_at) "

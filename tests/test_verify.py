@@ -18,14 +18,12 @@ from tests import verification
 from tests.helpers import catalog_snapshot, count, explain, plan_nodes
 from tests.roles import UPSERT_GRANTS, grant
 from tests.verification import PASSING, assert_passes
+from tooling import records
 from tooling.servers import Server
 
 
 def _seed(conn: psycopg.Connection) -> None:
-    conn.execute(
-        "INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at) "
-        "SELECT gen_random_uuid(), 'payment', '{}', 201, now() + INTERVAL '1 day' FROM generate_series(1, 50)"
-    )
+    records.insert_many(conn, 50, records.live(status_code=201, lifetime=records.DAY))
 
 
 def test_the_script_passes_on_a_fresh_migrate_and_leaves_nothing_behind(

@@ -17,16 +17,13 @@ import psycopg
 
 from tests import verification
 from tests.statements import REPORT_SAVE
+from tooling import records
 from tooling.records import save_params
 from tooling.servers import Server
 
 APP = "idempotency-app-under-test"
 SCRIPT = "idempotency-verify-under-test"
 RUNS = 25
-EXPIRED = (
-    "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
-    "VALUES (%s, 'payment', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')"
-)
 DELETE = "DELETE FROM idempotency_records WHERE request_id = %s"
 CLEANUP = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
 OBSERVE = """
@@ -64,7 +61,7 @@ class Loop(threading.Thread):
 def application(conn: psycopg.Connection, iteration: int) -> None:
     """A record stored already expired, saved over (locking it), deleted; now and then a cleanup."""
     key = uuid.uuid4()
-    conn.execute(EXPIRED, (key,))
+    records.insert(conn, records.expired(key))
     conn.execute(REPORT_SAVE, save_params(key, "payment", '{"n": 1}', 201, 1))
     conn.execute(DELETE, (key,))
     if iteration % 10 == 0:

@@ -29,7 +29,9 @@ from tooling.servers import Server
 
 TRAPS = ROOT / "tests" / "fixtures" / "verify_traps"
 
-# The report's get and save with literals: a new key each time.
+# Probes: each trap is shown to fire on one of these statements, as written here. The report's
+# get and save with literals, a new key each time; a plain insert of an expired record; the
+# cleanup, the report's and the function's.
 SAVE = render(
     REPORT_SAVE,
     request_id="gen_random_uuid()",

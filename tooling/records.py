@@ -1,7 +1,7 @@
 """Records of idempotency_records, made one way. Every record the suite and the benchmark store to
 start from is built here, so that the columns, and what a record holds unless a caller says
-otherwise, are written once: a column added to the table gets its place in COLUMNS and its value
-in Record and insert_many() here, not in every test.
+otherwise, are written once: a column added to the table is a field of Record here (COLUMNS
+follows), not an edit of every test.
 
 Times are explicit: created_at and expires_at are always given, never left to the column's
 default, each as an offset from one instant, the server's now() (the start of the transaction,
@@ -24,28 +24,37 @@ import psycopg
 from psycopg import sql
 
 TABLE = "idempotency_records"
-COLUMNS = ("request_id", "operation", "result_payload", "status_code", "created_at", "expires_at")
 
-# What a record holds unless the caller says otherwise.
-OPERATION = "payment"
-RESULT_PAYLOAD = "{}"
-STATUS_CODE = 201
-LIFETIME = dt.timedelta(hours=24)
+MILLISECOND, SECOND, MINUTE, HOUR, DAY = (
+    dt.timedelta(milliseconds=1),
+    dt.timedelta(seconds=1),
+    dt.timedelta(minutes=1),
+    dt.timedelta(hours=1),
+    dt.timedelta(days=1),
+)
+LIFETIME = 24 * HOUR
+SAVED_STATUS_CODE = 201  # what a save stores unless the caller says otherwise
 
 # An offset from the instant the records are made relative to, or a timestamp of its own.
 Stamp = dt.timedelta | dt.datetime | str
+STAMPS = ("created_at", "expires_at")
 
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-    """One record: its values, and its two times as offsets from `now` or as timestamps."""
+    """One record: a field per column of the table, in the table's order, with what it holds
+    unless the caller says otherwise (no status code: a record claimed before its result is
+    stored); its two times as offsets from `now`, or timestamps."""
 
     request_id: uuid.UUID | str = dataclasses.field(default_factory=uuid.uuid4)
-    operation: str = OPERATION
-    result_payload: str = RESULT_PAYLOAD
-    status_code: int | None = STATUS_CODE
+    operation: str = "payment"
+    result_payload: str = "{}"
+    status_code: int | None = None
     created_at: Stamp = dt.timedelta(0)
     expires_at: Stamp = LIFETIME
+
+
+COLUMNS = tuple(field.name for field in dataclasses.fields(Record))
 
 
 def live(
@@ -62,8 +71,8 @@ def live(
 def expired(
     request_id: uuid.UUID | str | None = None,
     *,
-    ago: dt.timedelta = dt.timedelta(hours=1),
-    lifetime: dt.timedelta = dt.timedelta(hours=1),
+    ago: dt.timedelta = HOUR,
+    lifetime: dt.timedelta = HOUR,
     **values: Any,
 ) -> Record:
     """A record that expired `ago` before now, `lifetime` after its creation."""
@@ -84,30 +93,32 @@ def _columns() -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(column) for column in COLUMNS)
 
 
-def insert(conn: psycopg.Connection, *records: Record, now: dt.datetime | None = None) -> list[uuid.UUID]:
-    """Store the records in one statement; return their keys, in order."""
+def _table(schema: str | None) -> sql.Identifier:
+    return sql.Identifier(TABLE) if schema is None else sql.Identifier(schema, TABLE)
+
+
+def insert(
+    conn: psycopg.Connection, *records: Record, now: dt.datetime | None = None, schema: str | None = None
+) -> list[uuid.UUID]:
+    """Store the records in one statement, into the table the search_path finds or the one of
+    `schema`; return their keys, in order."""
     instant = _instant(now)
-    rows = [
-        sql.SQL("({}::uuid, {}, {}, {}::integer, {}, {})").format(
-            sql.Placeholder(),
-            sql.Placeholder(),
-            sql.Placeholder(),
-            sql.Placeholder(),
-            _stamp(record.created_at, instant),
-            _stamp(record.expires_at, instant),
-        )
-        for record in records
-    ]
-    params = [
-        value
-        for record in records
-        for value in (record.request_id, record.operation, record.result_payload, record.status_code)
-    ]
+    rows = []
+    params: list[object] = []
+    for record in records:
+        values = []
+        for column in COLUMNS:
+            value = getattr(record, column)
+            if column in STAMPS:
+                values.append(_stamp(value, instant))
+            else:
+                values.append(sql.Placeholder())
+                params.append(value)
+        rows.append(sql.SQL("({})").format(sql.SQL(", ").join(values)))
     query = sql.SQL("INSERT INTO {} ({}) VALUES {} RETURNING request_id").format(
-        sql.Identifier(TABLE), _columns(), sql.SQL(", ").join(rows)
+        _table(schema), _columns(), sql.SQL(", ").join(rows)
     )
-    cursor = conn.execute(query, params)
-    keys = [row[0] for row in cursor.fetchall()]
+    keys = [row[0] for row in conn.execute(query, params).fetchall()]
     assert len(keys) == len(records), f"stored {len(keys)} of {len(records)} records"
     return keys
 
@@ -120,70 +131,59 @@ CREATED_AT = sql.SQL("stamp.created_at")
 RANDOM_KEY = sql.SQL("gen_random_uuid()")
 
 
-def _value(value: object, cast: str) -> sql.Composable:
-    if isinstance(value, sql.Composable):
-        return value
-    return sql.SQL("{}::{}").format(sql.Literal(value), sql.SQL(cast))
-
-
 def insert_many(
     conn: psycopg.Connection,
     count: int,
+    like: Record | None = None,
     *,
     first: int = 1,
-    request_id: sql.Composable = RANDOM_KEY,
-    operation: str | Sequence[str] = OPERATION,
-    result_payload: str | sql.Composable = RESULT_PAYLOAD,
-    status_code: int | None = STATUS_CODE,
-    created_at: Stamp | sql.Composable = dt.timedelta(0),
-    expires_at: Stamp | sql.Composable | None = LIFETIME,
-    lifetime: dt.timedelta | None = None,
+    operations: Sequence[str] = (),
     spread: dt.timedelta = dt.timedelta(0),
+    lifetime: dt.timedelta | None = None,
     now: dt.datetime | None = None,
     shuffled: bool = False,
     returning: bool = False,
+    schema: str | None = None,
+    **expressions: sql.Composable,
 ) -> list[uuid.UUID]:
-    """Store `count` records, rows `first` to `first + count - 1`, in one statement; with
-    `returning`, return their keys.
+    """Store `count` records like `like` (a Record, live() or expired()), rows `first` to
+    `first + count - 1`, in one statement, each with a random key; with `returning`, return the keys.
 
-    Every value is the same for each row unless given as an SQL expression of ROW (the row's
-    number), NOW and, for expires_at, CREATED_AT. A sequence of operations is dealt out in turn
-    (row i gets operations[i % len]). Row i expires `i * spread` later than expires_at says (a
-    negative spread: earlier), or `lifetime` after its created_at. Stored in row order, or in
-    random order with `shuffled`, so that the table's physical order says nothing of the times.
+    `operations` are dealt out in turn (row i gets operations[i % len]). Row i is made `i * spread`
+    later than `like` says, its created_at and expires_at both (a negative spread: earlier); with
+    `lifetime`, it expires that long after its created_at. A column given in `expressions` is that SQL expression instead, of ROW (the row's
+    number), NOW and, for expires_at, CREATED_AT. Stored in row order, or with `shuffled` in random
+    order, so that the table's physical order says nothing of the times.
     """
-    if isinstance(operation, str):
-        operations: sql.Composable = sql.SQL("{}::text").format(sql.Literal(operation))
-    else:
-        operations = sql.SQL("({}::text[])[1 + {} % {}]").format(sql.Literal(list(operation)), ROW, len(operation))
-    created = created_at if isinstance(created_at, sql.Composable) else _stamp(created_at, NOW)
+    like = like or Record()
+    unknown = expressions.keys() - set(COLUMNS)
+    assert not unknown, f"no such column: {sorted(unknown)}"
+    values: dict[str, sql.Composable] = {column: sql.Literal(getattr(like, column)) for column in COLUMNS}
+    values["request_id"] = RANDOM_KEY
+    if operations:
+        values["operation"] = sql.SQL("({}::text[])[1 + {} % {}]").format(
+            sql.Literal(list(operations)), ROW, sql.Literal(len(operations))
+        )
+    later = sql.SQL(" + {} * {}::interval").format(ROW, sql.Literal(spread)) if spread else sql.SQL("")
+    created = expressions.pop("created_at", sql.Composed([_stamp(like.created_at, NOW), later]))
+    values["created_at"] = CREATED_AT
     if lifetime is not None:
-        assert expires_at is None or expires_at == LIFETIME, "give expires_at or lifetime, not both"
-        expires: sql.Composable = sql.SQL("{} + {}::interval").format(CREATED_AT, sql.Literal(lifetime))
-    elif isinstance(expires_at, sql.Composable):
-        expires = expires_at
+        values["expires_at"] = sql.SQL("{} + {}::interval").format(CREATED_AT, sql.Literal(lifetime))
     else:
-        assert expires_at is not None, "give expires_at or lifetime"
-        expires = _stamp(expires_at, NOW)
-    if spread:
-        expires = sql.SQL("{} + {} * {}::interval").format(expires, ROW, sql.Literal(spread))
+        values["expires_at"] = sql.Composed([_stamp(like.expires_at, NOW), later])
+    values.update(expressions)
     query = sql.SQL(
         "INSERT INTO {table} ({columns})\n"
-        "SELECT {request_id}, {operation}, {result_payload}, {status_code}, {created_at}, {expires_at}\n"
+        "SELECT {values}\n"
         "FROM generate_series({first}::bigint, {last}::bigint) AS i\n"
         "CROSS JOIN (SELECT {instant} AS now) AS instant\n"
         "CROSS JOIN LATERAL (SELECT {created} AS created_at) AS stamp\n"
         "{order}"
         "{returning}"
     ).format(
-        table=sql.Identifier(TABLE),
+        table=_table(schema),
         columns=_columns(),
-        request_id=request_id,
-        operation=operations,
-        result_payload=_value(result_payload, "text"),
-        status_code=_value(status_code, "integer"),
-        created_at=CREATED_AT,
-        expires_at=expires,
+        values=sql.SQL(", ").join(values[column] for column in COLUMNS),
         first=sql.Literal(first),
         last=sql.Literal(first + count - 1),
         instant=_instant(now),
@@ -197,10 +197,10 @@ def insert_many(
 
 def save_params(
     request_id: uuid.UUID | str,
-    operation: str = OPERATION,
-    result_payload: str = RESULT_PAYLOAD,
-    status_code: int | None = STATUS_CODE,
-    ttl_hours: float | None = LIFETIME / dt.timedelta(hours=1),
+    operation: str = "payment",
+    result_payload: str = "{}",
+    status_code: int | None = SAVED_STATUS_CODE,
+    ttl_hours: float | None = LIFETIME / HOUR,
 ) -> dict[str, object]:
     """The parameters of a save (the report's, the guarded one, a recipe's claim or insert-or-read),
     in the order of the report's $1..$5, by the names tests/statements.py gives them."""
