@@ -14,10 +14,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from tooling import DOWN_FILES, ROOT, SQL_DIR, UP_FILES
+from tooling import ROOT, SQL_DIR, migrations
 from tooling.plans import describe_plan, plan_nodes
 
-__all__ = ["DOWN_FILES", "ROOT", "SQL_DIR", "UP_FILES", "describe_plan", "plan_nodes"]
+__all__ = ["ROOT", "SQL_DIR", "describe_plan", "plan_nodes"]
+
+# Every migration of sql/, read by tooling.migrations: up files in the order they are applied,
+# down files in theirs. The contract's own two by name, for the tests about those two.
+UP_FILES = migrations.up_files()
+DOWN_FILES = migrations.down_files()
+_CONTRACT = {m.number: m for m in migrations.migrations() if m.number in ("045", "046")}
+UP_045, DOWN_045 = _CONTRACT["045"].up, _CONTRACT["045"].down
+UP_046, DOWN_046 = _CONTRACT["046"].up, _CONTRACT["046"].down
 
 
 def apply(conn: psycopg.Connection, path: Path) -> None:
@@ -176,11 +184,11 @@ def migration_states(conn: psycopg.Connection, schema: str = "public") -> tuple[
     """Catalog snapshots of the three states the files move between, taken on an
     empty database (left empty again): nothing, 045 applied, 045 and 046 applied."""
     empty = catalog_snapshot(conn, schema)
-    apply(conn, UP_FILES[0])
+    apply(conn, UP_045)
     table_only = catalog_snapshot(conn, schema)
-    apply(conn, UP_FILES[1])
+    apply(conn, UP_046)
     migrated = catalog_snapshot(conn, schema)
-    apply_all(conn, DOWN_FILES)
+    apply_all(conn, (DOWN_046, DOWN_045))
     assert catalog_snapshot(conn, schema) == empty, "the down files must leave the database as it was"
     return empty, table_only, migrated
 

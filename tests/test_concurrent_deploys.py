@@ -23,11 +23,21 @@ import psycopg
 import pytest
 
 from tests import deployers
-from tests.helpers import DOWN_FILES, UP_FILES, Snapshot, apply, apply_all, catalog_snapshot, migration_states
+from tests.helpers import (
+    DOWN_045,
+    DOWN_046,
+    DOWN_FILES,
+    UP_045,
+    UP_046,
+    UP_FILES,
+    Snapshot,
+    apply,
+    apply_all,
+    catalog_snapshot,
+    migration_states,
+)
 from tooling.servers import Server
 
-UP_045, UP_046 = UP_FILES
-DOWN_046, DOWN_045 = DOWN_FILES
 OPTIONS = "-c lock_timeout=60s"
 
 

@@ -17,11 +17,9 @@ import psycopg
 import pytest
 
 from tests import deployers
-from tests.helpers import DOWN_FILES, UP_FILES, apply, catalog_snapshot
+from tests.helpers import DOWN_045, DOWN_046, UP_045, UP_046, apply, catalog_snapshot
 from tooling.servers import Server
 
-UP_045, UP_046 = UP_FILES
-DOWN_046, DOWN_045 = DOWN_FILES
 USER = "{user}"  # stands for the role that applies the files
 
 

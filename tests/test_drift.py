@@ -19,10 +19,9 @@ import pytest
 from psycopg import sql
 
 from tests import verification
-from tests.helpers import UP_FILES, apply, catalog_snapshot, count
+from tests.helpers import UP_046, UP_FILES, apply, catalog_snapshot, count
 from tooling.servers import Server
 
-UP_045, UP_046 = UP_FILES
 INTRUDER = "idempotency_test_app_intruder"  # the role the fixture files name
 REPAIRED = "repaired"
 ACCEPTED = "accepted"  # re-applying succeeds and leaves the damage: the files do not guard it yet

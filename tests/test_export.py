@@ -10,77 +10,44 @@ from pathlib import Path
 
 import pytest
 
+from tests import helpers
 from tests.helpers import DOWN_FILES, ROOT, UP_FILES
-from tooling import export
+from tooling import export, migrations
 
-UP_045, UP_046 = (path.read_text() for path in UP_FILES)
-DOWN_046, DOWN_045 = (path.read_text() for path in DOWN_FILES)
+UP_045, UP_046, DOWN_045, DOWN_046 = (
+    path.read_text() for path in (helpers.UP_045, helpers.UP_046, helpers.DOWN_045, helpers.DOWN_046)
+)
 
-# Every file each tool must receive, with the SQL it must hold (None: checked elsewhere).
-EXPECTED: dict[str, dict[str, str | None]] = {
-    "sqlx": {
-        "045_create_idempotency_records.sql": UP_045,
-        "045_create_idempotency_records.down.sql": DOWN_045,
-        "046_create_idempotency_cleanup_job.sql": UP_046,
-        "046_create_idempotency_cleanup_job.down.sql": DOWN_046,
-    },
-    "golang-migrate": {
-        "045_create_idempotency_records.up.sql": UP_045,
-        "045_create_idempotency_records.down.sql": DOWN_045,
-        "046_create_idempotency_cleanup_job.up.sql": UP_046,
-        "046_create_idempotency_cleanup_job.down.sql": DOWN_046,
-    },
-    "flyway": {
-        "V45__create_idempotency_records.sql": UP_045,
-        "U45__create_idempotency_records.sql": DOWN_045,
-        "V46__create_idempotency_cleanup_job.sql": UP_046,
-        "U46__create_idempotency_cleanup_job.sql": DOWN_046,
-    },
-    "dbmate": {
-        "045_create_idempotency_records.sql": None,
-        "046_create_idempotency_cleanup_job.sql": None,
-    },
-    "liquibase": {
-        "changelog.xml": None,
-        "045_create_idempotency_records.sql": UP_045,
-        "045_create_idempotency_records.down.sql": DOWN_045,
-        "046_create_idempotency_cleanup_job.sql": UP_046,
-        "046_create_idempotency_cleanup_job.down.sql": DOWN_046,
-    },
-    "yoyo": {
-        "045_create_idempotency_records.sql": UP_045,
-        "045_create_idempotency_records.rollback.sql": DOWN_045,
-        "046_create_idempotency_cleanup_job.sql": UP_046,
-        "046_create_idempotency_cleanup_job.rollback.sql": DOWN_046,
-    },
-    "node-pg-migrate": {
-        "045_create_idempotency_records.sql": None,
-        "046_create_idempotency_cleanup_job.sql": None,
-    },
-    "graphile-migrate": {
-        "committed/000001-create-idempotency-records.sql": None,
-        "committed/000002-create-idempotency-cleanup-job.sql": None,
-        "down/045_create_idempotency_records.down.sql": DOWN_045,
-        "down/046_create_idempotency_cleanup_job.down.sql": DOWN_046,
-    },
-    "alembic": {
-        "045_create_idempotency_records.py": None,
-        "046_create_idempotency_cleanup_job.py": None,
-        "sql/045_create_idempotency_records.sql": UP_045,
-        "sql/045_create_idempotency_records.down.sql": DOWN_045,
-        "sql/046_create_idempotency_cleanup_job.sql": UP_046,
-        "sql/046_create_idempotency_cleanup_job.down.sql": DOWN_046,
-    },
-    "sqitch": {
-        "sqitch.plan": None,
-        "deploy/045_create_idempotency_records.sql": None,
-        "revert/045_create_idempotency_records.sql": None,
-        "verify/045_create_idempotency_records.sql": None,
-        "deploy/046_create_idempotency_cleanup_job.sql": None,
-        "revert/046_create_idempotency_cleanup_job.sql": None,
-        "verify/046_create_idempotency_cleanup_job.sql": None,
-    },
-}
+
+def expected_files(tool: str, sql_dir: Path = helpers.SQL_DIR) -> dict[str, str | None]:
+    """Every file the tool must receive for the migrations of sql_dir, with the SQL it must hold
+    (None: checked elsewhere); the n-th migration is graphile-migrate's n-th committed file."""
+    files: dict[str, str | None] = {"liquibase": {"changelog.xml": None}, "sqitch": {"sqitch.plan": None}}.get(tool, {})
+    for position, m in enumerate(migrations.migrations(sql_dir), start=1):
+        up, down, stem, number = m.up.read_text(), m.down.read_text(), m.stem, str(int(m.number))
+        files |= {
+            "sqlx": {f"{stem}.sql": up, f"{stem}.down.sql": down},
+            "golang-migrate": {f"{stem}.up.sql": up, f"{stem}.down.sql": down},
+            "flyway": {f"V{number}__{m.name}.sql": up, f"U{number}__{m.name}.sql": down},
+            "dbmate": {f"{stem}.sql": None},
+            "liquibase": {f"{stem}.sql": up, f"{stem}.down.sql": down},
+            "yoyo": {f"{stem}.sql": up, f"{stem}.rollback.sql": down},
+            "node-pg-migrate": {f"{stem}.sql": None},
+            "graphile-migrate": {
+                f"committed/{position:06d}-{m.name.replace('_', '-')}.sql": None,
+                f"down/{stem}.down.sql": down,
+            },
+            "alembic": {f"{stem}.py": None, f"sql/{stem}.sql": up, f"sql/{stem}.down.sql": down},
+            "sqitch": {
+                f"deploy/{stem}.sql": None,
+                f"revert/{stem}.sql": None,
+                **({f"verify/{stem}.sql": None} if m.name in export.SQITCH_VERIFY else {}),
+            },
+        }[tool]
+    return files
+
+
+EXPECTED = {tool: expected_files(tool) for tool in sorted(set(export.TOOLS) - {"django"})}
 
 # How each tool recognises its files (from each tool's documented naming rules).
 NAME_RULES = {
@@ -191,12 +158,11 @@ def test_make_export_runs_the_exporter(tmp_path: Path) -> None:
 def test_after_gives_the_next_versions_of_the_users_history(tmp_path: Path) -> None:
     result = run_export("golang-migrate", str(tmp_path), "--after", "20250101120000")
     assert result.returncode == 0, result.stderr
-    assert sorted(files_under(tmp_path)) == [
-        "20250101120001_create_idempotency_records.down.sql",
-        "20250101120001_create_idempotency_records.up.sql",
-        "20250101120002_create_idempotency_cleanup_job.down.sql",
-        "20250101120002_create_idempotency_cleanup_job.up.sql",
-    ]
+    assert sorted(files_under(tmp_path)) == sorted(
+        f"{20250101120000 + position}_{m.name}.{half}.sql"
+        for position, m in enumerate(migrations.migrations(), start=1)
+        for half in ("up", "down")
+    )
     assert (tmp_path / "20250101120001_create_idempotency_records.up.sql").read_text() == UP_045
 
 
@@ -224,7 +190,7 @@ def test_node_pg_migrate_refuses_sql_with_a_line_it_would_take_for_a_marker(tmp_
     sql_dir.mkdir()
     for path in (*UP_FILES, *DOWN_FILES):
         (sql_dir / path.name).write_text(path.read_text())
-    down = sql_dir / DOWN_FILES[0].name
+    down = sql_dir / helpers.DOWN_046.name
     down.write_text("-- Down migration of 046, run before 045's\n" + down.read_text())
     with pytest.raises(export.ExportRefused, match=r"046_create_idempotency_cleanup_job \(down\).*marker"):
         export.export("node-pg-migrate", tmp_path / "out", sql_dir)

@@ -21,7 +21,17 @@ import pytest
 from psycopg import sql
 
 from tests import reliability
-from tests.helpers import DOWN_FILES, UP_FILES, apply_all, catalog_snapshot, count, migration_states, split_statements
+from tests.helpers import (
+    DOWN_045,
+    DOWN_FILES,
+    UP_045,
+    UP_FILES,
+    apply_all,
+    catalog_snapshot,
+    count,
+    migration_states,
+    split_statements,
+)
 from tests.statements import REPORT_SAVE
 from tooling import records
 from tooling.records import DAY, MILLISECOND, save_params
@@ -168,12 +178,12 @@ def statements_through(path: Path, marker: str) -> int:
 # Each cut falls after the statement that first changes something: the block of 045
 # that creates the table ($table$), the block of 045.down that drops the first index.
 CUTS = [
-    Cut("045-up-after-create-table", UP_FILES[0], (), statements_through(UP_FILES[0], "$table$"), 0),
+    Cut("045-up-after-create-table", UP_045, (), statements_through(UP_045, "$table$"), 0),
     Cut(
         "045-down-after-one-index-on-1000-rows",
-        DOWN_FILES[1],
-        UP_FILES[:1],
-        statements_through(DOWN_FILES[1], "$operation_index$"),
+        DOWN_045,
+        (UP_045,),
+        statements_through(DOWN_045, "$operation_index$"),
         1000,
     ),
 ]
@@ -231,8 +241,8 @@ def test_a_migration_terminated_mid_file_is_undone_or_completable_and_keeps_ever
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, cut: Cut, single: bool
 ) -> None:
     states = migration_states(empty_conn)
-    by_files = {(): states[0], UP_FILES[:1]: states[1]}
-    after = states[0] if cut.path in DOWN_FILES else states[1]
+    by_files = {(): states[0], (UP_045,): states[1]}
+    after = states[0] if cut.path == DOWN_045 else states[1]
     apply_all(empty_conn, cut.setup)
     if cut.rows:
         kept = records.live(operation="kept", lifetime=DAY)

@@ -17,12 +17,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.helpers import DOWN_FILES, ROOT, UP_FILES
+from tests.helpers import DOWN_045, DOWN_046, ROOT, UP_045, UP_046
 from tooling.servers import Server
 
 GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
-UP_045, UP_046 = UP_FILES
-DOWN_046, DOWN_045 = DOWN_FILES
 
 # Every relation of the table: itself, its indexes, its TOAST table and TOAST index.
 RELATIONS = """

@@ -7,18 +7,28 @@ import re
 import psycopg
 import pytest
 
-from tests.helpers import DOWN_FILES, SQL_DIR, UP_FILES, apply, apply_all, catalog_snapshot, split_statements
-from tooling import records
+from tests.helpers import (
+    DOWN_045,
+    DOWN_FILES,
+    SQL_DIR,
+    UP_045,
+    UP_FILES,
+    apply,
+    apply_all,
+    catalog_snapshot,
+    split_statements,
+)
+from tooling import migrations, records
+
+# The contract's two migrations (docs/README_IDEMPOTENCY.md); any other pair in sql/ is read too.
+CONTRACT = ("045_create_idempotency_records", "046_create_idempotency_cleanup_job")
 
 
 def test_migration_file_names() -> None:
+    found = migrations.migrations(SQL_DIR)  # raises, naming the file, on anything else in sql/
     names = sorted(path.name for path in SQL_DIR.iterdir())
-    assert names == [
-        "045_create_idempotency_records.down.sql",
-        "045_create_idempotency_records.sql",
-        "046_create_idempotency_cleanup_job.down.sql",
-        "046_create_idempotency_cleanup_job.sql",
-    ]
+    assert names == sorted(name for m in found for name in (m.up.name, m.down.name)), "sql/ holds migrations only"
+    assert set(CONTRACT) <= {m.stem for m in found}, f"sql/ holds {CONTRACT}"
     for name in names:
         assert re.fullmatch(r"\d{3}_[a-z_]+(\.down)?\.sql", name), f"{name}: expected NNN_snake_name[.down].sql"
 
@@ -83,21 +93,21 @@ def test_045_interrupted_part_way_completes_when_applied_again(empty_conn: psyco
     """Without a wrapping transaction each statement commits on its own (psql -f
     without -1): a run cut after `stop_after` statements, then the whole file
     again, ends with the same catalog as one clean run."""
-    statements = split_statements(UP_FILES[0].read_text())
+    statements = split_statements(UP_045.read_text())
     assert len(statements) > stop_after
     for statement in statements[:stop_after]:
         empty_conn.execute(statement)
-    apply(empty_conn, UP_FILES[0])
+    apply(empty_conn, UP_045)
     partial_then_full = catalog_snapshot(empty_conn)
-    apply(empty_conn, DOWN_FILES[1])
-    apply(empty_conn, UP_FILES[0])
+    apply(empty_conn, DOWN_045)
+    apply(empty_conn, UP_045)
     assert partial_then_full == catalog_snapshot(empty_conn)
 
 
 def test_045_refuses_a_different_table_of_the_same_name(empty_conn: psycopg.Connection) -> None:
     empty_conn.execute("CREATE TABLE idempotency_records (request_id TEXT PRIMARY KEY, payload JSONB)")
     with pytest.raises(psycopg.errors.DuplicateTable) as raised:
-        apply(empty_conn, UP_FILES[0])
+        apply(empty_conn, UP_045)
     assert "already exists with other columns" in str(raised.value)
     assert raised.value.diag.message_detail and "request_id text not null" in raised.value.diag.message_detail
     # the whole file ran in one transaction: no index was added to the foreign table
@@ -108,7 +118,7 @@ def test_045_refuses_a_different_table_of_the_same_name(empty_conn: psycopg.Conn
 
 def test_045_accepts_columns_a_project_added_later(conn: psycopg.Connection) -> None:
     conn.execute("ALTER TABLE idempotency_records ADD COLUMN tenant_id BIGINT")
-    apply(conn, UP_FILES[0])
+    apply(conn, UP_045)
     assert conn.execute(
         "SELECT count(*) FROM pg_attribute WHERE attrelid = 'idempotency_records'::regclass AND attname = 'tenant_id'"
     ).fetchone() == (1,)

@@ -153,7 +153,7 @@ def test_the_documented_unschedule_removes_the_job(cron: psycopg.Connection) -> 
 def test_046_down_unschedules_the_job_and_drops_the_function(cron: psycopg.Connection) -> None:
     documented_grants(cron)
     run_block(cron, documented("cron.schedule("))
-    helpers.apply(cron, helpers.DOWN_FILES[0])
+    helpers.apply(cron, helpers.DOWN_046)
     assert _jobs(cron) == [], "046.down removes the cleanup-idempotency job"
     function = cron.execute("SELECT to_regprocedure('cleanup_expired_idempotency_records()')").fetchone()
     assert function == (None,), "046.down drops the function"
@@ -162,15 +162,15 @@ def test_046_down_unschedules_the_job_and_drops_the_function(cron: psycopg.Conne
 @pytest.mark.slow
 def test_046_down_leaves_other_jobs_alone_and_runs_without_the_job(cron: psycopg.Connection) -> None:
     cron.execute("SELECT cron.schedule('some-other-job', '0 3 * * *', 'SELECT 1')")
-    helpers.apply(cron, helpers.DOWN_FILES[0])
-    helpers.apply(cron, helpers.DOWN_FILES[0])
+    helpers.apply(cron, helpers.DOWN_046)
+    helpers.apply(cron, helpers.DOWN_046)
     assert len(_jobs(cron, "some-other-job")) == 1, "046.down touches no job but cleanup-idempotency"
 
 
 def test_046_down_runs_where_pg_cron_is_absent(conn: psycopg.Connection) -> None:
     absent = conn.execute("SELECT to_regclass('cron.job')").fetchone()
     assert absent == (None,), "the suite's databases have no pg_cron"
-    helpers.apply(conn, helpers.DOWN_FILES[0])
+    helpers.apply(conn, helpers.DOWN_046)
     function = conn.execute("SELECT to_regprocedure('cleanup_expired_idempotency_records()')").fetchone()
     assert function == (None,), "046.down drops the function where pg_cron is absent"
 
@@ -296,7 +296,7 @@ def down_as(conn: psycopg.Connection, role: str) -> psycopg.Error | None:
     """Apply 046.down in one transaction as `role`; the error it stopped with, if any."""
     conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(role)))
     try:
-        helpers.apply(conn, helpers.DOWN_FILES[0])
+        helpers.apply(conn, helpers.DOWN_046)
     except psycopg.Error as error:
         return error
     finally:
@@ -308,10 +308,10 @@ def down_as(conn: psycopg.Connection, role: str) -> psycopg.Error | None:
 def test_046_down_as_a_superuser_removes_the_job_whoever_owns_it(cron: psycopg.Connection, owner: str) -> None:
     before = with_job(cron, owner)
     assert len(before) == (0 if OWNERS[owner] is None else 1), f"set-up: {owner}"
-    helpers.apply(cron, helpers.DOWN_FILES[0])
+    helpers.apply(cron, helpers.DOWN_046)
     assert _jobs(cron) == [], f"{owner}: 046.down as a superuser leaves no cleanup-idempotency job"
     assert not function_exists(cron), f"{owner}: 046.down drops the function"
-    helpers.apply(cron, helpers.DOWN_FILES[0])  # and runs again without harm
+    helpers.apply(cron, helpers.DOWN_046)  # and runs again without harm
 
 
 @pytest.mark.parametrize("owner", OWNERS)
@@ -349,7 +349,7 @@ def test_046_down_refused_under_plain_psql_drops_nothing_after_the_refusal(
     before = with_job(cron, "owned by the application role")
     owner = psycopg.sql.SQL("ALTER FUNCTION cleanup_expired_idempotency_records() OWNER TO {}")
     cron.execute(owner.format(psycopg.sql.Identifier(APP)))
-    path = helpers.DOWN_FILES[0]
+    path = helpers.DOWN_046
     if form == "psql -f":
         run = deployers.run_psql(cron_server, CRON_DATABASE, deployers.PLAIN, "-c", f"SET ROLE {APP}", "-f", str(path))
     else:
@@ -388,7 +388,7 @@ def test_046_down_as_another_role_with_the_jobs_checked_removes_its_own_job_and_
 
 def test_046_down_as_the_jobs_role_runs_where_the_function_is_already_gone(cron: psycopg.Connection) -> None:
     with_job(cron, "no job")
-    helpers.apply(cron, helpers.DOWN_FILES[0])
+    helpers.apply(cron, helpers.DOWN_046)
     assert down_as(cron, NO_CRON) is None, "a second run, by any role, finds nothing to protect and succeeds"
 
 
@@ -398,7 +398,7 @@ def test_046_down_stops_at_a_job_of_another_name_that_calls_the_function(cron: p
     ).fetchone()
     assert row is not None
     with pytest.raises(psycopg.errors.DependentObjectsStillExist) as raised:
-        helpers.apply(cron, helpers.DOWN_FILES[0])
+        helpers.apply(cron, helpers.DOWN_046)
     assert f"nightly-idempotency (jobid {row[0]})" in str(raised.value), str(raised.value)
     assert function_exists(cron), "the function is not dropped while a job calls it"
 
@@ -418,5 +418,5 @@ def test_the_same_name_scheduled_by_a_second_role_is_a_second_job(cron: psycopg.
     load(cron, "pg_cron_job_owned_by_a_superuser")
     owners = sorted(row[0] for row in cron.execute("SELECT username FROM cron.job WHERE jobname = %s", (JOB,)))
     assert len(owners) == 2 and APP in owners, f"job names are unique per role: two jobs, owners {owners}"
-    helpers.apply(cron, helpers.DOWN_FILES[0])
+    helpers.apply(cron, helpers.DOWN_046)
     assert _jobs(cron) == [], "046.down as a superuser removes both"

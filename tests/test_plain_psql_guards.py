@@ -20,11 +20,8 @@ import psycopg
 import pytest
 
 from tests import deployers, verification
-from tests.helpers import DOWN_FILES, UP_FILES, catalog_snapshot, split_statements
+from tests.helpers import DOWN_045, UP_045, UP_046, catalog_snapshot, split_statements
 from tooling.servers import Server
-
-UP_045, UP_046 = UP_FILES
-DOWN_046, DOWN_045 = DOWN_FILES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,18 @@ import psycopg
 import pytest
 
 from tests import helpers
-from tests.helpers import DOWN_FILES, UP_FILES, Snapshot, catalog_snapshot, migration_states, split_statements
+from tests.helpers import (
+    DOWN_045,
+    DOWN_046,
+    DOWN_FILES,
+    UP_045,
+    UP_046,
+    UP_FILES,
+    Snapshot,
+    catalog_snapshot,
+    migration_states,
+    split_statements,
+)
 from tooling.servers import Server
 
 # psql's exit status (psql(1), "Exit Status").
@@ -44,10 +55,10 @@ class Step:
 
 
 STEPS = (
-    Step(UP_FILES[0], (), 0, 1),
-    Step(UP_FILES[1], UP_FILES[:1], 1, 2),
-    Step(DOWN_FILES[0], UP_FILES, 2, 1),
-    Step(DOWN_FILES[1], UP_FILES[:1], 1, 0),
+    Step(UP_045, (), 0, 1),
+    Step(UP_046, (UP_045,), 1, 2),
+    Step(DOWN_046, (UP_045, UP_046), 2, 1),
+    Step(DOWN_045, (UP_045,), 1, 0),
 )
 
 
