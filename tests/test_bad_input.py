@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
-from tests import reliability
+from tests import figures
 from tests.helpers import count
 
 EXISTING = "11111111-1111-1111-1111-111111111111"
@@ -153,8 +153,8 @@ def one_record(conn: psycopg.Connection) -> psycopg.Connection:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_rejected_and_writes_nothing(one_record: psycopg.Connection, case: Case) -> None:
-    reliability.add("bad_input_classes")
-    reliability.add("operations")
+    figures.add("bad_input_classes")
+    figures.add("operations")
     with pytest.raises(psycopg.Error) as raised:
         one_record.execute(case.sql, {**GOOD, **case.changes})
     error = raised.value
@@ -271,8 +271,8 @@ ACCEPTED = [
 
 @pytest.mark.parametrize("case", ACCEPTED, ids=[c.name for c in ACCEPTED])
 def test_odd_but_valid_input_is_stored_as_meant(one_record: psycopg.Connection, case: Accepted) -> None:
-    reliability.add("bad_input_classes")
-    reliability.add("operations", 2)
+    figures.add("bad_input_classes")
+    figures.add("operations", 2)
     values = {**GOOD, **case.changes}
     returned = one_record.execute(INSERT + " RETURNING request_id", values).fetchone()
     assert returned is not None

@@ -14,7 +14,7 @@ Each pair of the issue runs RUNS times, each run on a fresh database:
 
 Every run asserts no session failed (a deadlock is SQLSTATE 40P01), and that once all have
 finished no expired row is left: every expired row that nobody held was deleted. The
-deadlocks seen are counted in the reliability figures (tests/reliability.py).
+deadlocks seen are counted in the reliability figures (tests/figures.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests import reliability
+from tests import figures
 from tests.helpers import count, explain, plan_nodes
 from tests.statements import BATCH_SIZE, CLAIM, CLEANUP_BATCH
 from tooling import records
@@ -67,14 +67,14 @@ def run_guarded(work: Callable[[], int]) -> Outcome:
         return Outcome(deleted=work())
     except psycopg.Error as error:
         if error.sqlstate == "40P01":
-            reliability.add("deadlocks")
+            figures.add("deadlocks")
         return Outcome(sqlstate=error.sqlstate)
 
 
 def cleanup(session: psycopg.Connection) -> int:
     row = session.execute(CLEANUP).fetchone()
     assert row is not None
-    reliability.add("operations")
+    figures.add("operations")
     return int(row[0])
 
 
@@ -83,7 +83,7 @@ def batched(session: psycopg.Connection) -> int:
     total = 0
     while True:
         deleted = session.execute(CLEANUP_BATCH).rowcount
-        reliability.add("operations")
+        figures.add("operations")
         total += deleted
         if deleted < BATCH_SIZE:
             return total
@@ -119,12 +119,12 @@ def assert_clean_finish(conn: psycopg.Connection, outcomes: list[Outcome], expir
     assert deleted == expired, f"together the sessions deleted every expired row once: {deleted} of {expired}"
     left = count(conn, "expires_at <= now()")
     assert left == 0, f"no expired row is left once every session has finished, found {left}"
-    reliability.add("rows_checked", expired)
+    figures.add("rows_checked", expired)
 
 
 def session(pg_server: Server, database: str, *settings: str) -> psycopg.Connection:
     connection = pg_server.connect(database, autocommit=True)
-    reliability.add("sessions")
+    figures.add("sessions")
     for setting in settings:
         connection.execute(setting)
     return connection
@@ -233,7 +233,7 @@ def blocked_or_done(observer: psycopg.Connection, pid: int, blocker: int, done: 
 
 def claim(session: psycopg.Connection, key: uuid.UUID) -> list[tuple[uuid.UUID]]:
     rows = session.execute(CLAIM, {"request_id": key, "operation": "payment"}).fetchall()
-    reliability.add("operations")
+    figures.add("operations")
     return rows
 
 
@@ -266,7 +266,7 @@ def test_the_cleanup_and_a_transaction_claiming_two_expired_keys_both_finish(
         except psycopg.Error as error:
             app.rollback()
             if error.sqlstate == "40P01":
-                reliability.add("deadlocks")
+                figures.add("deadlocks")
             app_outcome = Outcome(sqlstate=error.sqlstate)
         cleaner_outcome = running.result(timeout=60)
     failed = [outcome.sqlstate for outcome in (app_outcome, cleaner_outcome) if outcome.sqlstate]
@@ -278,4 +278,4 @@ def test_the_cleanup_and_a_transaction_claiming_two_expired_keys_both_finish(
         "SELECT count(*) FROM idempotency_records WHERE request_id = ANY(%s) AND expires_at > now()", ([first, second],)
     ).fetchone()
     assert kept == (2,), "both claimed keys are stored, valid again"
-    reliability.add("rows_checked", SMALL + 2)
+    figures.add("rows_checked", SMALL + 2)

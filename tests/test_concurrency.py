@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 
-from tests import reliability
+from tests import figures
 from tests.helpers import count
 from tests.statements import REPORT_SAVE
 from tooling import records
@@ -113,7 +113,7 @@ def run_together(
     flight on the same key at the same moment: the race is certain, not likely.
     """
     connections = [pg_server.connect(database, autocommit=True) for _ in range(sessions)]
-    reliability.add("sessions", sessions)
+    figures.add("sessions", sessions)
     barrier = threading.Barrier(sessions)
 
     def run(index: int) -> T:
@@ -126,7 +126,7 @@ def run_together(
             if gate_key is not None:
                 gate = stack.enter_context(pg_server.connect(database))
                 observer = stack.enter_context(pg_server.connect(database, autocommit=True))
-                reliability.add("sessions", 2)
+                figures.add("sessions", 2)
                 gate.execute(INSERT_IF_ABSENT, (gate_key, "gate", "{}", 0))
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=sessions))
             futures = [pool.submit(run, index) for index in range(sessions)]
@@ -173,11 +173,11 @@ def insert_or_read(conn: psycopg.Connection, key: uuid.UUID, values: Row, attemp
     """
     for _ in range(attempts):
         claimed = conn.execute(INSERT_IF_ABSENT, (key, *values)).fetchone()
-        reliability.add("operations")
+        figures.add("operations")
         if claimed is not None:
             return True, claimed
         stored = conn.execute(READ, (key,)).fetchone()
-        reliability.add("operations")
+        figures.add("operations")
         if stored is not None:
             return False, stored
     raise AssertionError(f"key {key}: neither claimed nor found after {attempts} attempts")
@@ -191,7 +191,7 @@ def test_32_sessions_upserting_one_key_leave_one_whole_row(
 
     def upsert(session: psycopg.Connection, index: int) -> bool:
         row = session.execute(SAVE, save_params(key, *writer_values(index), index + 1)).fetchone()
-        reliability.add("operations")
+        figures.add("operations")
         assert row is not None
         return bool(row[0])
 
@@ -214,7 +214,7 @@ def test_32_sessions_upserting_one_key_leave_one_whole_row(
     assert started + ttl <= expires_at <= finished + ttl, (
         f"expires_at {expires_at} must be writer {writer}'s TTL ({ttl}) after a moment of the race"
     )
-    reliability.add("rows_checked")
+    figures.add("rows_checked")
 
 
 def test_32_sessions_inserting_one_key_one_wins_and_the_others_read_its_result(
@@ -231,7 +231,7 @@ def test_32_sessions_inserting_one_key_one_wins_and_the_others_read_its_result(
     for index, (claimed, row) in enumerate(outcomes):
         assert row == winner_row, f"session {index} (claimed={claimed}) must get the winner's result, got {row}"
     assert count(conn) == 1, "the key is stored once"
-    reliability.add("rows_checked")
+    figures.add("rows_checked")
 
 
 def race_against_uncommitted_insert(pg_server: Server, database: str, statement: str) -> list[Any]:
@@ -245,14 +245,14 @@ def race_against_uncommitted_insert(pg_server: Server, database: str, statement:
         pg_server.connect(database, autocommit=True) as observer,
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
-        reliability.add("sessions", 3)
+        figures.add("sessions", 3)
         with holder.transaction():
             holder.execute(INSERT_IF_ABSENT, (key, *first))
             params = {"key": key, "operation": "op-02", "payload": writer_values(2)[1], "status": 202}
             pending = pool.submit(lambda: waiter.execute(statement, params).fetchall())
             all_wait_on(observer, [waiter.info.backend_pid], holder.info.backend_pid)
         rows = pending.result(timeout=30)
-        reliability.add("operations", 2)
+        figures.add("operations", 2)
         assert observer.execute(READ, (key,)).fetchone() == first, "the first session's row is committed"
         return rows
 
@@ -281,7 +281,7 @@ def test_two_statement_insert_or_read_returns_the_row_committed_while_it_waited(
         pg_server.connect(database, autocommit=True) as observer,
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
-        reliability.add("sessions", 3)
+        figures.add("sessions", 3)
         with holder.transaction():
             holder.execute(INSERT_IF_ABSENT, (key, *writer_values(1)))
             pending = pool.submit(insert_or_read, waiter, key, writer_values(2))
@@ -338,7 +338,7 @@ def write_and_look_up(session: psycopg.Connection, writer: int, ledger: Ledger) 
             assert found == values, f"writer {writer}: live key {key} must read back its last save, got {found}"
             with ledger.lock:
                 ledger.lookups += 1
-        reliability.add("operations")
+        figures.add("operations")
 
 
 # Rows of the given keys that are still there and that no other transaction holds.
@@ -362,7 +362,7 @@ def clean_repeatedly(session: psycopg.Connection, cleaner: int, ledger: Ledger) 
         assert left == (0,), f"cleaner {cleaner}: {left} rows expired before the cleanup began, held by nobody, remain"
         with ledger.lock:
             ledger.deleted_counts.append(int(row[0]))
-        reliability.add("operations", 2)
+        figures.add("operations", 2)
 
 
 def test_cleanup_racing_writes_and_reads_loses_nothing_live_and_counts_exactly(
@@ -404,8 +404,8 @@ def test_cleanup_racing_writes_and_reads_loses_nothing_live_and_counts_exactly(
         for row in conn.execute("SELECT request_id, operation, result_payload, status_code FROM idempotency_records")
     }
     lost = [key for key in ledger.live if key not in stored]
-    reliability.add("rows_checked", len(ledger.live))
-    reliability.add("rows_lost", len(lost))
+    figures.add("rows_checked", len(ledger.live))
+    figures.add("rows_lost", len(lost))
     assert not lost, f"{len(lost)} live rows (expires_at > now()) were deleted"
     assert stored == ledger.live, "every live row holds its last save, and nothing else is left"
     assert len(ledger.deleted_counts) > CLEANERS, "the cleaners must have run repeatedly during the writes"
@@ -454,7 +454,7 @@ def app_work(session: psycopg.Connection, live: list[uuid.UUID], window: Window,
         with window.lock:
             if not window.closed.is_set():
                 window.completions += 1
-        reliability.add("operations", 2)
+        figures.add("operations", 2)
 
 
 def monitor(observer: psycopg.Connection, app_pids: list[int], cleanup_pid: int, window: Window) -> None:
@@ -483,7 +483,7 @@ def run_beside_cleanup(
     """Run `cleanup` (in session `cleanup_pid`) while APP_SESSIONS sessions work and a monitor samples locks."""
     window = Window()
     sessions = [pg_server.connect(database, autocommit=True) for _ in range(APP_SESSIONS + 1)]
-    reliability.add("sessions", len(sessions))
+    figures.add("sessions", len(sessions))
     *app_sessions, observer = sessions
     try:
         with ThreadPoolExecutor(max_workers=APP_SESSIONS + 1) as pool:
@@ -506,7 +506,7 @@ def run_beside_cleanup(
 @pytest.mark.slow
 def test_long_cleanup_does_not_block_lookups_or_inserts_of_live_keys(pg_server: Server, database: str) -> None:
     with pg_server.connect(database, autocommit=True) as cleaner:
-        reliability.add("sessions")
+        figures.add("sessions")
         bulk = records.expired(operation="bulk", status_code=200, ago=DAY, lifetime=DAY)
         records.insert_many(cleaner, BULK_EXPIRED, bulk, spread=records.MILLISECOND)
         live = [uuid.uuid4() for _ in range(LIVE_KEYS)]
@@ -533,7 +533,7 @@ def test_long_cleanup_does_not_block_lookups_or_inserts_of_live_keys(pg_server: 
             assert deleted == (BULK_EXPIRED,), f"the cleanup deletes every expired row, got {deleted}"
 
         running = run_beside_cleanup(pg_server, database, live, cleaner.info.backend_pid, delete)
-        reliability.add("operations", 2)
+        figures.add("operations", 2)
         assert running.samples_with_cleanup_active > 0, "the monitor must have seen the cleanup statement running"
         assert running.completions > 0, "lookups and inserts must complete while the cleanup statement runs"
         assert running.waits_on_cleanup == [], f"no application session may wait on the cleanup: {waits(running)}"
@@ -542,7 +542,7 @@ def test_long_cleanup_does_not_block_lookups_or_inserts_of_live_keys(pg_server: 
             "SELECT count(*) FROM idempotency_records WHERE request_id = ANY(%s)", (live,)
         ).fetchone()
         assert live_left == (LIVE_KEYS,), f"every live key survives the cleanup, found {live_left}"
-        reliability.add("rows_checked", LIVE_KEYS)
+        figures.add("rows_checked", LIVE_KEYS)
         print(
             f"long cleanup of {BULK_EXPIRED} rows: {held.completions} application round trips while its locks "
             f"were held, {running.completions} while it ran, {running.samples_with_cleanup_active} monitor samples "

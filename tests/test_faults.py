@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests import reliability
+from tests import figures
 from tests.helpers import (
     DOWN_045,
     DOWN_FILES,
@@ -51,7 +51,7 @@ Row = tuple[str, str, int]
 
 def faults_survived(amount: int = 1) -> None:
     """Count faults survived; each one was counted as injected where it was injected."""
-    reliability.add("faults_survived", amount)
+    figures.add("faults_survived", amount)
 
 
 # --- a server crash right after saves commit ---------------------------------------
@@ -74,7 +74,7 @@ class Saves:
 def save_pairs_until_crash(server: Server, writer: int, saves: Saves) -> None:
     """Save two records per transaction, forever; the crash ends it."""
     with server.connect() as session:
-        reliability.add("sessions")
+        figures.add("sessions")
         for n in range(1_000_000):
             first, second = uuid.uuid4(), uuid.uuid4()
             rows = {
@@ -92,7 +92,7 @@ def save_pairs_until_crash(server: Server, writer: int, saves: Saves) -> None:
                 if saves.crashed.is_set():
                     return
                 raise
-            reliability.add("operations")
+            figures.add("operations")
             with saves.lock:
                 saves.acknowledged.update(rows)
 
@@ -121,7 +121,7 @@ def test_every_committed_save_survives_a_server_crash_whole() -> None:
                 time.sleep(0.005)
             saves.crashed.set()
             local.stop("immediate")
-            reliability.add("faults_injected")
+            figures.add("faults_injected")
             for future in futures:
                 future.result(timeout=60)
         with saves.lock:
@@ -130,7 +130,7 @@ def test_every_committed_save_survives_a_server_crash_whole() -> None:
 
         local.start()
         with server.connect(autocommit=True) as after:
-            reliability.add("sessions", 2)  # the setup session and this one
+            figures.add("sessions", 2)  # the setup session and this one
             stored = {
                 row[0]: tuple(row[1:])
                 for row in after.execute(
@@ -142,8 +142,8 @@ def test_every_committed_save_survives_a_server_crash_whole() -> None:
         shutil.rmtree(datadir.parent, ignore_errors=True)
 
     lost = [key for key in acknowledged if key not in stored]
-    reliability.add("rows_checked", len(acknowledged))
-    reliability.add("rows_lost", len(lost))
+    figures.add("rows_checked", len(acknowledged))
+    figures.add("rows_lost", len(lost))
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged saves are missing after the crash"
     for key, values in stored.items():
         assert values == saves.attempted.get(key), f"row {key} after the crash is not a whole save: {values}"
@@ -214,7 +214,7 @@ def terminate_mid_file(pg_server: Server, database: str, cut: Cut, single: bool)
         pg_server.connect(database, autocommit=True) as killer,
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
-        reliability.add("sessions", 2)
+        figures.add("sessions", 2)
         running = pool.submit(run_as_runner, runner, statements, cut.k, single)
         deadline = time.monotonic() + 30
         pid = None
@@ -229,7 +229,7 @@ def terminate_mid_file(pg_server: Server, database: str, cut: Cut, single: bool)
         assert killer.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
         with pytest.raises(psycopg.OperationalError) as raised:
             running.result(timeout=30)
-    reliability.add("faults_injected")
+    figures.add("faults_injected")
     assert raised.value.sqlstate in (None, "57P01"), (
         f"{cut}: the runner must see its session terminated: {raised.value}"
     )
@@ -259,8 +259,8 @@ def test_a_migration_terminated_mid_file_is_undone_or_completable_and_keeps_ever
         assert left not in (before, after), f"{cut}: statement by statement, the first {cut.k} must have committed"
     if cut.rows:
         kept = count(empty_conn, "operation = 'kept'")
-        reliability.add("rows_checked", cut.rows)
-        reliability.add("rows_lost", cut.rows - kept)
+        figures.add("rows_checked", cut.rows)
+        figures.add("rows_lost", cut.rows - kept)
         assert kept == cut.rows, f"{cut}: the terminated run must not lose rows ({kept} of {cut.rows} left)"
 
     # Re-running the file completes it, from whatever the cut left.
@@ -287,14 +287,14 @@ def test_cleanup_cancelled_by_statement_timeout_deletes_nothing_and_a_later_run_
     conn.execute("SET statement_timeout = '20ms'")
     with pytest.raises(psycopg.errors.QueryCanceled) as raised:
         conn.execute(CLEANUP)
-    reliability.add("faults_injected")
+    figures.add("faults_injected")
     assert raised.value.sqlstate == "57014", f"expected 57014 query_canceled, got {raised.value.sqlstate}"
     conn.execute("RESET statement_timeout")
     assert count(conn) == MANY_EXPIRED, "the cancelled cleanup must be rolled back whole: nothing deleted"
 
     assert conn.execute(CLEANUP).fetchone() == (MANY_EXPIRED,), "a later cleanup deletes every expired row"
     assert count(conn) == 0
-    reliability.add("operations", 2)
+    figures.add("operations", 2)
     faults_survived()
 
 
@@ -311,19 +311,19 @@ def test_cleanup_blocked_by_a_table_lock_gives_up_cleanly_at_its_timeout(
 ) -> None:
     bulk_expired(conn, LOCKED_EXPIRED)
     with pg_server.connect(database) as holder:
-        reliability.add("sessions")
+        figures.add("sessions")
         # A lock the cleanup must wait for, as during CREATE INDEX. (A row lock no
         # longer does: the cleanup skips a row another transaction holds.)
         holder.execute("LOCK TABLE idempotency_records IN SHARE MODE")
         conn.execute(sql.SQL("SET {} = '200ms'").format(sql.Identifier(setting)))
         with pytest.raises(psycopg.Error) as raised:
             conn.execute(CLEANUP)
-        reliability.add("faults_injected")
+        figures.add("faults_injected")
         assert raised.value.sqlstate == sqlstate, f"{setting}: expected {sqlstate}, got {raised.value.sqlstate}"
         conn.execute(sql.SQL("RESET {}").format(sql.Identifier(setting)))
         assert count(conn) == LOCKED_EXPIRED, f"{setting}: the cleanup that gave up must have deleted nothing"
         holder.rollback()
 
     assert conn.execute(CLEANUP).fetchone() == (LOCKED_EXPIRED,), "once the lock is gone the cleanup completes"
-    reliability.add("operations", 3)
+    figures.add("operations", 3)
     faults_survived()

@@ -15,7 +15,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests import reliability
+from tests import figures
 from tests.docblocks import RELIABILITY
 from tests.sessions import results, together, wait_for_waiters
 from tests.statements import (
@@ -131,7 +131,7 @@ def test_duplicates_racing_on_an_expired_key_all_get_one_new_result(
     key = uuid.uuid4()
     records.insert(conn, expired_two_days_ago(key))
     holder = pg_server.connect(database)
-    reliability.add("sessions", DUPLICATES + 1)
+    figures.add("sessions", DUPLICATES + 1)
     holder.execute("SELECT 1 FROM idempotency_records WHERE request_id = %s FOR UPDATE", (key,))
 
     def duplicate(barrier: threading.Barrier) -> tuple[bool, Answer]:
@@ -148,9 +148,9 @@ def test_duplicates_racing_on_an_expired_key_all_get_one_new_result(
             outcomes = results(futures)
     finally:
         holder.close()
-    reliability.add("operations", DUPLICATES)
+    figures.add("operations", DUPLICATES)
     winners = [answer for stored, answer in outcomes if stored]
     assert len(winners) == 1, f"{form}: exactly one duplicate stores its result, got {outcomes}"
     assert {answer for _, answer in outcomes} == {winners[0]}, f"{form}: every duplicate gets it: {outcomes}"
     assert "expired result" not in {answer[0] for _, answer in outcomes}, f"{form}: nobody gets the expired one"
-    reliability.add("rows_checked")
+    figures.add("rows_checked")

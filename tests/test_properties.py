@@ -18,7 +18,7 @@ import psycopg
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests import reliability
+from tests import figures
 from tooling.records import Record, insert
 
 EXAMPLES = settings(
@@ -84,7 +84,7 @@ def test_a_stored_record_reads_back_equal(conn: psycopg.Connection, record: dict
         ).fetchone()
     finally:
         conn.execute("DELETE FROM idempotency_records WHERE request_id = %s", (record["request_id"],))
-    reliability.add("operations", 3)
+    figures.add("operations", 3)
     # Instants compare in UTC: Python never finds an ambiguous local time (a DST
     # fold, e.g. 02:00 Europe/Berlin on 1999-10-31) equal to one in another zone,
     # even when both name the same instant.
@@ -122,7 +122,7 @@ def test_cleanup_deletes_exactly_the_rows_expired_at_its_now(
         insert(conn, *generated)
         deleted = conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone()
         left = {row[0] for row in conn.execute("SELECT request_id FROM idempotency_records")}
-    reliability.add("operations", len(offsets) + 2)
+    figures.add("operations", len(offsets) + 2)
     live = {key for key, offset in zip(keys, offsets, strict=False) if offset > timedelta(0)}
     assert left == live, f"cleanup left {len(left)} rows, expected exactly the {len(live)} with expires_at > now()"
     assert deleted == (len(offsets) - len(live),), (
