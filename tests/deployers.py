@@ -2,8 +2,8 @@
 many at once behind one barrier, with or without -1 and ON_ERROR_STOP; the database states
 they start from (tests/fixtures/deploy_states/); what their output says.
 
-Shared by tests/test_concurrent_deploys.py, tests/test_plain_psql_guards.py and
-tests/test_deploy_refusals.py.
+Shared by tests/deploy/test_concurrent_deploys.py, tests/deploy/test_plain_psql_guards.py and
+tests/deploy/test_deploy_refusals.py.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ CASES = [
     Case("function_overload_owned_by_another_role", (UP_046,), "42501"),
     Case("schema_named_after_the_user", (UP_046,), "3F000", user_schema=True),
     Case("table_absent", (UP_046,), "42P01", damaged=True),
-    # The down files' checks; 046.down's, where pg_cron is installed: tests/test_pg_cron.py.
+    # The down files' checks; 046.down's, where pg_cron is installed: tests/usage/test_pg_cron.py.
     Case("temporary_table_in_the_session", (DOWN_045,), "3F000", session=True),
     Case("table_of_another_shape", (DOWN_045,), "55000", migrated=False),
     Case("index_name_on_another_table", (DOWN_045,), "55000"),

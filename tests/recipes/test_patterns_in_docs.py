@@ -1,7 +1,7 @@
 """docs/patterns.md, the recipes and "Scaling past one server", prints exactly the SQL
 the recipe tests run: each recipe, rendered with the literals (or, where it is prepared
 once and executed by several recipes, the parameters) the page uses, must appear on the
-page character for character, and only once (tests/test_docs.py then runs it)."""
+page character for character, and only once (tests/docs/test_docs.py then runs it)."""
 
 from __future__ import annotations
 

@@ -267,7 +267,7 @@ def test_in_a_repeatable_read_database_the_setting_the_hint_gives_lets_the_job_c
 # 046.down in every set-up: who runs it (a superuser, the job's role, another role with
 # USAGE on schema cron, a role without it) against who owns the job (the application
 # role, as the guide schedules it; a superuser; nobody). The states are fixture files.
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = helpers.FIXTURES
 APP, OTHER, NO_CRON = "idempotency_cron_app", "idempotency_cron_other", "idempotency_cron_no_cron"
 OWNERS = {
     "owned by the application role": "pg_cron_job_owned_by_the_application_role",
@@ -345,7 +345,7 @@ def test_046_down_refused_under_plain_psql_drops_nothing_after_the_refusal(
 ) -> None:
     """Run by another role with plain psql (no ON_ERROR_STOP, no -1), 046.down's refusal stops
     its last statement too: the function and the job stay, and no line after the error claims
-    a success (tests/test_plain_psql_guards.py does the same for every other refused state)."""
+    a success (tests/deploy/test_plain_psql_guards.py does the same for every other refused state)."""
     before = with_job(cron, "owned by the application role")
     owner = psycopg.sql.SQL("ALTER FUNCTION cleanup_expired_idempotency_records() OWNER TO {}")
     cron.execute(owner.format(psycopg.sql.Identifier(APP)))

@@ -3,7 +3,7 @@ schema on the search_path: no function or operator another role planted runs (CV
 in any sql block of the docs, any bash block that calls psql, any pg_cron block.
 
 How the calls that another role could capture are found. Every sql block runs in document
-order, as tests/test_docs.py runs it, on a server that prints the parse tree of every statement
+order, as tests/docs/test_docs.py runs it, on a server that prints the parse tree of every statement
 it analyzes (`debug_print_parse`, sent to the client with `client_min_messages = log`): the
 statements the client sends, each statement and expression a DO block runs, the body of a SQL
 function the docs create. tests/shadowable.py reads each tree and, for every call the parser
@@ -15,11 +15,11 @@ exactly the ones the resolved built-in declares, a function or operator with exa
 schema on the path would be chosen instead: the call is shadowable. A call written
 `pg_catalog.name(...)` is not. The statement's text (the block, what plpgsql ran, or the
 function's body) places each call on a line of the docs; statements that are not the docs' text
-(the cleanup function's body, the runner's own queries) are left to tests/test_shadowing.py.
+(the cleanup function's body, the runner's own queries) are left to tests/security/test_shadowing.py.
 
 Run on the docs as they were, the derivation read 191 calls and found 33 shadowable, in 19
 blocks, needing 18 distinct planted signatures: tests/fixtures/docs_shadowing_traps.sql plants
-16 of them, beside tests/fixtures/hostile_shadowing_traps.sql (tests/test_shadowing.py's, which
+16 of them, beside tests/fixtures/hostile_shadowing_traps.sql (tests/security/test_shadowing.py's, which
 plants the other two among the traps of the migrations' and the verification script's calls).
 PROBES keeps each call in the form the docs had, which the derivation finds and which runs its
 trap, and in the form they have now, which does neither.
@@ -65,7 +65,7 @@ from tooling import servers
 from tooling.servers import Server
 
 FIXTURES = ROOT / "tests" / "fixtures"
-# The traps of tests/test_shadowing.py (the migrations' and the verification script's calls), then
+# The traps of tests/security/test_shadowing.py (the migrations' and the verification script's calls), then
 # those of the calls the docs made before they cast.
 TRAPS = (FIXTURES / "hostile_shadowing_traps.sql", FIXTURES / "docs_shadowing_traps.sql")
 TRAP_RAN = "shadowing trap ran"
@@ -335,7 +335,7 @@ def _roles(conn: psycopg.Connection) -> set[str]:
 def run_documents(
     pg_server: Server, database: str, fresh_database: Callable[[], str], paths: tuple[Path, ...], watch: Watch
 ) -> list[Block]:
-    """Run the sql blocks of `paths` as tests/test_docs.py does (in order on one database, a
+    """Run the sql blocks of `paths` as tests/docs/test_docs.py does (in order on one database, a
     `fresh` block on a database of its own after its data, a `psql` block through psql), with
     `watch` looking on. Returns the pg_cron blocks, which need a server of their own."""
     deferred = []
@@ -470,7 +470,7 @@ def trap_calls(conn: psycopg.Connection) -> int:
     return int(found[0])
 
 
-# The sequences of tests/test_docs.py that hold sql blocks, each on its own database.
+# The sequences of tests/docs/test_docs.py that hold sql blocks, each on its own database.
 RUNS = {name: paths for name, paths in SEQUENCES.items() if any(parse_blocks(path) for path in paths)}
 
 
@@ -557,7 +557,7 @@ CRON_DATABASE = "idempotency_cron_traps"
 
 @pytest.fixture(scope="module")
 def cron_server() -> Iterator[Server]:
-    """PostgreSQL 15 with pg_cron preloaded, as tests/test_pg_cron.py runs it."""
+    """PostgreSQL 15 with pg_cron preloaded, as tests/usage/test_pg_cron.py runs it."""
     if not CRON_BINARY.exists() or not CRON_CONTROL.exists():
         pytest.skip("PostgreSQL 15 and its pg_cron are not installed (apt-get install postgresql-15-cron)")
     settings = {

@@ -61,7 +61,7 @@ def test_every_sql_block_runs_as_annotated(
     finally:
         drop_roles(conn, server_roles(conn) - roles_before)
     expected = [b for b in pg_cron_blocks() if b.path in paths]
-    assert deferred == expected, "every pg_cron block is the one tests/test_pg_cron.py runs, none is dropped"
+    assert deferred == expected, "every pg_cron block is the one tests/usage/test_pg_cron.py runs, none is dropped"
 
 
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.name)
@@ -120,7 +120,7 @@ def test_the_docs_have_blocks_of_every_kind() -> None:
     assert not short, f"the docs have fewer blocks than they document (kind: (found, expected at least)): {short}"
 
 
-PG_CRON_TEST = ROOT / "tests" / "test_pg_cron.py"
+PG_CRON_TEST = ROOT / "tests" / "usage" / "test_pg_cron.py"
 PG_CRON_RUNNER = "test_the_documented_pg_cron_blocks_all_run"
 
 
@@ -162,7 +162,8 @@ def test_every_page_of_the_docs_is_run() -> None:
 
 def test_the_test_map_lists_every_test_module() -> None:
     listed = (ROOT / "docs" / "test-map.md").read_text()
-    missing = [path.name for path in sorted((ROOT / "tests").glob("test_*.py")) if f"`tests/{path.name}`" not in listed]
+    modules = sorted((ROOT / "tests").glob("*/test_*.py"))
+    missing = [str(path.relative_to(ROOT)) for path in modules if f"`{path.relative_to(ROOT)}`" not in listed]
     assert not missing, f"docs/test-map.md does not list {missing}"
 
 

@@ -4,7 +4,7 @@ what was found and what was expected, and a HINT, and the install is left exactl
 (catalog snapshot and every catalog row's version).
 
 The states are fixture files, tests/fixtures/deploy_states/<state>.sql. Each file is applied as
-a runner does (its whole text, one transaction); tests/test_plain_psql_guards.py applies the same
+a runner does (its whole text, one transaction); tests/deploy/test_plain_psql_guards.py applies the same
 states with plain psql.
 """
 

@@ -6,7 +6,7 @@ that gives it the cleanup that never waits. With that grant it skips held record
 The previous function refused such a role with 42501, and the table grew from then on.
 
 The role's grants are tests/fixtures/deploy_states/cleanup_role_with_the_reports_grants.sql;
-the guide's roles are tried by tests/test_privileges.py.
+the guide's roles are tried by tests/security/test_privileges.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 holds its key, and never gets an expired record, alone or with duplicates at the same time.
 
 The guide prints the SQL of tests/statements.py (checked here character for character, and
-run by tests/test_docs.py). The form the guide printed before is run too, to show how it
+run by tests/docs/test_docs.py). The form the guide printed before is run too, to show how it
 fails: it returned the result of a record that had expired two days earlier.
 """
 
