@@ -75,7 +75,7 @@ PAGES = (
     ROOT / "docs" / "migration-tools.md",
     TEST_MAP,
 )
-DOCUMENTS = (GUIDE, ROOT / "README.md", *PAGES)
+DOCUMENTS = (GUIDE, ROOT / "README.md", ROOT / "CONTRIBUTING.md", *PAGES)
 DATA = ROOT / "tests" / "fixtures" / "data"
 
 FENCE = re.compile(r"^( *)```(\w*)\s*$")  # indented inside a list item too

@@ -193,7 +193,7 @@ def migration_states(conn: psycopg.Connection, schema: str = "public") -> tuple[
     return empty, table_only, migrated
 
 
-# --- other migration tools (tests/tools/test_migration_tools.py, tests/test_tools_*.py) ----------
+# --- other migration tools (tests/tools/) -----------------------------------------------------
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # The user's own earlier migration, versioned by a timestamp, and the table it creates.

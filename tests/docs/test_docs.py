@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tests.docblocks import (
     FENCE,
     GUIDE,
     SEQUENCES,
+    TEST_MAP,
     Block,
     anchors,
     drop_roles,
@@ -161,10 +163,29 @@ def test_every_page_of_the_docs_is_run() -> None:
 
 
 def test_the_test_map_lists_every_test_module() -> None:
-    listed = (ROOT / "docs" / "test-map.md").read_text()
+    """Every module of tests/<folder>/ is linked in the test map, in the section of its folder, and
+    the test map has a section for every folder and for nothing else."""
+    sections = {
+        heading: body
+        for heading, body in re.findall(
+            r"^## ([^\n]*)\n(.*?)(?=^## |\Z)", TEST_MAP.read_text(), re.MULTILINE | re.DOTALL
+        )
+    }
+    by_folder = {
+        heading.split(":")[0].removeprefix("tests/"): set(re.findall(r"\]\(\.\./(tests/[^)#]+\.py)\)", body))
+        for heading, body in sections.items()
+        if heading.startswith("tests/")
+    }
     modules = sorted((ROOT / "tests").glob("*/test_*.py"))
-    missing = [str(path.relative_to(ROOT)) for path in modules if f"`{path.relative_to(ROOT)}`" not in listed]
-    assert not missing, f"docs/test-map.md does not list {missing}"
+    folders = {path.parent.name for path in modules}
+    assert set(by_folder) == folders, f"docs/test-map.md: sections {sorted(by_folder)}, folders {sorted(folders)}"
+    for path in modules:
+        module = str(path.relative_to(ROOT))
+        assert module in by_folder[path.parent.name], (
+            f"docs/test-map.md does not link {module} in tests/{path.parent.name}"
+        )
+    linked = set().union(*by_folder.values())
+    assert linked <= {str(path.relative_to(ROOT)) for path in modules}, f"links to no module: {sorted(linked)}"
 
 
 # A literal, a comment, a run of white space: what two copies of one statement may differ in.
@@ -189,3 +210,24 @@ def test_the_guide_contents_list_every_section() -> None:
         elif not inside and (heading := re.match(r"^#{2,3} (.*)$", line)) and heading.group(1) != "Contents":
             headings.append((heading.group(1), slug(heading.group(1))))
     assert listed == headings, "the guide's Contents lists its sections, in order"
+
+
+TEST_PATH = re.compile(r"\btests/[\w/.<>*-]*[\w*>]")
+
+
+def test_every_path_under_tests_that_a_file_names_exists() -> None:
+    """The docs, the code and the comments name test modules, fixtures and folders by path: each
+    one is there (a module moved without its mentions fails here)."""
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    wrong = []
+    for name in listed.split():
+        path = ROOT / name
+        if path.suffix not in (".md", ".py", ".sql", ".toml", "") or not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for mention in TEST_PATH.findall(line):
+                if re.search(r"[A-Z]{2,}|[<*]", mention):
+                    continue  # a pattern (tests/<folder>/, tests/fixtures/data/NAME.sql), not a path
+                if not (ROOT / mention).exists():
+                    wrong.append(f"{name}:{number}: {mention}")
+    assert not wrong, "paths under tests/ that do not exist:\n" + "\n".join(wrong)

@@ -1,5 +1,5 @@
 """The files run unchanged by other migration tools: dbmate, sqitch and (emulated) sqlx;
-tests/test_tools_*.py do the same for Liquibase, yoyo, Alembic, Django, node-pg-migrate
+tests/tools/test_tools_*.py do the same for Liquibase, yoyo, Alembic, Django, node-pg-migrate
 and graphile-migrate.
 
 Each tool gets the files exactly as `make export TOOL=... DEST=...` writes them
