@@ -41,7 +41,7 @@ define apply_with_psql
 	done
 endef
 
-.PHONY: help install test test-all lint fmt migrate verify rollback stop clean export bench
+.PHONY: help install test test-all lint fmt migrate verify snapshot rollback stop clean export bench
 
 help: ## show this list
 	@echo "Usage: make TARGET [PG=15|16|18] [DATABASE_URL=postgresql://...]"
@@ -89,6 +89,10 @@ verify: ## check a database against the contract with tests/test_idempotency_mig
 	"$$psql" -v ON_ERROR_STOP=1 --no-psqlrc $(if $(filter-out 0,$(CATALOG_ONLY)),-v catalog_only=1) \
 	    $(if $(SCHEMA),-v 'schema=$(SCHEMA)') $(if $(OWNER),-v 'owner=$(OWNER)') \
 	    $${conninfo:+-d "$$conninfo"} -f tests/test_idempotency_migrations.sql
+
+snapshot: ## write tests/schema/catalog.json, the catalog a fresh migrate creates (commit it with a schema change)
+	$(NEED_VENV)
+	$(PY) -m tests.catalog
 
 rollback: ## apply the down migrations in reverse order with psql (same server as migrate)
 	$(NEED_VENV)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from tests import catalog
+
 TABLE = "idempotency_records"
 
 # column: (type, not null, default)
@@ -164,3 +166,12 @@ def test_cleanup_function_search_path_is_pinned_to_its_schema(conn: psycopg.Conn
         "SELECT proconfig FROM pg_proc WHERE oid = 'cleanup_expired_idempotency_records()'::regprocedure"
     ).fetchone()
     assert row == (["search_path=pg_catalog, public, pg_temp"],)
+
+
+def test_the_catalog_is_the_committed_snapshot(conn: psycopg.Connection) -> None:
+    """Every object of the schema, as tests/schema/catalog.json holds it: a change of the schema
+    is a change of that file, one diff in review."""
+    diff = catalog.difference(conn)
+    assert not diff, (
+        f"the catalog is not the committed snapshot; if the change is meant, run `{catalog.REGENERATE}` and commit it:\n{diff}"
+    )
