@@ -92,7 +92,7 @@ verify: ## check a database against the contract with tests/test_idempotency_mig
 
 snapshot: ## write tests/schema/catalog.json, the catalog a fresh migrate creates (commit it with a schema change)
 	$(NEED_VENV)
-	$(PY) -m tests.catalog
+	IDEMPOTENCY_WRITE_SNAPSHOT=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/schema/test_schema.py -k committed_snapshot
 
 rollback: ## apply the down migrations in reverse order with psql (same server as migrate)
 	$(NEED_VENV)

@@ -3,26 +3,23 @@
 a line, so that a change of the schema shows as one diff in review. The rows are the same on
 PostgreSQL 15, 16 and 18 (pg_catalog's own text for every definition, no pg_dump).
 
-    python3 -m tests.catalog        (make snapshot) write it again, from a fresh migrate
-
-tests/schema/test_schema.py compares the catalog with it and prints the difference.
+tests/schema/test_schema.py compares the catalog of a fresh migrate with it and prints the
+difference; `make snapshot` runs that test with IDEMPOTENCY_WRITE_SNAPSHOT=1, which writes the
+file instead.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import os
-import sys
 
 import psycopg
-from psycopg import sql
 
 from tests import helpers
-from tooling import servers
 
 SNAPSHOT = helpers.ROOT / "tests" / "schema" / "catalog.json"
 REGENERATE = "make snapshot"
+WRITE = "IDEMPOTENCY_WRITE_SNAPSHOT"  # set to 1: the test writes the snapshot instead of comparing
 
 
 def _field(value: object) -> object:
@@ -56,34 +53,9 @@ def difference(conn: psycopg.Connection) -> str:
     )
 
 
-def write() -> str:
-    """Migrate a new database on the suite's server (DATABASE_URL, PG*, or a throwaway one) and
-    write its catalog to SNAPSHOT; return what was written."""
-    name = f"idempotency_test_{os.getpid()}_snapshot"
-    with servers.session_server("idempotency-snapshot-", in_memory=True) as server:
-        with server.connect(autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-        try:
-            with server.connect(name, autocommit=True) as conn:
-                helpers.apply_all(conn, helpers.UP_FILES)
-                text = render(helpers.catalog_snapshot(conn))
-        finally:
-            with server.connect(autocommit=True) as admin:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+def write(conn: psycopg.Connection) -> bool:
+    """Write the catalog of conn's public schema to SNAPSHOT; whether the file changed."""
+    text = render(helpers.catalog_snapshot(conn))
+    changed = not SNAPSHOT.exists() or committed() != text
     SNAPSHOT.write_text(text)
-    return text
-
-
-def main(argv: list[str]) -> int:
-    if argv:
-        print("usage: python3 -m tests.catalog   (make snapshot)", file=sys.stderr)
-        return 2
-    before = committed() if SNAPSHOT.exists() else ""
-    after = write()
-    print(f"{'unchanged' if after == before else 'wrote'}: {SNAPSHOT.relative_to(helpers.ROOT)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    return changed
