@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, fixture_sql
 from tooling.servers import Server
 
 STATES = FIXTURES / "deploy_states"
@@ -39,7 +39,7 @@ SINGLE = "-1"
 def load_state(conn: psycopg.Connection, state: str) -> None:
     """Put a database into a state: run tests/fixtures/deploy_states/<state>.sql in one transaction."""
     with conn.transaction():
-        conn.execute(state_path(state).read_text())
+        conn.execute(fixture_sql(state_path(state)))
 
 
 def state_path(state: str) -> Path:

@@ -51,6 +51,7 @@ import dataclasses
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -528,6 +529,16 @@ docker() {
 }
 make() { :; }
 """
+
+
+def shells_to_run(path: Path, tmp_path: Path) -> Iterator[tuple[Shell, Path]]:
+    """Every shell block of `path` that runs (not annotated not-run), each with a working
+    directory of its own under tmp_path."""
+    for shell in parse_shells(path):
+        if shell.not_run is None:
+            workdir = tmp_path / f"line{shell.line}"
+            workdir.mkdir()
+            yield shell, workdir
 
 
 def run_shell(server: Server, dbname: str, shell: Shell, workdir: Path) -> subprocess.CompletedProcess[str]:

@@ -193,9 +193,20 @@ def migration_states(conn: psycopg.Connection, schema: str = "public") -> tuple[
     return empty, table_only, migrated
 
 
-# --- other migration tools (tests/tools/) -----------------------------------------------------
+# --- fixture files (tests/fixtures/) -----------------------------------------------------------
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+INCLUDE = re.compile(r"^\\ir (\S+)$", re.MULTILINE)
+
+
+def fixture_sql(path: Path) -> str:
+    """A fixture file's SQL, with the files it includes with psql's \\ir (relative to it) in
+    their place: psql runs the file as it is, a psycopg connection runs this."""
+    return INCLUDE.sub(lambda match: fixture_sql(path.parent / match.group(1)).rstrip("\n"), path.read_text())
+
+
+# --- other migration tools (tests/tools/) -----------------------------------------------------
+
 # The user's own earlier migration, versioned by a timestamp, and the table it creates.
 USER_VERSION = "20250101120000"
 USER_TABLE = "shop_orders"
@@ -212,6 +223,13 @@ def without(snapshot: Snapshot, tables: tuple[str, ...]) -> Snapshot:
         return not any(name.startswith(table.lstrip("_")) for table in tables)
 
     return {kind: [row for row in rows if ours(row)] for kind, rows in snapshot.items()}
+
+
+def assert_catalog(
+    conn: psycopg.Connection, expected: Snapshot, message: str, *, besides: tuple[str, ...] = ()
+) -> None:
+    """The catalog is `expected`, but for the rows about the tables `besides` (a tool's bookkeeping)."""
+    assert without(catalog_snapshot(conn), besides) == expected, message
 
 
 def require(program: str) -> str:

@@ -91,16 +91,12 @@ TRY_LOCK = """\
 SELECT pg_try_advisory_xact_lock(hashtextextended(%(request_id)s::UUID::TEXT, 0::BIGINT)) AS acquired"""
 
 # Recipe 2: the report's save, refused when the key belongs to another operation.
-GUARDED_SAVE = """\
-INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-VALUES (%(request_id)s, %(operation)s, %(result_payload)s, %(status_code)s, now() + INTERVAL '1 hour' * %(ttl_hours)s)
-ON CONFLICT (request_id) DO UPDATE SET
-    operation = EXCLUDED.operation,
-    result_payload = EXCLUDED.result_payload,
-    status_code = EXCLUDED.status_code,
-    expires_at = EXCLUDED.expires_at
+GUARDED_SAVE = (
+    REPORT_SAVE
+    + """
 WHERE idempotency_records.operation::TEXT = EXCLUDED.operation::TEXT
 RETURNING request_id"""
+)
 
 # Recipe 4: batches committed one by one inside a DO block, on the server alone.
 BATCH_SIZE = 1000

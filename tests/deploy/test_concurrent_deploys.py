@@ -22,20 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import deployers
-from tests.helpers import (
-    DOWN_045,
-    DOWN_046,
-    DOWN_FILES,
-    UP_045,
-    UP_046,
-    UP_FILES,
-    Snapshot,
-    apply,
-    apply_all,
-    catalog_snapshot,
-    migration_states,
-)
+from tests import deployers, helpers
 from tooling.servers import Server
 
 OPTIONS = "-c lock_timeout=60s"
@@ -54,23 +41,23 @@ class Scenario:
 
 
 SCENARIOS = [
-    Scenario("045-on-a-fresh-database", 0, lambda i: (UP_045,), (1,)),
-    Scenario("046-on-a-complete-install", 2, lambda i: (UP_046,), (2,)),
-    Scenario("045-with-an-index-missing", 2, lambda i: (UP_045,), (2,), "DROP INDEX idx_idempotency_operation"),
+    Scenario("045-on-a-fresh-database", 0, lambda i: (helpers.UP_045,), (1,)),
+    Scenario("046-on-a-complete-install", 2, lambda i: (helpers.UP_046,), (2,)),
+    Scenario("045-with-an-index-missing", 2, lambda i: (helpers.UP_045,), (2,), "DROP INDEX idx_idempotency_operation"),
     # Up racing down: whichever commits last decides, and either end is whole.
-    Scenario("045-racing-045.down", 1, lambda i: (UP_045,) if i % 2 == 0 else (DOWN_045,), (0, 1)),
-    Scenario("046-racing-046.down", 2, lambda i: (UP_046,) if i % 2 == 0 else (DOWN_046,), (1, 2)),
+    Scenario("045-racing-045.down", 1, lambda i: (helpers.UP_045,) if i % 2 == 0 else (helpers.DOWN_045,), (0, 1)),
+    Scenario("046-racing-046.down", 2, lambda i: (helpers.UP_046,) if i % 2 == 0 else (helpers.DOWN_046,), (1, 2)),
 ]
 
 
 def reach(conn: psycopg.Connection, scenario: Scenario) -> None:
-    apply_all(conn, DOWN_FILES)
-    apply_all(conn, UP_FILES[: scenario.start])
+    helpers.apply_all(conn, helpers.DOWN_FILES)
+    helpers.apply_all(conn, helpers.UP_FILES[: scenario.start])
     if scenario.damage is not None:
         conn.execute(scenario.damage)
 
 
-def end_state(snapshot: Snapshot, states: tuple[Snapshot, ...], allowed: tuple[int, ...]) -> int | None:
+def end_state(snapshot: helpers.Snapshot, states: tuple[helpers.Snapshot, ...], allowed: tuple[int, ...]) -> int | None:
     return next((index for index in allowed if snapshot == states[index]), None)
 
 
@@ -84,7 +71,7 @@ def run_rounds(
     deployer_count: int,
     rounds: int,
 ) -> None:
-    states = migration_states(conn)
+    states = helpers.migration_states(conn)
     for round_number in range(1, rounds + 1):
         reach(conn, scenario)
         plans = [scenario.plan(i) for i in range(deployer_count)]
@@ -94,7 +81,7 @@ def run_rounds(
             f"{scenario}, {mode}, round {round_number}: {failed} of {deployer_count} runs failed\n"
             f"{deployers.describe(runs)}"
         )
-        ended = end_state(catalog_snapshot(conn), states, scenario.ends)
+        ended = end_state(helpers.catalog_snapshot(conn), states, scenario.ends)
         assert ended is not None, (
             f"{scenario}, {mode}, round {round_number}: the catalog is none of states {scenario.ends} "
             "(0 nothing, 1 045, 2 045 and 046)"
@@ -136,43 +123,45 @@ def test_under_repeatable_read_a_deployer_that_waited_stops_with_40001(
     """A REPEATABLE READ transaction reads the catalog as its snapshot shows it, taken before
     it waited: the checks stop with 40001 rather than judge what another deployer already
     changed, never with an internal error, and applying the file again succeeds."""
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     options = f"{OPTIONS} -c default_transaction_isolation=repeatable\\ read"
-    runs = deployers.race(pg_server, empty_database, [(UP_045,)] * 4, deployers.SINGLE, tmp_path, options)
+    runs = deployers.race(pg_server, empty_database, [(helpers.UP_045,)] * 4, deployers.SINGLE, tmp_path, options)
     outcomes = {run.sqlstates[0] if run.failed else "ok" for run in runs}
     assert outcomes <= {"ok", "40001"}, f"each deployer succeeds or stops with 40001:\n{deployers.describe(runs)}"
     assert "ok" in outcomes, "the first deployer succeeds"
     assert all("changed after this transaction's snapshot" in r.first_error() for r in runs if r.failed)
-    again = deployers.run_psql(pg_server, empty_database, deployers.SINGLE, "-f", str(UP_045), options=options)
+    again = deployers.run_psql(pg_server, empty_database, deployers.SINGLE, "-f", str(helpers.UP_045), options=options)
     assert not again.failed, f"applied again, 045 succeeds: {again.output}"
-    assert catalog_snapshot(empty_conn) == states[1]
+    assert helpers.catalog_snapshot(empty_conn) == states[1]
 
 
 @pytest.mark.parametrize("lock_timeout", ["100ms", None], ids=["deployer's lock_timeout", "none set: 2s"])
 def test_a_deployer_behind_another_waits_at_most_lock_timeout_and_names_it(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, lock_timeout: str | None
 ) -> None:
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     with pg_server.connect(empty_database) as holder:
-        holder.execute(UP_045.read_text())  # its transaction stays open, holding the deploy lock
+        holder.execute(helpers.UP_045.read_text())  # its transaction stays open, holding the deploy lock
         pid = holder.info.backend_pid
         options = f"-c lock_timeout={lock_timeout}" if lock_timeout else None
-        run = deployers.run_psql(pg_server, empty_database, deployers.SINGLE, "-f", str(UP_045), options=options)
+        run = deployers.run_psql(
+            pg_server, empty_database, deployers.SINGLE, "-f", str(helpers.UP_045), options=options
+        )
         holder.rollback()
     assert run.returncode == 3, f"psql stops at the error: {run.output}"
     assert "55P03: timed out waiting for another deployer of idempotency_records" in run.first_error(), run.output
     waited = lock_timeout or "2s"
     assert f"held by pid {pid} past lock_timeout {waited}" in run.output, f"DETAIL names pid {pid}:\n{run.output}"
-    assert catalog_snapshot(empty_conn) == states[0], "the deployer that timed out applied nothing"
+    assert helpers.catalog_snapshot(empty_conn) == states[0], "the deployer that timed out applied nothing"
 
 
 def test_an_up_file_and_a_down_file_share_the_lock(pg_server: Server, database: str, conn: psycopg.Connection) -> None:
     """046.down waits while a deployer of 045 holds the lock: the four files take turns."""
     with pg_server.connect(database) as holder, pg_server.connect(database, autocommit=True) as other:
         pid = holder.info.backend_pid
-        holder.execute(UP_045.read_text())
+        holder.execute(helpers.UP_045.read_text())
         other.execute("SET lock_timeout = '100ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable) as raised:
-            apply(other, DOWN_046)
+            helpers.apply(other, helpers.DOWN_046)
         holder.rollback()
     assert f"held by pid {pid}" in (raised.value.diag.message_detail or ""), raised.value

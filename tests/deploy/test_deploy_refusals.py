@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tests import deployers
-from tests.helpers import DOWN_045, DOWN_046, UP_045, UP_046, apply, catalog_snapshot
+from tests.helpers import DOWN_045, DOWN_046, UP_045, UP_046, apply, catalog_snapshot, fixture_sql
 from tooling.servers import Server
 
 USER = "{user}"  # stands for the role that applies the files
@@ -105,7 +105,7 @@ def test_a_refused_state_is_named_and_left_as_it_was(
     dbname = request.getfixturevalue("database" if refusal.migrated else "empty_database")
     with pg_server.connect(dbname, autocommit=True) as conn, deployers.planter_role(conn):
         if refusal.session:
-            conn.execute(deployers.state_path(refusal.state).read_text())
+            conn.execute(fixture_sql(deployers.state_path(refusal.state)))
         else:
             deployers.load_state(conn, refusal.state)
         user = conn.info.user

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from tests import deployers, verification
-from tests.helpers import DOWN_045, UP_045, UP_046, catalog_snapshot, split_statements
+from tests.helpers import DOWN_045, UP_045, UP_046, catalog_snapshot, fixture_sql, split_statements
 from tooling.servers import Server
 
 
@@ -82,7 +82,7 @@ def test_nothing_runs_after_a_refusal_under_plain_psql(
     with pg_server.connect(dbname, autocommit=True) as conn, deployers.planter_role(conn):
         if not case.session:
             with conn.transaction():
-                conn.execute(case.state_file().read_text())
+                conn.execute(fixture_sql(case.state_file()))
         schemas = ("public", conn.info.user) if case.user_schema else ("public",)
         before = [catalog_snapshot(conn, schema) for schema in schemas], deployers.catalog_versions(conn, *schemas)
 

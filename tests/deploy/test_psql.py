@@ -22,18 +22,6 @@ import psycopg
 import pytest
 
 from tests import helpers
-from tests.helpers import (
-    DOWN_045,
-    DOWN_046,
-    DOWN_FILES,
-    UP_045,
-    UP_046,
-    UP_FILES,
-    Snapshot,
-    catalog_snapshot,
-    migration_states,
-    split_statements,
-)
 from tooling.servers import Server
 
 # psql's exit status (psql(1), "Exit Status").
@@ -55,10 +43,10 @@ class Step:
 
 
 STEPS = (
-    Step(UP_045, (), 0, 1),
-    Step(UP_046, (UP_045,), 1, 2),
-    Step(DOWN_046, (UP_045, UP_046), 2, 1),
-    Step(DOWN_045, (UP_045,), 1, 0),
+    Step(helpers.UP_045, (), 0, 1),
+    Step(helpers.UP_046, (helpers.UP_045,), 1, 2),
+    Step(helpers.DOWN_046, (helpers.UP_045, helpers.UP_046), 2, 1),
+    Step(helpers.DOWN_045, (helpers.UP_045,), 1, 0),
 )
 
 
@@ -92,20 +80,20 @@ def write_statements(path: Path, statements: list[str]) -> Path:
     return path
 
 
-def prefix_snapshot(conn: psycopg.Connection, statements: list[str]) -> Snapshot:
+def prefix_snapshot(conn: psycopg.Connection, statements: list[str]) -> helpers.Snapshot:
     """The catalog after the first statements of a file, each committed on its own,
     computed with a driver inside a transaction that is then rolled back."""
     with conn.transaction():
         for statement in statements:
             conn.execute(statement)
-        snapshot = catalog_snapshot(conn)
+        snapshot = helpers.catalog_snapshot(conn)
         raise psycopg.Rollback()
     return snapshot  # pragma: no cover - psycopg.Rollback leaves the block above without error
 
 
 def cut_points(step: Step) -> list[int]:
     """After how many statements a run can be cut with some before and some after."""
-    return list(range(1, len(split_statements(step.path.read_text()))))
+    return list(range(1, len(helpers.split_statements(step.path.read_text()))))
 
 
 MODES = ("-f", "--single-transaction -f", "\\i from a wrapper")
@@ -115,21 +103,21 @@ MODES = ("-f", "--single-transaction -f", "\\i from a wrapper")
 def test_up_then_down_through_psql_builds_and_removes_the_schema(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path, mode: str
 ) -> None:
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     if mode == "\\i from a wrapper":
-        up = wrapper(tmp_path, "up.sql", UP_FILES)
-        down = wrapper(tmp_path, "down.sql", DOWN_FILES)
+        up = wrapper(tmp_path, "up.sql", helpers.UP_FILES)
+        down = wrapper(tmp_path, "down.sql", helpers.DOWN_FILES)
         assert_ok(run_psql(pg_server, empty_database, "-f", str(up)), "wrapper of the up files")
-        assert catalog_snapshot(empty_conn) == states[2], "the up wrapper must build 045 and 046"
+        assert helpers.catalog_snapshot(empty_conn) == states[2], "the up wrapper must build 045 and 046"
         assert_ok(run_psql(pg_server, empty_database, "-f", str(up)), "wrapper of the up files, again")
-        assert catalog_snapshot(empty_conn) == states[2], "the up wrapper run again must change nothing"
+        assert helpers.catalog_snapshot(empty_conn) == states[2], "the up wrapper run again must change nothing"
         assert_ok(run_psql(pg_server, empty_database, "-f", str(down)), "wrapper of the down files")
-        assert catalog_snapshot(empty_conn) == states[0], "the down wrapper must remove everything"
+        assert helpers.catalog_snapshot(empty_conn) == states[0], "the down wrapper must remove everything"
         return
     single = mode.startswith("--single-transaction")
     for step in STEPS:
         assert_ok(run_file(pg_server, empty_database, step.path, single=single), f"{step} with {mode}")
-        assert catalog_snapshot(empty_conn) == states[step.after], f"{step} with {mode}: unexpected catalog"
+        assert helpers.catalog_snapshot(empty_conn) == states[step.after], f"{step} with {mode}: unexpected catalog"
 
 
 @pytest.mark.parametrize("single", [False, True], ids=["-f", "-1"])
@@ -137,18 +125,18 @@ def test_up_then_down_through_psql_builds_and_removes_the_schema(
 def test_rerunning_a_file_through_psql_changes_nothing(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, step: Step, single: bool
 ) -> None:
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     helpers.apply_all(empty_conn, step.setup)
     assert_ok(run_file(pg_server, empty_database, step.path, single=single), f"{step}, first run")
-    assert catalog_snapshot(empty_conn) == states[step.after], f"{step}: unexpected catalog after the first run"
+    assert helpers.catalog_snapshot(empty_conn) == states[step.after], f"{step}: unexpected catalog after the first run"
     assert_ok(run_file(pg_server, empty_database, step.path, single=single), f"{step}, second run")
-    assert catalog_snapshot(empty_conn) == states[step.after], f"{step}: the second run changed the catalog"
+    assert helpers.catalog_snapshot(empty_conn) == states[step.after], f"{step}: the second run changed the catalog"
 
 
-def remove_everything_with_psql(server: Server, db: str, conn: psycopg.Connection, empty: Snapshot) -> None:
-    for path in DOWN_FILES:
+def remove_everything_with_psql(server: Server, db: str, conn: psycopg.Connection, empty: helpers.Snapshot) -> None:
+    for path in helpers.DOWN_FILES:
         assert_ok(run_file(server, db, path, single=True), f"{path.name} after a run cut off part way")
-    assert catalog_snapshot(conn) == empty, "the down files must remove what a cut-off run left"
+    assert helpers.catalog_snapshot(conn) == empty, "the down files must remove what a cut-off run left"
 
 
 BROKEN_CASES = [(step, k) for step in STEPS for k in cut_points(step)]
@@ -165,8 +153,8 @@ def test_a_broken_copy_leaves_nothing_with_single_transaction_and_a_completable_
     k: int,
     single: bool,
 ) -> None:
-    states = migration_states(empty_conn)
-    statements = split_statements(step.path.read_text())
+    states = helpers.migration_states(empty_conn)
+    statements = helpers.split_statements(step.path.read_text())
     broken = write_statements(tmp_path / step.path.name, [*statements[:k], "THIS IS NOT SQL", *statements[k:]])
     helpers.apply_all(empty_conn, step.setup)
     expected = states[step.before] if single else prefix_snapshot(empty_conn, statements[:k])
@@ -175,13 +163,15 @@ def test_a_broken_copy_leaves_nothing_with_single_transaction_and_a_completable_
     assert result.returncode == EXIT_SCRIPT_ERROR, f"psql must stop at the syntax error: {result.stderr}"
     assert 'syntax error at or near "THIS"' in result.stderr
     left = "nothing" if single else f"exactly its first {k} statements"
-    assert catalog_snapshot(empty_conn) == expected, f"with{'' if single else 'out'} -1 a failed file must leave {left}"
+    assert helpers.catalog_snapshot(empty_conn) == expected, (
+        f"with{'' if single else 'out'} -1 a failed file must leave {left}"
+    )
 
     assert_ok(run_file(pg_server, empty_database, step.path, single=single), f"{step} re-run after the failure")
-    assert catalog_snapshot(empty_conn) == states[step.after], f"re-running {step} must complete it"
+    assert helpers.catalog_snapshot(empty_conn) == states[step.after], f"re-running {step} must complete it"
 
     # From the same cut-off state, the down files remove everything.
-    helpers.apply_all(empty_conn, DOWN_FILES)
+    helpers.apply_all(empty_conn, helpers.DOWN_FILES)
     helpers.apply_all(empty_conn, step.setup)
     assert run_file(pg_server, empty_database, broken, single=single).returncode == EXIT_SCRIPT_ERROR
     remove_everything_with_psql(pg_server, empty_database, empty_conn, states[0])
@@ -238,8 +228,8 @@ def test_a_terminated_connection_leaves_nothing_with_single_transaction_and_a_co
     k: int,
     single: bool,
 ) -> None:
-    states = migration_states(empty_conn)
-    statements = split_statements(step.path.read_text())
+    states = helpers.migration_states(empty_conn)
+    statements = helpers.split_statements(step.path.read_text())
     head = write_statements(tmp_path / "head.sql", statements[:k])
     tail = write_statements(tmp_path / "tail.sql", statements[k:])
     script = wrapper(tmp_path, "cut.sql", (head, tail), between="SELECT pg_sleep(60);")
@@ -250,14 +240,14 @@ def test_a_terminated_connection_leaves_nothing_with_single_transaction_and_a_co
     assert result.returncode == EXIT_CONNECTION_LOST, f"psql must report the lost connection: {result.stderr}"
     assert "terminating connection due to administrator command" in result.stderr, result.stderr
     left = "nothing" if single else f"exactly its first {k} statements"
-    assert catalog_snapshot(empty_conn) == expected, (
+    assert helpers.catalog_snapshot(empty_conn) == expected, (
         f"with{'' if single else 'out'} -1 a terminated run must leave {left}"
     )
 
     assert_ok(run_file(pg_server, empty_database, step.path, single=single), f"{step} re-run after the cut")
-    assert catalog_snapshot(empty_conn) == states[step.after], f"re-running {step} must complete it"
+    assert helpers.catalog_snapshot(empty_conn) == states[step.after], f"re-running {step} must complete it"
 
-    helpers.apply_all(empty_conn, DOWN_FILES)
+    helpers.apply_all(empty_conn, helpers.DOWN_FILES)
     helpers.apply_all(empty_conn, step.setup)
     assert run_and_terminate(pg_server, empty_database, script, single=single).returncode == EXIT_CONNECTION_LOST
     remove_everything_with_psql(pg_server, empty_database, empty_conn, states[0])

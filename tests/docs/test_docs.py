@@ -32,6 +32,7 @@ from tests.docblocks import (
     run_psql_block,
     run_shell,
     server_roles,
+    shells_to_run,
     shown,
     slug,
 )
@@ -70,11 +71,7 @@ def test_every_sql_block_runs_as_annotated(
 def test_every_shell_block_that_calls_psql_runs(
     pg_server: Server, fresh_database: Callable[[], str], tmp_path: Path, path: Path
 ) -> None:
-    for shell in parse_shells(path):
-        if shell.not_run is not None:
-            continue
-        workdir = tmp_path / f"line{shell.line}"
-        workdir.mkdir()
+    for shell, workdir in shells_to_run(path, tmp_path):
         done = run_shell(pg_server, fresh_database(), shell, workdir)
         assert done.returncode == 0, f"{shell.where}: exit {done.returncode}\n{done.stdout}{done.stderr}"
         assert "ERROR" not in done.stderr, f"{shell.where}: psql printed an error:\n{done.stderr}"

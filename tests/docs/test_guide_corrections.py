@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from tests.docblocks import GUIDE, QUERIES, Block, parse_blocks, run_block
-from tests.helpers import ROOT
+from tests.helpers import ROOT, fixture_sql
 from tooling import records
 from tooling.records import DAY
 from tooling.servers import Server
@@ -76,7 +76,7 @@ REBUILD = (
 def test_an_invalid_index_is_listed_invalid_and_the_guide_repairs_it(conn: psycopg.Connection) -> None:
     diagnosis = guide_block("i.indisvalid AS valid")
     (rebuild,) = [block for block in parse_blocks(GUIDE) if block.text.strip() == REBUILD]
-    conn.execute((STATES / "expires_index_invalid.sql").read_text())
+    conn.execute(fixture_sql(STATES / "expires_index_invalid.sql"))
     listed = {row[0]: row[1] for row in conn.execute(diagnosis.text)}
     assert listed["idx_idempotency_expires"] is False, "the invalid index is listed, with valid = f"
     with pytest.raises(AssertionError, match="rows"):

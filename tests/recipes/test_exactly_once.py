@@ -12,6 +12,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -98,6 +99,19 @@ def session(pg_server: servers.Server, database: str) -> psycopg.Connection:
     return connection
 
 
+def duplicate(
+    pg_server: servers.Server, database: str, handle: Callable[[psycopg.Connection], Response]
+) -> Callable[[threading.Barrier], Response]:
+    """One duplicate request: a session of its own, released with the others, then `handle`."""
+
+    def request(barrier: threading.Barrier) -> Response:
+        with session(pg_server, database) as conn:
+            barrier.wait()
+            return handle(conn)
+
+    return request
+
+
 def test_naive_get_then_save_runs_the_operation_once_per_duplicate(
     pg_server: servers.Server, database: str, payments: psycopg.Connection
 ) -> None:
@@ -132,11 +146,7 @@ def test_claim_first_runs_the_operation_once_and_every_duplicate_gets_its_result
     pg_server: servers.Server, database: str, payments: psycopg.Connection
 ) -> None:
     key = uuid.uuid4()
-
-    def request(barrier: threading.Barrier) -> Response:
-        with session(pg_server, database) as conn:
-            barrier.wait()
-            return claim_first(conn, key)
+    request = duplicate(pg_server, database, lambda conn: claim_first(conn, key))
 
     with gate(payments, GATE) as open_gate, together(DUPLICATES, request, release=open_gate) as futures:
         wait_for_waiters(payments, "advisory", 1)  # the first request is inside its operation
@@ -161,10 +171,7 @@ def test_claim_first_hands_the_key_to_a_waiting_duplicate_when_the_first_request
     key = uuid.uuid4()
     failed_once = threading.Event()
 
-    def request(barrier: threading.Barrier) -> Response:
-        with session(pg_server, database) as conn:
-            barrier.wait()
-            return claim_first(conn, key, fail=failed_once)
+    request = duplicate(pg_server, database, lambda conn: claim_first(conn, key, fail=failed_once))
 
     with gate(payments, GATE) as open_gate, together(DUPLICATES, request, release=open_gate) as futures:
         wait_for_waiters(payments, "advisory", 1)
@@ -194,11 +201,7 @@ def test_try_lock_answers_409_to_duplicates_of_a_request_in_flight_without_waiti
     pg_server: servers.Server, database: str, payments: psycopg.Connection
 ) -> None:
     key = uuid.uuid4()
-
-    def request(barrier: threading.Barrier) -> Response:
-        with session(pg_server, database) as conn:
-            barrier.wait()
-            return in_progress_aware(conn, key)
+    request = duplicate(pg_server, database, lambda conn: in_progress_aware(conn, key))
 
     with gate(payments, GATE) as open_gate, together(DUPLICATES, request, release=open_gate) as futures:
         wait_for_waiters(payments, "advisory", 1)  # the owner is inside its operation, gate closed
@@ -225,11 +228,7 @@ def test_naive_for_update_nowait_cannot_see_a_request_in_flight_and_the_bare_cla
     committed, so SELECT ... FOR UPDATE NOWAIT finds no row (no error to turn into a
     409), and a second claim blocks until the first request ends."""
     key = uuid.uuid4()
-
-    def request(barrier: threading.Barrier) -> Response:
-        with session(pg_server, database) as conn:
-            barrier.wait()
-            return claim_first(conn, key)
+    request = duplicate(pg_server, database, lambda conn: claim_first(conn, key))
 
     with gate(payments, GATE) as open_gate, together(1, request, release=open_gate) as futures:
         wait_for_waiters(payments, "advisory", 1)
@@ -253,11 +252,7 @@ def test_a_duplicate_that_waited_under_repeatable_read_fails_with_a_serializatio
     predates the first request's commit, so its claim fails (SQLSTATE 40001) instead
     of returning no row; a retry in a new transaction replays the result."""
     key = uuid.uuid4()
-
-    def request(barrier: threading.Barrier) -> Response:
-        with session(pg_server, database) as conn:
-            barrier.wait()
-            return claim_first(conn, key)
+    request = duplicate(pg_server, database, lambda conn: claim_first(conn, key))
 
     def repeatable_read_duplicate() -> str:
         with session(pg_server, database) as conn:
@@ -272,10 +267,10 @@ def test_a_duplicate_that_waited_under_repeatable_read_fails_with_a_serializatio
     with gate(payments, GATE) as open_gate, together(1, request, release=open_gate) as futures:
         wait_for_waiters(payments, "advisory", 1)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            duplicate = pool.submit(repeatable_read_duplicate)
+            waiting = pool.submit(repeatable_read_duplicate)
             wait_for_waiters(payments, "transactionid", 1)
             open_gate()
-            assert duplicate.result(timeout=30) == "40001", "the waiting REPEATABLE READ claim fails"
+            assert waiting.result(timeout=30) == "40001", "the waiting REPEATABLE READ claim fails"
         (first,) = results(futures)
     with session(pg_server, database) as retry:
         assert claim_first(retry, key) == Response("replayed", first.payload, 201), "its retry replays the result"

@@ -15,14 +15,8 @@ from psycopg import sql
 
 from tests.statements import RANGE_WITH_KEY_PK
 
-COLUMNS = """
-    request_id UUID NOT NULL,
-    operation VARCHAR(100) NOT NULL,
-    result_payload TEXT NOT NULL,
-    status_code INTEGER,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    expires_at TIMESTAMPTZ NOT NULL
-"""
+# The store's columns, with their types, NOT NULL and defaults, and nothing else of it.
+COLUMNS = "LIKE idempotency_records INCLUDING DEFAULTS"
 
 SAVE = """
     INSERT INTO {} (request_id, operation, result_payload, status_code, expires_at)

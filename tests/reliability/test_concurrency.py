@@ -234,9 +234,11 @@ def test_32_sessions_inserting_one_key_one_wins_and_the_others_read_its_result(
     figures.add("rows_checked")
 
 
-def race_against_uncommitted_insert(pg_server: Server, database: str, statement: str) -> list[Any]:
-    """Session A inserts a key and keeps its transaction open; session B runs `statement`
-    for the same key, blocks on A's insert, and gets its result after A commits."""
+def race_against_uncommitted_insert(
+    pg_server: Server, database: str, work: Callable[[psycopg.Connection, uuid.UUID], T]
+) -> T:
+    """Session A inserts a key and keeps its transaction open; session B runs `work` for the
+    same key, blocks on A's insert, and gets its result after A commits."""
     key = uuid.uuid4()
     first = writer_values(1)
     with (
@@ -248,18 +250,27 @@ def race_against_uncommitted_insert(pg_server: Server, database: str, statement:
         figures.add("sessions", 3)
         with holder.transaction():
             holder.execute(INSERT_IF_ABSENT, (key, *first))
-            params = {"key": key, "operation": "op-02", "payload": writer_values(2)[1], "status": 202}
-            pending = pool.submit(lambda: waiter.execute(statement, params).fetchall())
+            pending = pool.submit(work, waiter, key)
             all_wait_on(observer, [waiter.info.backend_pid], holder.info.backend_pid)
-        rows = pending.result(timeout=30)
+        result = pending.result(timeout=30)
         figures.add("operations", 2)
         assert observer.execute(READ, (key,)).fetchone() == first, "the first session's row is committed"
-        return rows
+        return result
+
+
+def one_statement(statement: str) -> Callable[[psycopg.Connection, uuid.UUID], list[Any]]:
+    """A second writer's insert-or-read in one statement, for the same key."""
+
+    def run(waiter: psycopg.Connection, key: uuid.UUID) -> list[Any]:
+        params = {"key": key, "operation": "op-02", "payload": writer_values(2)[1], "status": 202}
+        return waiter.execute(statement, params).fetchall()
+
+    return run
 
 
 def test_one_statement_insert_or_read_misses_a_row_committed_while_it_waited(pg_server: Server, database: str) -> None:
     """Why the application uses two statements: the CTE form can return nothing."""
-    rows = race_against_uncommitted_insert(pg_server, database, CLAIM_OR_READ_ONE_STATEMENT)
+    rows = race_against_uncommitted_insert(pg_server, database, one_statement(CLAIM_OR_READ_ONE_STATEMENT))
     assert rows == [], (
         "under READ COMMITTED the CTE's fallback SELECT uses the statement's snapshot, taken before the "
         f"conflicting insert committed, so it cannot see that row; got {rows}"
@@ -267,26 +278,16 @@ def test_one_statement_insert_or_read_misses_a_row_committed_while_it_waited(pg_
 
 
 def test_no_op_update_form_returns_the_row_committed_while_it_waited(pg_server: Server, database: str) -> None:
-    rows = race_against_uncommitted_insert(pg_server, database, CLAIM_OR_READ_NO_OP_UPDATE)
+    rows = race_against_uncommitted_insert(pg_server, database, one_statement(CLAIM_OR_READ_NO_OP_UPDATE))
     assert rows == [writer_values(1)], f"ON CONFLICT DO UPDATE returns the latest committed row, got {rows}"
 
 
 def test_two_statement_insert_or_read_returns_the_row_committed_while_it_waited(
     pg_server: Server, database: str
 ) -> None:
-    key = uuid.uuid4()
-    with (
-        pg_server.connect(database, autocommit=True) as holder,
-        pg_server.connect(database, autocommit=True) as waiter,
-        pg_server.connect(database, autocommit=True) as observer,
-        ThreadPoolExecutor(max_workers=1) as pool,
-    ):
-        figures.add("sessions", 3)
-        with holder.transaction():
-            holder.execute(INSERT_IF_ABSENT, (key, *writer_values(1)))
-            pending = pool.submit(insert_or_read, waiter, key, writer_values(2))
-            all_wait_on(observer, [waiter.info.backend_pid], holder.info.backend_pid)
-        claimed, row = pending.result(timeout=30)
+    claimed, row = race_against_uncommitted_insert(
+        pg_server, database, lambda waiter, key: insert_or_read(waiter, key, writer_values(2))
+    )
     assert not claimed, "the second session must not claim a key the first one holds"
     assert row == writer_values(1), f"the second session must read the first one's result, got {row}"
 

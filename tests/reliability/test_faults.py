@@ -20,18 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests import figures
-from tests.helpers import (
-    DOWN_045,
-    DOWN_FILES,
-    UP_045,
-    UP_FILES,
-    apply_all,
-    catalog_snapshot,
-    count,
-    migration_states,
-    split_statements,
-)
+from tests import figures, helpers
 from tests.statements import REPORT_SAVE
 from tooling import records
 from tooling.records import DAY, MILLISECOND, save_params
@@ -110,7 +99,7 @@ def test_every_committed_save_survives_a_server_crash_whole() -> None:
         local.start()
         server = local.server()
         with server.connect(autocommit=True) as setup:
-            apply_all(setup, UP_FILES)
+            helpers.apply_all(setup, helpers.UP_FILES)
         saves = Saves()
         with ThreadPoolExecutor(max_workers=CRASH_WRITERS) as pool:
             futures = [pool.submit(save_pairs_until_crash, server, writer, saves) for writer in range(CRASH_WRITERS)]
@@ -171,19 +160,19 @@ class Cut:
 
 def statements_through(path: Path, marker: str) -> int:
     """How many statements of a file run up to and including the first that holds `marker`."""
-    statements = split_statements(path.read_text())
+    statements = helpers.split_statements(path.read_text())
     return next(i for i, statement in enumerate(statements, 1) if marker in statement)
 
 
 # Each cut falls after the statement that first changes something: the block of 045
 # that creates the table ($table$), the block of 045.down that drops the first index.
 CUTS = [
-    Cut("045-up-after-create-table", UP_045, (), statements_through(UP_045, "$table$"), 0),
+    Cut("045-up-after-create-table", helpers.UP_045, (), statements_through(helpers.UP_045, "$table$"), 0),
     Cut(
         "045-down-after-one-index-on-1000-rows",
-        DOWN_045,
-        (UP_045,),
-        statements_through(DOWN_045, "$operation_index$"),
+        helpers.DOWN_045,
+        (helpers.UP_045,),
+        statements_through(helpers.DOWN_045, "$operation_index$"),
         1000,
     ),
 ]
@@ -207,7 +196,7 @@ def run_as_runner(session: psycopg.Connection, statements: list[str], k: int, si
 
 def terminate_mid_file(pg_server: Server, database: str, cut: Cut, single: bool) -> None:
     """Run the cut file in its own session and terminate that backend while it sleeps."""
-    statements = split_statements(cut.path.read_text())
+    statements = helpers.split_statements(cut.path.read_text())
     application_name = f"idempotency_fault_{os.getpid()}_{time.monotonic_ns()}"
     with (
         pg_server.connect(database, autocommit=True, application_name=application_name) as runner,
@@ -240,38 +229,38 @@ def terminate_mid_file(pg_server: Server, database: str, cut: Cut, single: bool)
 def test_a_migration_terminated_mid_file_is_undone_or_completable_and_keeps_every_row(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, cut: Cut, single: bool
 ) -> None:
-    states = migration_states(empty_conn)
-    by_files = {(): states[0], (UP_045,): states[1]}
-    after = states[0] if cut.path == DOWN_045 else states[1]
-    apply_all(empty_conn, cut.setup)
+    states = helpers.migration_states(empty_conn)
+    by_files = {(): states[0], (helpers.UP_045,): states[1]}
+    after = states[0] if cut.path == helpers.DOWN_045 else states[1]
+    helpers.apply_all(empty_conn, cut.setup)
     if cut.rows:
         kept = records.live(operation="kept", lifetime=DAY)
         records.insert_many(empty_conn, cut.rows, kept, result_payload=sql.SQL("{}::text").format(records.ROW))
-    before = catalog_snapshot(empty_conn)
+    before = helpers.catalog_snapshot(empty_conn)
     assert before == by_files[cut.setup]
 
     terminate_mid_file(pg_server, empty_database, cut, single)
 
-    left = catalog_snapshot(empty_conn)
+    left = helpers.catalog_snapshot(empty_conn)
     if single:
         assert left == before, f"{cut}: a file run in one transaction and terminated must leave nothing changed"
     else:
         assert left not in (before, after), f"{cut}: statement by statement, the first {cut.k} must have committed"
     if cut.rows:
-        kept = count(empty_conn, "operation = 'kept'")
+        kept = helpers.count(empty_conn, "operation = 'kept'")
         figures.add("rows_checked", cut.rows)
         figures.add("rows_lost", cut.rows - kept)
         assert kept == cut.rows, f"{cut}: the terminated run must not lose rows ({kept} of {cut.rows} left)"
 
     # Re-running the file completes it, from whatever the cut left.
-    apply_all(empty_conn, (cut.path,))
-    assert catalog_snapshot(empty_conn) == after, f"{cut}: re-running the file must complete it"
+    helpers.apply_all(empty_conn, (cut.path,))
+    assert helpers.catalog_snapshot(empty_conn) == after, f"{cut}: re-running the file must complete it"
 
     # And from a cut state, the down files remove everything.
-    apply_all(empty_conn, cut.setup)
+    helpers.apply_all(empty_conn, cut.setup)
     terminate_mid_file(pg_server, empty_database, cut, single)
-    apply_all(empty_conn, DOWN_FILES)
-    assert catalog_snapshot(empty_conn) == states[0], f"{cut}: the down files must remove whatever the cut left"
+    helpers.apply_all(empty_conn, helpers.DOWN_FILES)
+    assert helpers.catalog_snapshot(empty_conn) == states[0], f"{cut}: the down files must remove whatever the cut left"
     faults_survived(2)
 
 
@@ -290,10 +279,10 @@ def test_cleanup_cancelled_by_statement_timeout_deletes_nothing_and_a_later_run_
     figures.add("faults_injected")
     assert raised.value.sqlstate == "57014", f"expected 57014 query_canceled, got {raised.value.sqlstate}"
     conn.execute("RESET statement_timeout")
-    assert count(conn) == MANY_EXPIRED, "the cancelled cleanup must be rolled back whole: nothing deleted"
+    assert helpers.count(conn) == MANY_EXPIRED, "the cancelled cleanup must be rolled back whole: nothing deleted"
 
     assert conn.execute(CLEANUP).fetchone() == (MANY_EXPIRED,), "a later cleanup deletes every expired row"
-    assert count(conn) == 0
+    assert helpers.count(conn) == 0
     figures.add("operations", 2)
     faults_survived()
 
@@ -321,7 +310,7 @@ def test_cleanup_blocked_by_a_table_lock_gives_up_cleanly_at_its_timeout(
         figures.add("faults_injected")
         assert raised.value.sqlstate == sqlstate, f"{setting}: expected {sqlstate}, got {raised.value.sqlstate}"
         conn.execute(sql.SQL("RESET {}").format(sql.Identifier(setting)))
-        assert count(conn) == LOCKED_EXPIRED, f"{setting}: the cleanup that gave up must have deleted nothing"
+        assert helpers.count(conn) == LOCKED_EXPIRED, f"{setting}: the cleanup that gave up must have deleted nothing"
         holder.rollback()
 
     assert conn.execute(CLEANUP).fetchone() == (LOCKED_EXPIRED,), "once the lock is gone the cleanup completes"

@@ -70,21 +70,14 @@ def test_the_guide_prints_the_sql_the_tests_run() -> None:
     guide = RELIABILITY.read_text()
     section = guide[guide.index("### Insert-or-read\n") : guide.index("### Figures\n")]
     first, second = "'92a7c0e4-a515-4b31-aa16-64622ca9d64b'", "'457078ae-acb3-46cc-ba36-5ebee81f18af'"
+    payment = {"operation": "'payment'", "status_code": "201"}
     printed = {
         "step 1": render(
-            INSERT_OR_READ_STORE,
-            request_id=first,
-            operation="'payment'",
-            result_payload="""'{"transaction_id": "t-7"}'""",
-            status_code="201",
+            INSERT_OR_READ_STORE, request_id=first, result_payload="""'{"transaction_id": "t-7"}'""", **payment
         ),
         "step 2": render(INSERT_OR_READ_READ, request_id=first),
         "one statement": render(
-            INSERT_OR_READ_ONE_STATEMENT,
-            request_id=second,
-            operation="'payment'",
-            result_payload="""'{"transaction_id": "t-8"}'""",
-            status_code="201",
+            INSERT_OR_READ_ONE_STATEMENT, request_id=second, result_payload="""'{"transaction_id": "t-8"}'""", **payment
         ),
     }
     for name, text in printed.items():

@@ -58,6 +58,7 @@ from tests.docblocks import (
     run_block,
     run_psql_block,
     run_shell,
+    shells_to_run,
     statements_of,
 )
 from tests.helpers import ROOT, UP_FILES, apply
@@ -534,14 +535,10 @@ SHELL_DOCUMENTS = [path for path in DOCUMENTS if any(shell.not_run is None for s
 def test_no_trap_runs_in_the_shell_blocks(
     pg_server: Server, fresh_database: Callable[[], str], tmp_path: Path, path: Path
 ) -> None:
-    for shell in parse_shells(path):
-        if shell.not_run is not None:
-            continue
+    for shell, workdir in shells_to_run(path, tmp_path):
         dbname = fresh_database()
         with pg_server.connect(dbname, autocommit=True) as conn:
             plant(conn)
-            workdir = tmp_path / f"line{shell.line}"
-            workdir.mkdir()
             done = run_shell(pg_server, dbname, shell, workdir)
             assert done.returncode == 0, f"{shell.where}: exit {done.returncode}\n{done.stdout}{done.stderr}"
             assert TRAP_RAN not in done.stderr, f"{shell.where} ran another role's code:\n{done.stderr}"

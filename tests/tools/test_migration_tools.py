@@ -23,19 +23,6 @@ import psycopg
 import pytest
 
 from tests import helpers
-from tests.helpers import (
-    USER_DOWN,
-    USER_TABLE,
-    USER_UP,
-    USER_VERSION,
-    catalog_snapshot,
-    has_table,
-    migration_states,
-    require,
-    run_tool,
-    tool_env,
-    without,
-)
 from tooling import export
 from tooling.servers import Server
 
@@ -54,11 +41,11 @@ def dbmate_url(server: Server, db: str) -> str:
 def test_dbmate_up_rollback_up(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    dbmate = require("dbmate")
-    states = migration_states(empty_conn)
+    dbmate = helpers.require("dbmate")
+    states = helpers.migration_states(empty_conn)
     migrations_dir = tmp_path / "db" / "migrations"
     export.export("dbmate", migrations_dir)
-    env = tool_env(DATABASE_URL=dbmate_url(pg_server, empty_database))
+    env = helpers.tool_env(DATABASE_URL=dbmate_url(pg_server, empty_database))
     # --no-dump-schema: dbmate would otherwise write db/schema.sql with pg_dump after each step.
     dbmate_args = [dbmate, "--migrations-dir", str(migrations_dir), "--no-dump-schema"]
     bookkeeping = ("schema_migrations",)
@@ -66,21 +53,21 @@ def test_dbmate_up_rollback_up(
     def applied() -> list[str]:
         return [row[0] for row in empty_conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
 
-    run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "dbmate up must build 045 and 046"
+    helpers.run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[2], "dbmate up must build 045 and 046", besides=bookkeeping)
     assert applied() == ["045", "046"], "dbmate must record both versions"
 
-    run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[1], "dbmate rollback must undo 046 only"
+    helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[1], "dbmate rollback must undo 046 only", besides=bookkeeping)
     assert applied() == ["045"]
-    run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[0], "a second rollback must undo 045"
+    helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[0], "a second rollback must undo 045", besides=bookkeeping)
     assert applied() == []
 
-    run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "dbmate up again must rebuild both"
+    helpers.run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[2], "dbmate up again must rebuild both", besides=bookkeeping)
     assert applied() == ["045", "046"]
-    again = run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
+    again = helpers.run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
     assert "Applying" not in again.stdout, f"nothing may be pending after up: {again.stdout}"
 
 
@@ -89,11 +76,13 @@ def dbmate_with_user_history(server: Server, db: str, tmp_path: Path) -> tuple[P
     returns the folder, the dbmate command and its environment."""
     migrations_dir = tmp_path / "db" / "migrations"
     migrations_dir.mkdir(parents=True)
-    user = export.Migration(USER_VERSION, "create_shop_orders", USER_UP.read_text(), USER_DOWN.read_text())
+    user = export.Migration(
+        helpers.USER_VERSION, "create_shop_orders", helpers.USER_UP.read_text(), helpers.USER_DOWN.read_text()
+    )
     (migrations_dir / f"{user.stem}.sql").write_text(export.dbmate_text(user))
-    env = tool_env(DATABASE_URL=dbmate_url(server, db))
-    dbmate_args = [require("dbmate"), "--migrations-dir", str(migrations_dir), "--no-dump-schema"]
-    run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
+    env = helpers.tool_env(DATABASE_URL=dbmate_url(server, db))
+    dbmate_args = [helpers.require("dbmate"), "--migrations-dir", str(migrations_dir), "--no-dump-schema"]
+    helpers.run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
     return migrations_dir, dbmate_args, env
 
 
@@ -102,21 +91,21 @@ def test_dbmate_next_to_a_timestamped_history(
 ) -> None:
     """With --after, 045/046 get the versions after the user's newest, so dbmate's rollback
     (the newest version) undoes 046, then 045, and never the user's own migration."""
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     migrations_dir, dbmate_args, env = dbmate_with_user_history(pg_server, empty_database, tmp_path)
-    bookkeeping = ("schema_migrations", USER_TABLE)
+    bookkeeping = ("schema_migrations", helpers.USER_TABLE)
 
-    export.export("dbmate", migrations_dir, after=USER_VERSION)
-    run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "dbmate up must build 045 and 046"
+    export.export("dbmate", migrations_dir, after=helpers.USER_VERSION)
+    helpers.run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[2], "dbmate up must build 045 and 046", besides=bookkeeping)
     applied = [row[0] for row in empty_conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
-    assert applied == [USER_VERSION, "20250101120001", "20250101120002"], applied
+    assert applied == [helpers.USER_VERSION, "20250101120001", "20250101120002"], applied
 
-    run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[1], "the first rollback must undo 046"
-    run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[0], "the second rollback must undo 045"
-    assert has_table(empty_conn, USER_TABLE), "the user's own migration must stay applied"
+    helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[1], "the first rollback must undo 046", besides=bookkeeping)
+    helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[0], "the second rollback must undo 045", besides=bookkeeping)
+    assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay applied"
 
 
 def test_dbmate_rolls_back_the_users_migration_when_ours_keep_045(
@@ -126,11 +115,13 @@ def test_dbmate_rolls_back_the_users_migration_when_ours_keep_045(
     timestamped migration, but rollback picks the highest version, which is the user's."""
     migrations_dir, dbmate_args, env = dbmate_with_user_history(pg_server, empty_database, tmp_path)
     export.export("dbmate", migrations_dir)
-    run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
-    assert has_table(empty_conn, "idempotency_records"), "dbmate up must apply 045 after the user's history"
-    run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
-    assert not has_table(empty_conn, USER_TABLE), "dbmate rollback undoes the highest version: the user's"
-    assert has_table(empty_conn, "idempotency_records"), "and leaves 045/046 applied"
+    helpers.run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
+    assert helpers.has_table(empty_conn, "idempotency_records"), "dbmate up must apply 045 after the user's history"
+    helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
+    assert not helpers.has_table(empty_conn, helpers.USER_TABLE), (
+        "dbmate rollback undoes the highest version: the user's"
+    )
+    assert helpers.has_table(empty_conn, "idempotency_records"), "and leaves 045/046 applied"
 
 
 # --- sqitch -------------------------------------------------------------------------
@@ -146,7 +137,7 @@ def sqitch_env(tmp_path: Path, psql: str) -> dict[str, str]:
     system_config.write_text("")
     project_config = home / "project.conf"
     project_config.write_text(f'[core]\n\tengine = pg\n[engine "pg"]\n\tclient = {psql}\n')
-    return tool_env(
+    return helpers.tool_env(
         HOME=str(home),
         SQITCH_USER_CONFIG=str(user_config),
         SQITCH_SYSTEM_CONFIG=str(system_config),
@@ -162,8 +153,8 @@ def sqitch_target(server: Server, db: str) -> str:
 def test_sqitch_deploy_revert_deploy_with_verify(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    sqitch = require("sqitch")
-    states = migration_states(empty_conn)
+    sqitch = helpers.require("sqitch")
+    states = helpers.migration_states(empty_conn)
     project = tmp_path / "project"
     export.export("sqitch", project)
     env = pg_server.client_env(sqitch_env(tmp_path, pg_server.tool("psql")))
@@ -179,33 +170,33 @@ def test_sqitch_deploy_revert_deploy_with_verify(
         return failing
 
     # sqitch keeps its registry in its own schema (sqitch), so public holds only our objects.
-    run_tool([sqitch, "deploy", "--verify", target], cwd=project, env=env)
-    assert catalog_snapshot(empty_conn) == states[2], "sqitch deploy must build 045 and 046"
-    verified = run_tool([sqitch, "verify", target], cwd=project, env=env)
+    helpers.run_tool([sqitch, "deploy", "--verify", target], cwd=project, env=env)
+    assert helpers.catalog_snapshot(empty_conn) == states[2], "sqitch deploy must build 045 and 046"
+    verified = helpers.run_tool([sqitch, "verify", target], cwd=project, env=env)
     assert "Verify successful" in verified.stdout, verified.stdout
     assert verify_scripts_fail() == [], "every verify script must pass on a deployed database"
 
-    run_tool([sqitch, "revert", "-y", target], cwd=project, env=env)
-    assert catalog_snapshot(empty_conn) == states[0], "sqitch revert must remove everything"
+    helpers.run_tool([sqitch, "revert", "-y", target], cwd=project, env=env)
+    assert helpers.catalog_snapshot(empty_conn) == states[0], "sqitch revert must remove everything"
     assert verify_scripts_fail() == sorted(p.name for p in (project / "verify").glob("*.sql")), (
         "every verify script must fail once its objects are gone"
     )
 
-    run_tool([sqitch, "deploy", target], cwd=project, env=env)
-    assert catalog_snapshot(empty_conn) == states[2], "sqitch deploy after revert must rebuild both"
-    again = run_tool([sqitch, "deploy", target], cwd=project, env=env)
+    helpers.run_tool([sqitch, "deploy", target], cwd=project, env=env)
+    assert helpers.catalog_snapshot(empty_conn) == states[2], "sqitch deploy after revert must rebuild both"
+    again = helpers.run_tool([sqitch, "deploy", target], cwd=project, env=env)
     assert "Nothing to deploy" in again.stdout, again.stdout
 
 
 def sqitch_user_project(project: Path) -> str:
     """The user's own sqitch project, one change named after its timestamp; returns its name."""
-    change = f"{USER_VERSION}_create_shop_orders"
+    change = f"{helpers.USER_VERSION}_create_shop_orders"
     project.mkdir()
     (project / "sqitch.plan").write_text(
         "%syntax-version=1.0.0\n%project=shop\n\n"
         f"{change} 2025-01-01T12:00:00Z Shop <shop@example.com> # create shop orders\n"
     )
-    for kind, text in (("deploy", USER_UP.read_text()), ("revert", USER_DOWN.read_text())):
+    for kind, text in (("deploy", helpers.USER_UP.read_text()), ("revert", helpers.USER_DOWN.read_text())):
         (project / kind).mkdir()
         (project / kind / f"{change}.sql").write_text(export.in_transaction(text))
     return change
@@ -216,13 +207,13 @@ def test_sqitch_next_to_a_project_of_its_own(
 ) -> None:
     """The guide's recipe for an existing sqitch project: export into an empty folder, copy
     the scripts, append the two change lines to the project's plan; revert --to steps back."""
-    sqitch = require("sqitch")
-    states = migration_states(empty_conn)
+    sqitch = helpers.require("sqitch")
+    states = helpers.migration_states(empty_conn)
     project = tmp_path / "shop"
     user_change = sqitch_user_project(project)
     env = pg_server.client_env(sqitch_env(tmp_path, pg_server.tool("psql")))
     target = sqitch_target(pg_server, empty_database)
-    run_tool([sqitch, "deploy", target], cwd=project, env=env)
+    helpers.run_tool([sqitch, "deploy", target], cwd=project, env=env)
 
     exported = tmp_path / "exported"
     export.export("sqitch", exported)
@@ -234,14 +225,14 @@ def test_sqitch_next_to_a_project_of_its_own(
     with (project / "sqitch.plan").open("a") as plan:
         plan.write("\n".join(ours) + "\n")
 
-    run_tool([sqitch, "deploy", "--verify", target], cwd=project, env=env)
-    bookkeeping = (USER_TABLE,)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "deploy must build 045 and 046"
-    run_tool([sqitch, "revert", "-y", target, "--to", "@HEAD^"], cwd=project, env=env)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[1], "revert --to @HEAD^ must undo 046"
-    run_tool([sqitch, "revert", "-y", target, "--to", user_change], cwd=project, env=env)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[0], "revert --to the user's change: 045 too"
-    assert has_table(empty_conn, USER_TABLE), "the user's own change must stay deployed"
+    helpers.run_tool([sqitch, "deploy", "--verify", target], cwd=project, env=env)
+    bookkeeping = (helpers.USER_TABLE,)
+    helpers.assert_catalog(empty_conn, states[2], "deploy must build 045 and 046", besides=bookkeeping)
+    helpers.run_tool([sqitch, "revert", "-y", target, "--to", "@HEAD^"], cwd=project, env=env)
+    helpers.assert_catalog(empty_conn, states[1], "revert --to @HEAD^ must undo 046", besides=bookkeeping)
+    helpers.run_tool([sqitch, "revert", "-y", target, "--to", user_change], cwd=project, env=env)
+    helpers.assert_catalog(empty_conn, states[0], "revert --to the user's change: 045 too", besides=bookkeeping)
+    assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own change must stay deployed"
 
 
 # --- sqlx (emulated) ----------------------------------------------------------------
@@ -354,20 +345,20 @@ def test_sqlx_emulation_parses_the_files_as_sqlx_does(tmp_path: Path) -> None:
 
 
 def test_sqlx_emulation_run_revert_run(empty_conn: psycopg.Connection, tmp_path: Path) -> None:
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     export.export("sqlx", tmp_path)
     sqlx = SqlxEmulation(empty_conn, tmp_path)
     bookkeeping = (SqlxEmulation.TABLE,)
 
     assert sqlx.run() == [45, 46]
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "run must build 045 and 046"
+    helpers.assert_catalog(empty_conn, states[2], "run must build 045 and 046", besides=bookkeeping)
     assert sqlx.revert() == 46
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[1], "the first revert must undo 046 only"
+    helpers.assert_catalog(empty_conn, states[1], "the first revert must undo 046 only", besides=bookkeeping)
     assert sqlx.revert() == 45
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[0], "the second revert must undo 045"
+    helpers.assert_catalog(empty_conn, states[0], "the second revert must undo 045", besides=bookkeeping)
     assert sqlx.revert() is None
     assert sqlx.run() == [45, 46]
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "run after revert must rebuild both"
+    helpers.assert_catalog(empty_conn, states[2], "run after revert must rebuild both", besides=bookkeeping)
     assert sqlx.run() == [], "nothing may be pending after run"
 
 

@@ -13,18 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.helpers import (
-    USER_DOWN,
-    USER_TABLE,
-    USER_UP,
-    catalog_snapshot,
-    has_table,
-    migration_states,
-    require,
-    run_tool,
-    tool_env,
-    without,
-)
+from tests import helpers
 from tooling import export
 from tooling.servers import Server
 
@@ -36,13 +25,13 @@ BOOKKEEPING = ("databasechangelog",)  # databasechangelog and databasechangelogl
 
 def liquibase() -> str:
     """The Liquibase launcher the npm package ships (its node-liquibase wrapper only joins argv)."""
-    wrapper = Path(os.path.realpath(require("node-liquibase")))
+    wrapper = Path(os.path.realpath(helpers.require("node-liquibase")))
     return str(wrapper.parent / "liquibase" / "liquibase")
 
 
 def liquibase_env(server: Server, db: str) -> dict[str, str]:
     host = f"[{server.host}]" if ":" in server.host else server.host
-    return tool_env(
+    return helpers.tool_env(
         LIQUIBASE_COMMAND_URL=f"jdbc:postgresql://{host}:{server.port}/{db}",
         LIQUIBASE_COMMAND_USERNAME=server.user,
         LIQUIBASE_COMMAND_PASSWORD=server.password or "",
@@ -62,23 +51,23 @@ def test_liquibase_update_rollback_update(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
     launcher = liquibase()
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     export.export("liquibase", tmp_path)
     env = liquibase_env(pg_server, empty_database)
     command = [launcher, "--changelog-file=changelog.xml"]
     ours = ["045_create_idempotency_records", "046_create_idempotency_cleanup_job"]
 
-    run_tool([*command, "update"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), BOOKKEEPING) == states[2], "update must build 045 and 046"
+    helpers.run_tool([*command, "update"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[2], "update must build 045 and 046", besides=BOOKKEEPING)
     assert applied(empty_conn) == ours
-    run_tool([*command, "rollback-count", "--count=2"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), BOOKKEEPING) == states[0], "rollback-count 2 must remove all"
+    helpers.run_tool([*command, "rollback-count", "--count=2"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[0], "rollback-count 2 must remove all", besides=BOOKKEEPING)
     assert applied(empty_conn) == []
-    run_tool([*command, "update"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), BOOKKEEPING) == states[2], "update again must rebuild both"
-    run_tool([*command, "update"], cwd=tmp_path, env=env)
+    helpers.run_tool([*command, "update"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[2], "update again must rebuild both", besides=BOOKKEEPING)
+    helpers.run_tool([*command, "update"], cwd=tmp_path, env=env)
     assert applied(empty_conn) == ours, "a second update must run nothing"
-    assert without(catalog_snapshot(empty_conn), BOOKKEEPING) == states[2]
+    helpers.assert_catalog(empty_conn, states[2], "a second update must change nothing", besides=BOOKKEEPING)
 
 
 USER_CHANGELOG = """\
@@ -105,23 +94,23 @@ def test_liquibase_next_to_a_changelog_of_its_own(
     """The guide's recipe: the user's master changelog includes ours after its own
     changesets; rollback-count 1 undoes 046, the newest changeset."""
     launcher = liquibase()
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     (tmp_path / "shop").mkdir()
-    (tmp_path / "shop" / "create_shop_orders.sql").write_text(USER_UP.read_text())
-    (tmp_path / "shop" / "create_shop_orders.down.sql").write_text(USER_DOWN.read_text())
+    (tmp_path / "shop" / "create_shop_orders.sql").write_text(helpers.USER_UP.read_text())
+    (tmp_path / "shop" / "create_shop_orders.down.sql").write_text(helpers.USER_DOWN.read_text())
     master = tmp_path / "changelog.xml"
     master.write_text(USER_CHANGELOG.format(include=""))
     env = liquibase_env(pg_server, empty_database)
     command = [launcher, "--changelog-file=changelog.xml"]
-    run_tool([*command, "update"], cwd=tmp_path, env=env)
+    helpers.run_tool([*command, "update"], cwd=tmp_path, env=env)
 
     export.export("liquibase", tmp_path / "idempotency")
     master.write_text(USER_CHANGELOG.format(include=INCLUDE))
-    run_tool([*command, "update"], cwd=tmp_path, env=env)
-    bookkeeping = (*BOOKKEEPING, USER_TABLE)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "update must build 045 and 046"
-    run_tool([*command, "rollback-count", "--count=1"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[1], "rollback-count 1 must undo 046"
-    run_tool([*command, "rollback-count", "--count=1"], cwd=tmp_path, env=env)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[0], "the next must undo 045"
-    assert has_table(empty_conn, USER_TABLE), "the user's own changeset must stay applied"
+    helpers.run_tool([*command, "update"], cwd=tmp_path, env=env)
+    bookkeeping = (*BOOKKEEPING, helpers.USER_TABLE)
+    helpers.assert_catalog(empty_conn, states[2], "update must build 045 and 046", besides=bookkeeping)
+    helpers.run_tool([*command, "rollback-count", "--count=1"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[1], "rollback-count 1 must undo 046", besides=bookkeeping)
+    helpers.run_tool([*command, "rollback-count", "--count=1"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[0], "the next must undo 045", besides=bookkeeping)
+    assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own changeset must stay applied"

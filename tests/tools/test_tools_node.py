@@ -9,19 +9,6 @@ from pathlib import Path
 import psycopg
 
 from tests import helpers
-from tests.helpers import (
-    USER_DOWN,
-    USER_TABLE,
-    USER_UP,
-    USER_VERSION,
-    catalog_snapshot,
-    has_table,
-    migration_states,
-    require,
-    run_tool,
-    tool_env,
-    without,
-)
 from tooling import export
 from tooling.servers import Server
 
@@ -32,9 +19,11 @@ NPM_BOOKKEEPING = ("pgmigrations",)
 
 def node_pg_migrate(folder: Path, *args: str, server: Server, db: str) -> str:
     """Run node-pg-migrate on folder; its stdout."""
-    program = require("node-pg-migrate")
-    env = tool_env(DATABASE_URL=server.url(db))
-    return run_tool([program, *args, "--migrations-dir", str(folder), "--no-verbose"], cwd=folder, env=env).stdout
+    program = helpers.require("node-pg-migrate")
+    env = helpers.tool_env(DATABASE_URL=server.url(db))
+    return helpers.run_tool(
+        [program, *args, "--migrations-dir", str(folder), "--no-verbose"], cwd=folder, env=env
+    ).stdout
 
 
 def npm_applied(conn: psycopg.Connection) -> list[str]:
@@ -44,19 +33,19 @@ def npm_applied(conn: psycopg.Connection) -> list[str]:
 def test_node_pg_migrate_up_down_up(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     export.export("node-pg-migrate", tmp_path)
     run = {"server": pg_server, "db": empty_database}
 
     node_pg_migrate(tmp_path, "up", **run)
-    assert without(catalog_snapshot(empty_conn), NPM_BOOKKEEPING) == states[2], "up must build 045 and 046"
+    helpers.assert_catalog(empty_conn, states[2], "up must build 045 and 046", besides=NPM_BOOKKEEPING)
     node_pg_migrate(tmp_path, "down", **run)
-    assert without(catalog_snapshot(empty_conn), NPM_BOOKKEEPING) == states[1], "down must undo 046 only"
+    helpers.assert_catalog(empty_conn, states[1], "down must undo 046 only", besides=NPM_BOOKKEEPING)
     node_pg_migrate(tmp_path, "down", **run)
-    assert without(catalog_snapshot(empty_conn), NPM_BOOKKEEPING) == states[0], "a second down must undo 045"
+    helpers.assert_catalog(empty_conn, states[0], "a second down must undo 045", besides=NPM_BOOKKEEPING)
     assert npm_applied(empty_conn) == []
     node_pg_migrate(tmp_path, "up", **run)
-    assert without(catalog_snapshot(empty_conn), NPM_BOOKKEEPING) == states[2], "up again must rebuild both"
+    helpers.assert_catalog(empty_conn, states[2], "up again must rebuild both", besides=NPM_BOOKKEEPING)
     again = node_pg_migrate(tmp_path, "up", **run)
     assert "No migrations to run" in again, f"nothing may be pending after up: {again}"
     assert npm_applied(empty_conn) == ["045_create_idempotency_records", "046_create_idempotency_cleanup_job"]
@@ -67,21 +56,23 @@ def test_node_pg_migrate_next_to_a_timestamped_history(
 ) -> None:
     """node-pg-migrate refuses to run a migration that sorts before one already run, so the
     files need --after; then `down` undoes 046, the newest."""
-    states = migration_states(empty_conn)
-    user = export.Migration(USER_VERSION, "create_shop_orders", USER_UP.read_text(), USER_DOWN.read_text())
+    states = helpers.migration_states(empty_conn)
+    user = export.Migration(
+        helpers.USER_VERSION, "create_shop_orders", helpers.USER_UP.read_text(), helpers.USER_DOWN.read_text()
+    )
     (tmp_path / f"{user.stem}.sql").write_text(export.node_pg_migrate_text(user))
     run = {"server": pg_server, "db": empty_database}
     node_pg_migrate(tmp_path, "up", **run)
 
-    export.export("node-pg-migrate", tmp_path, after=USER_VERSION)
+    export.export("node-pg-migrate", tmp_path, after=helpers.USER_VERSION)
     node_pg_migrate(tmp_path, "up", **run)
-    bookkeeping = (*NPM_BOOKKEEPING, USER_TABLE)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "up must build 045 and 046"
+    bookkeeping = (*NPM_BOOKKEEPING, helpers.USER_TABLE)
+    helpers.assert_catalog(empty_conn, states[2], "up must build 045 and 046", besides=bookkeeping)
     node_pg_migrate(tmp_path, "down", **run)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[1], "down must undo 046"
+    helpers.assert_catalog(empty_conn, states[1], "down must undo 046", besides=bookkeeping)
     node_pg_migrate(tmp_path, "down", **run)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[0], "the next down must undo 045"
-    assert has_table(empty_conn, USER_TABLE), "the user's own migration must stay applied"
+    helpers.assert_catalog(empty_conn, states[0], "the next down must undo 045", besides=bookkeeping)
+    assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay applied"
 
 
 # --- graphile-migrate -----------------------------------------------------------------
@@ -89,9 +80,9 @@ def test_node_pg_migrate_next_to_a_timestamped_history(
 
 def graphile_migrate(project: Path, *, server: Server, db: str) -> str:
     """`graphile-migrate migrate` in project (its migrations/ folder); its output."""
-    program = require("graphile-migrate")
-    env = tool_env(DATABASE_URL=server.url(db))
-    result = run_tool([program, "migrate"], cwd=project, env=env)
+    program = helpers.require("graphile-migrate")
+    env = helpers.tool_env(DATABASE_URL=server.url(db))
+    result = helpers.run_tool([program, "migrate"], cwd=project, env=env)
     return result.stdout + result.stderr
 
 
@@ -109,17 +100,17 @@ def test_graphile_migrate_migrate_then_nothing_pending(
 ) -> None:
     """graphile-migrate is forward-only: migrate, and migrate again does nothing. Its
     bookkeeping lives in the schema graphile_migrate, so public holds only our objects."""
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     write_gmrc(tmp_path)
     export.export("graphile-migrate", tmp_path / "migrations")
     run = {"server": pg_server, "db": empty_database}
 
     graphile_migrate(tmp_path, **run)
-    assert catalog_snapshot(empty_conn) == states[2], "migrate must build 045 and 046"
+    assert helpers.catalog_snapshot(empty_conn) == states[2], "migrate must build 045 and 046"
     assert graphile_applied(empty_conn) == ["000001.sql", "000002.sql"]
     again = graphile_migrate(tmp_path, **run)
     assert "Running migration" not in again, f"nothing may be pending: {again}"
-    assert catalog_snapshot(empty_conn) == states[2]
+    assert helpers.catalog_snapshot(empty_conn) == states[2]
 
 
 def test_graphile_migrate_next_to_a_committed_history(
@@ -127,11 +118,11 @@ def test_graphile_migrate_next_to_a_committed_history(
 ) -> None:
     """The export chains 045/046 after the user's committed migration; with no down in
     graphile-migrate, the guide's removal is the down files, 046's first, with psql."""
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     write_gmrc(tmp_path)
     committed = tmp_path / "migrations" / "committed"
     committed.mkdir(parents=True)
-    body = USER_UP.read_text().strip() + "\n"
+    body = helpers.USER_UP.read_text().strip() + "\n"
     header = f"--! Previous: -\n--! Hash: {export.graphile_hash(body, None)}\n--! Message: create shop orders\n\n"
     (committed / "000001-create-shop-orders.sql").write_text(header + body)
     run = {"server": pg_server, "db": empty_database}
@@ -139,11 +130,11 @@ def test_graphile_migrate_next_to_a_committed_history(
 
     export.export("graphile-migrate", tmp_path / "migrations")
     graphile_migrate(tmp_path, **run)
-    assert without(catalog_snapshot(empty_conn), (USER_TABLE,)) == states[2], "migrate must build 045 and 046"
+    helpers.assert_catalog(empty_conn, states[2], "migrate must build 045 and 046", besides=(helpers.USER_TABLE,))
     assert graphile_applied(empty_conn) == ["000001.sql", "000002.sql", "000003.sql"]
 
     down = tmp_path / "migrations" / "down"
     for name in ("046_create_idempotency_cleanup_job.down.sql", "045_create_idempotency_records.down.sql"):
         helpers.psql(pg_server, empty_database, "-v", "ON_ERROR_STOP=1", "-1", "-f", str(down / name), check=True)
-    assert without(catalog_snapshot(empty_conn), (USER_TABLE,)) == states[0], "the down files must remove both"
-    assert has_table(empty_conn, USER_TABLE), "the user's own migration must stay"
+    helpers.assert_catalog(empty_conn, states[0], "the down files must remove both", besides=(helpers.USER_TABLE,))
+    assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay"

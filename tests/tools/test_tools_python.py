@@ -11,19 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.helpers import (
-    FIXTURES,
-    USER_DOWN,
-    USER_TABLE,
-    USER_UP,
-    USER_VERSION,
-    catalog_snapshot,
-    has_table,
-    migration_states,
-    run_tool,
-    tool_env,
-    without,
-)
+from tests import helpers
 from tooling import export
 from tooling.servers import Server
 
@@ -49,7 +37,7 @@ YOYO_BOOKKEEPING = ("_yoyo", "yoyo_lock")
 
 def yoyo(project: Path, *args: str) -> str:
     """`yoyo ARGS` in project, whose yoyo.ini holds the database and the sources."""
-    return run_tool([str(BIN / "yoyo"), *args, "--batch"], cwd=project, env=tool_env()).stdout
+    return helpers.run_tool([str(BIN / "yoyo"), *args, "--batch"], cwd=project, env=helpers.tool_env()).stdout
 
 
 def yoyo_project(project: Path, server: Server, db: str) -> Path:
@@ -68,19 +56,19 @@ def yoyo_applied(conn: psycopg.Connection) -> list[str]:
 def test_yoyo_apply_rollback_apply(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     migrations = yoyo_project(tmp_path, pg_server, empty_database)
     export.export("yoyo", migrations)
 
     yoyo(tmp_path, "apply")
-    assert without(catalog_snapshot(empty_conn), YOYO_BOOKKEEPING) == states[2], "apply must build 045 and 046"
+    helpers.assert_catalog(empty_conn, states[2], "apply must build 045 and 046", besides=YOYO_BOOKKEEPING)
     yoyo(tmp_path, "rollback")
-    assert without(catalog_snapshot(empty_conn), YOYO_BOOKKEEPING) == states[1], "rollback must undo 046 only"
+    helpers.assert_catalog(empty_conn, states[1], "rollback must undo 046 only", besides=YOYO_BOOKKEEPING)
     yoyo(tmp_path, "rollback")
-    assert without(catalog_snapshot(empty_conn), YOYO_BOOKKEEPING) == states[0], "a second rollback must undo 045"
+    helpers.assert_catalog(empty_conn, states[0], "a second rollback must undo 045", besides=YOYO_BOOKKEEPING)
     assert yoyo_applied(empty_conn) == []
     yoyo(tmp_path, "apply")
-    assert without(catalog_snapshot(empty_conn), YOYO_BOOKKEEPING) == states[2], "apply again must rebuild both"
+    helpers.assert_catalog(empty_conn, states[2], "apply again must rebuild both", besides=YOYO_BOOKKEEPING)
     yoyo(tmp_path, "apply")
     assert yoyo_applied(empty_conn) == ["045_create_idempotency_records", "046_create_idempotency_cleanup_job"], (
         "a second apply must apply nothing"
@@ -91,26 +79,26 @@ def test_yoyo_next_to_a_timestamped_history(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
     """yoyo's batch rollback undoes the last migration in id order: with --after, 046."""
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     migrations = yoyo_project(tmp_path, pg_server, empty_database)
-    (migrations / f"{USER_VERSION}_create_shop_orders.sql").write_text(USER_UP.read_text())
-    (migrations / f"{USER_VERSION}_create_shop_orders.rollback.sql").write_text(USER_DOWN.read_text())
+    (migrations / f"{helpers.USER_VERSION}_create_shop_orders.sql").write_text(helpers.USER_UP.read_text())
+    (migrations / f"{helpers.USER_VERSION}_create_shop_orders.rollback.sql").write_text(helpers.USER_DOWN.read_text())
     yoyo(tmp_path, "apply")
 
-    export.export("yoyo", migrations, after=USER_VERSION)
+    export.export("yoyo", migrations, after=helpers.USER_VERSION)
     yoyo(tmp_path, "apply")
-    bookkeeping = (*YOYO_BOOKKEEPING, USER_TABLE)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "apply must build 045 and 046"
+    bookkeeping = (*YOYO_BOOKKEEPING, helpers.USER_TABLE)
+    helpers.assert_catalog(empty_conn, states[2], "apply must build 045 and 046", besides=bookkeeping)
     yoyo(tmp_path, "rollback")
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[1], "rollback must undo 046"
+    helpers.assert_catalog(empty_conn, states[1], "rollback must undo 046", besides=bookkeeping)
     yoyo(tmp_path, "rollback")
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[0], "the next rollback must undo 045"
-    assert has_table(empty_conn, USER_TABLE), "the user's own migration must stay applied"
+    helpers.assert_catalog(empty_conn, states[0], "the next rollback must undo 045", besides=bookkeeping)
+    assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay applied"
 
 
 # --- Alembic --------------------------------------------------------------------------
 
-ALEMBIC_PROJECT = FIXTURES / "alembic_project"
+ALEMBIC_PROJECT = helpers.FIXTURES / "alembic_project"
 ALEMBIC_BOOKKEEPING = ("alembic_version",)
 
 
@@ -125,26 +113,26 @@ def alembic_project(project: Path) -> Path:
 
 
 def alembic(project: Path, server: Server, db: str, *args: str) -> str:
-    env = tool_env(IDEMPOTENCY_ALEMBIC_URL=sqlalchemy_url(server, db))
-    result = run_tool([str(BIN / "alembic"), "-c", "alembic.ini", *args], cwd=project, env=env)
+    env = helpers.tool_env(IDEMPOTENCY_ALEMBIC_URL=sqlalchemy_url(server, db))
+    result = helpers.run_tool([str(BIN / "alembic"), "-c", "alembic.ini", *args], cwd=project, env=env)
     return result.stdout + result.stderr
 
 
 def test_alembic_upgrade_downgrade_upgrade(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     export.export("alembic", alembic_project(tmp_path))
     run = (tmp_path, pg_server, empty_database)
 
     alembic(*run, "upgrade", "head")
-    assert without(catalog_snapshot(empty_conn), ALEMBIC_BOOKKEEPING) == states[2], "upgrade must build both"
+    helpers.assert_catalog(empty_conn, states[2], "upgrade must build both", besides=ALEMBIC_BOOKKEEPING)
     alembic(*run, "downgrade", "-1")
-    assert without(catalog_snapshot(empty_conn), ALEMBIC_BOOKKEEPING) == states[1], "downgrade -1 must undo 046"
+    helpers.assert_catalog(empty_conn, states[1], "downgrade -1 must undo 046", besides=ALEMBIC_BOOKKEEPING)
     alembic(*run, "downgrade", "base")
-    assert without(catalog_snapshot(empty_conn), ALEMBIC_BOOKKEEPING) == states[0], "downgrade base: nothing left"
+    helpers.assert_catalog(empty_conn, states[0], "downgrade base: nothing left", besides=ALEMBIC_BOOKKEEPING)
     alembic(*run, "upgrade", "head")
-    assert without(catalog_snapshot(empty_conn), ALEMBIC_BOOKKEEPING) == states[2], "upgrade again rebuilds both"
+    helpers.assert_catalog(empty_conn, states[2], "upgrade again rebuilds both", besides=ALEMBIC_BOOKKEEPING)
     again = alembic(*run, "upgrade", "head")
     assert "Running upgrade" not in again, f"nothing may be pending: {again}"
 
@@ -153,30 +141,30 @@ def test_alembic_next_to_a_revision_of_its_own(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
     """--after makes 045 revise the user's head; downgrade -1 then undoes 046."""
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     versions = alembic_project(tmp_path)
-    user = (ALEMBIC_PROJECT / "user_revision.py").read_text().replace("USER_VERSION", USER_VERSION)
-    (versions / f"{USER_VERSION}_create_shop_orders.py").write_text(user)
+    user = (ALEMBIC_PROJECT / "user_revision.py").read_text().replace("USER_VERSION", helpers.USER_VERSION)
+    (versions / f"{helpers.USER_VERSION}_create_shop_orders.py").write_text(user)
     (versions / "shop").mkdir()
-    for path in (USER_UP, USER_DOWN):
+    for path in (helpers.USER_UP, helpers.USER_DOWN):
         (versions / "shop" / path.name).write_text(path.read_text())
     run = (tmp_path, pg_server, empty_database)
     alembic(*run, "upgrade", "head")
 
-    export.export("alembic", versions, after=USER_VERSION)
+    export.export("alembic", versions, after=helpers.USER_VERSION)
     alembic(*run, "upgrade", "head")
-    bookkeeping = (*ALEMBIC_BOOKKEEPING, USER_TABLE)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "upgrade must build 045 and 046"
+    bookkeeping = (*ALEMBIC_BOOKKEEPING, helpers.USER_TABLE)
+    helpers.assert_catalog(empty_conn, states[2], "upgrade must build 045 and 046", besides=bookkeeping)
     alembic(*run, "downgrade", "-1")
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[1], "downgrade -1 must undo 046"
-    alembic(*run, "downgrade", USER_VERSION)  # the revision id of the user's newest
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[0], "downgrade to the user's: 045 too"
-    assert has_table(empty_conn, USER_TABLE), "the user's own revision must stay applied"
+    helpers.assert_catalog(empty_conn, states[1], "downgrade -1 must undo 046", besides=bookkeeping)
+    alembic(*run, "downgrade", helpers.USER_VERSION)  # the revision id of the user's newest
+    helpers.assert_catalog(empty_conn, states[0], "downgrade to the user's: 045 too", besides=bookkeeping)
+    assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own revision must stay applied"
 
 
 # --- Django ---------------------------------------------------------------------------
 
-DJANGO_PROJECT = FIXTURES / "django_project"
+DJANGO_PROJECT = helpers.FIXTURES / "django_project"
 DJANGO_BOOKKEEPING = ("django_migrations",)
 
 
@@ -192,7 +180,7 @@ def django_project(project: Path, server: Server) -> Path:
 
 
 def django_admin(project: Path, server: Server, db: str, *args: str) -> str:
-    env = tool_env(
+    env = helpers.tool_env(
         DJANGO_SETTINGS_MODULE="settings",
         PYTHONPATH=str(project),
         PGHOST=server.host,
@@ -201,24 +189,24 @@ def django_admin(project: Path, server: Server, db: str, *args: str) -> str:
         PGPASSWORD=server.password or "",
         PGDATABASE=db,
     )
-    return run_tool([str(BIN / "django-admin"), *args], cwd=project, env=env).stdout
+    return helpers.run_tool([str(BIN / "django-admin"), *args], cwd=project, env=env).stdout
 
 
 def test_django_migrate_unapply_migrate(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     export.export("django", django_project(tmp_path, pg_server), after="shop")
     run = (tmp_path, pg_server, empty_database)
 
     django_admin(*run, "migrate", "shop")
-    assert without(catalog_snapshot(empty_conn), DJANGO_BOOKKEEPING) == states[2], "migrate must build both"
+    helpers.assert_catalog(empty_conn, states[2], "migrate must build both", besides=DJANGO_BOOKKEEPING)
     django_admin(*run, "migrate", "shop", "045_create_idempotency_records")
-    assert without(catalog_snapshot(empty_conn), DJANGO_BOOKKEEPING) == states[1], "migrate to 045 undoes 046"
+    helpers.assert_catalog(empty_conn, states[1], "migrate to 045 undoes 046", besides=DJANGO_BOOKKEEPING)
     django_admin(*run, "migrate", "shop", "zero")
-    assert without(catalog_snapshot(empty_conn), DJANGO_BOOKKEEPING) == states[0], "migrate shop zero: nothing left"
+    helpers.assert_catalog(empty_conn, states[0], "migrate shop zero: nothing left", besides=DJANGO_BOOKKEEPING)
     django_admin(*run, "migrate", "shop")
-    assert without(catalog_snapshot(empty_conn), DJANGO_BOOKKEEPING) == states[2], "migrate again rebuilds both"
+    helpers.assert_catalog(empty_conn, states[2], "migrate again rebuilds both", besides=DJANGO_BOOKKEEPING)
     again = django_admin(*run, "migrate", "shop")
     assert "No migrations to apply" in again, again
 
@@ -228,22 +216,22 @@ def test_django_next_to_a_migration_of_its_own(
 ) -> None:
     """--after shop.NEWEST makes 045 depend on the app's newest migration; migrating back
     to that one undoes 046 and 045 and keeps the user's."""
-    states = migration_states(empty_conn)
+    states = helpers.migration_states(empty_conn)
     migrations = django_project(tmp_path, pg_server)
-    user_name = f"{USER_VERSION}_create_shop_orders"
+    user_name = f"{helpers.USER_VERSION}_create_shop_orders"
     (migrations / f"{user_name}.py").write_text((DJANGO_PROJECT / "user_migration.py").read_text())
     (migrations / "shop").mkdir()
-    for path in (USER_UP, USER_DOWN):
+    for path in (helpers.USER_UP, helpers.USER_DOWN):
         (migrations / "shop" / path.name).write_text(path.read_text())
     run = (tmp_path, pg_server, empty_database)
     django_admin(*run, "migrate", "shop")
 
     export.export("django", migrations, after=f"shop.{user_name}")
     django_admin(*run, "migrate", "shop")
-    bookkeeping = (*DJANGO_BOOKKEEPING, USER_TABLE)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[2], "migrate must build 045 and 046"
+    bookkeeping = (*DJANGO_BOOKKEEPING, helpers.USER_TABLE)
+    helpers.assert_catalog(empty_conn, states[2], "migrate must build 045 and 046", besides=bookkeeping)
     django_admin(*run, "migrate", "shop", "045_create_idempotency_records")
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[1], "migrate to 045 must undo 046"
+    helpers.assert_catalog(empty_conn, states[1], "migrate to 045 must undo 046", besides=bookkeeping)
     django_admin(*run, "migrate", "shop", user_name)
-    assert without(catalog_snapshot(empty_conn), bookkeeping) == states[0], "migrate to the user's: 045 too"
-    assert has_table(empty_conn, USER_TABLE), "the user's own migration must stay applied"
+    helpers.assert_catalog(empty_conn, states[0], "migrate to the user's: 045 too", besides=bookkeeping)
+    assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay applied"

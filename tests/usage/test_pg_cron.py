@@ -277,7 +277,7 @@ OWNERS = {
 
 
 def load(conn: psycopg.Connection, state: str) -> None:
-    conn.execute((FIXTURES / f"{state}.sql").read_text())
+    conn.execute(helpers.fixture_sql(FIXTURES / f"{state}.sql"))
 
 
 def with_job(conn: psycopg.Connection, owner: str) -> list[tuple[int, str, str]]:

@@ -22,7 +22,7 @@ import pytest
 from psycopg import sql
 
 from tests import verification
-from tests.helpers import ROOT, UP_FILES
+from tests.helpers import ROOT, UP_FILES, fixture_sql
 from tests.roles import UPSERT_GRANTS, grant, new_role, unique_name
 from tests.statements import REPORT_GET, REPORT_SAVE, render
 from tooling.servers import Server
@@ -100,9 +100,9 @@ def plant(conn: psycopg.Connection, roles: Roles, kind: str | None) -> None:
         with conn.transaction():
             for path in UP_FILES:
                 conn.execute(path.read_text())
-            conn.execute((TRAPS / "recorder.sql").read_text())
+            conn.execute(fixture_sql(TRAPS / "recorder.sql"))
             if kind is not None:
-                conn.execute((TRAPS / f"{kind}.sql").read_text())
+                conn.execute(fixture_sql(TRAPS / f"{kind}.sql"))
             grant(conn, roles.app, *UPSERT_GRANTS)
     finally:
         conn.execute("RESET ROLE")
