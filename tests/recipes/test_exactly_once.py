@@ -8,12 +8,14 @@ every duplicate provably arrives while the first request is still in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -112,6 +114,30 @@ def duplicate(
     return request
 
 
+@dataclasses.dataclass(frozen=True)
+class Held:
+    """Duplicates in flight: the first held at the gate until open_gate(); their futures."""
+
+    open_gate: Callable[[], None]
+    futures: list[Future[Response]]
+
+
+@contextmanager
+def held_at_the_gate(
+    pg_server: servers.Server,
+    database: str,
+    payments: psycopg.Connection,
+    handle: Callable[[psycopg.Connection], Response],
+    count: int = DUPLICATES,
+) -> Iterator[Held]:
+    """`count` duplicates released together, each `handle` in a session of its own; the block runs
+    once the first is inside its operation, held at the gate until the block opens it (or ends)."""
+    request = duplicate(pg_server, database, handle)
+    with gate(payments, GATE) as open_gate, together(count, request, release=open_gate) as futures:
+        wait_for_waiters(payments, "advisory", 1)
+        yield Held(open_gate, futures)
+
+
 def test_naive_get_then_save_runs_the_operation_once_per_duplicate(
     pg_server: servers.Server, database: str, payments: psycopg.Connection
 ) -> None:
@@ -146,13 +172,10 @@ def test_claim_first_runs_the_operation_once_and_every_duplicate_gets_its_result
     pg_server: servers.Server, database: str, payments: psycopg.Connection
 ) -> None:
     key = uuid.uuid4()
-    request = duplicate(pg_server, database, lambda conn: claim_first(conn, key))
-
-    with gate(payments, GATE) as open_gate, together(DUPLICATES, request, release=open_gate) as futures:
-        wait_for_waiters(payments, "advisory", 1)  # the first request is inside its operation
+    with held_at_the_gate(pg_server, database, payments, lambda conn: claim_first(conn, key)) as held:
         wait_for_waiters(payments, "transactionid", DUPLICATES - 1)  # the others wait on its claim
-        open_gate()
-        responses = results(futures)
+        held.open_gate()
+        responses = results(held.futures)
 
     executed = [r for r in responses if r.kind == "executed"]
     assert len(executed) == 1, f"exactly one request runs the operation, got {[r.kind for r in responses]}"
@@ -171,13 +194,10 @@ def test_claim_first_hands_the_key_to_a_waiting_duplicate_when_the_first_request
     key = uuid.uuid4()
     failed_once = threading.Event()
 
-    request = duplicate(pg_server, database, lambda conn: claim_first(conn, key, fail=failed_once))
-
-    with gate(payments, GATE) as open_gate, together(DUPLICATES, request, release=open_gate) as futures:
-        wait_for_waiters(payments, "advisory", 1)
+    with held_at_the_gate(pg_server, database, payments, lambda conn: claim_first(conn, key, fail=failed_once)) as held:
         wait_for_waiters(payments, "transactionid", DUPLICATES - 1)
-        open_gate()
-        responses = results(futures)
+        held.open_gate()
+        responses = results(held.futures)
 
     kinds = sorted(r.kind for r in responses)
     assert kinds == ["executed", "failed"] + ["replayed"] * (DUPLICATES - 2), f"unexpected outcomes {kinds}"
@@ -201,18 +221,15 @@ def test_try_lock_answers_409_to_duplicates_of_a_request_in_flight_without_waiti
     pg_server: servers.Server, database: str, payments: psycopg.Connection
 ) -> None:
     key = uuid.uuid4()
-    request = duplicate(pg_server, database, lambda conn: in_progress_aware(conn, key))
-
-    with gate(payments, GATE) as open_gate, together(DUPLICATES, request, release=open_gate) as futures:
-        wait_for_waiters(payments, "advisory", 1)  # the owner is inside its operation, gate closed
+    with held_at_the_gate(pg_server, database, payments, lambda conn: in_progress_aware(conn, key)) as held:
         deadline = time.monotonic() + 20
-        while sum(future.done() for future in futures) < DUPLICATES - 1 and time.monotonic() < deadline:
+        while sum(future.done() for future in held.futures) < DUPLICATES - 1 and time.monotonic() < deadline:
             time.sleep(0.02)
-        early = [future.result() for future in futures if future.done()]
+        early = [future.result() for future in held.futures if future.done()]
         assert len(early) == DUPLICATES - 1, "every duplicate is answered while the first request is in flight"
         assert {r.status for r in early} == {409}, "and the answer is 409 in progress"
-        open_gate()
-        responses = results(futures)
+        held.open_gate()
+        responses = results(held.futures)
 
     executed = [r for r in responses if r.kind == "executed"]
     assert len(executed) == 1 and count_payments(payments, key) == 1, "the operation ran once"
@@ -228,10 +245,7 @@ def test_naive_for_update_nowait_cannot_see_a_request_in_flight_and_the_bare_cla
     committed, so SELECT ... FOR UPDATE NOWAIT finds no row (no error to turn into a
     409), and a second claim blocks until the first request ends."""
     key = uuid.uuid4()
-    request = duplicate(pg_server, database, lambda conn: claim_first(conn, key))
-
-    with gate(payments, GATE) as open_gate, together(1, request, release=open_gate) as futures:
-        wait_for_waiters(payments, "advisory", 1)
+    with held_at_the_gate(pg_server, database, payments, lambda conn: claim_first(conn, key), 1) as held:
         with session(pg_server, database) as other:
             nowait = other.execute(
                 "SELECT request_id FROM idempotency_records WHERE request_id = %s FOR UPDATE NOWAIT", (key,)
@@ -240,8 +254,8 @@ def test_naive_for_update_nowait_cannot_see_a_request_in_flight_and_the_bare_cla
             other.execute("SET lock_timeout = '200ms'")
             with pytest.raises(psycopg.errors.LockNotAvailable), other.transaction():
                 other.execute(CLAIM, {"request_id": key, "operation": "payment"})
-        open_gate()
-        (response,) = results(futures)
+        held.open_gate()
+        (response,) = results(held.futures)
     assert response.kind == "executed"
 
 

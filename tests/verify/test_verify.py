@@ -26,6 +26,14 @@ def _seed(conn: psycopg.Connection) -> None:
     records.insert_many(conn, 50, records.live(status_code=201, lifetime=records.DAY))
 
 
+def passing_run(pg_server: Server, database: str, conn: psycopg.Connection, state: str) -> verification.Run:
+    """The script's run on the correct install tests/fixtures/verify_passes/<state>.sql makes: it passes."""
+    verification.load_fixture(conn, state, PASSING)
+    run = verification.run_script(pg_server, database)
+    assert_passes(run)
+    return run
+
+
 def test_the_script_passes_on_a_fresh_migrate_and_leaves_nothing_behind(
     pg_server: Server, database: str, conn: psycopg.Connection
 ) -> None:
@@ -44,9 +52,7 @@ def test_the_script_passes_on_a_fresh_migrate_and_leaves_nothing_behind(
 def test_the_cleanup_test_is_skipped_rather_than_lock_the_applications_expired_records(
     pg_server: Server, database: str, conn: psycopg.Connection
 ) -> None:
-    verification.load_fixture(conn, "expired_application_record", PASSING)
-    run = verification.run_script(pg_server, database)
-    assert_passes(run)
+    run = passing_run(pg_server, database, conn, "expired_application_record")
     (skipped,) = run.skipped
     assert "report test 8" in skipped and "1 expired records of the application's" in skipped, run.describe()
     assert count(conn, "operation = 'old'") == 1, "the application's expired record is untouched"
@@ -121,9 +127,7 @@ def test_the_script_verifies_an_install_in_a_schema_of_any_spelling(
 def test_a_projects_own_additions_are_noted_and_pass(
     pg_server: Server, database: str, conn: psycopg.Connection
 ) -> None:
-    verification.load_fixture(conn, "project_additions", PASSING)
-    run = verification.run_script(pg_server, database)
-    assert_passes(run)
+    run = passing_run(pg_server, database, conn, "project_additions")
     notes = "\n".join(run.diagnostics("note"))
     for addition in (
         "column tenant_id bigint null: a project addition",
