@@ -36,6 +36,16 @@ PLAIN = "plain"
 SINGLE = "-1"
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The empty database a deploy test applies files to: its server, its name, and an autocommit
+    connection to it that watches the catalog (the fixture `target`, tests/deploy/conftest.py)."""
+
+    server: Server
+    dbname: str
+    conn: psycopg.Connection
+
+
 def load_state(conn: psycopg.Connection, state: str) -> None:
     """Put a database into a state: run tests/fixtures/deploy_states/<state>.sql in one transaction."""
     with conn.transaction():

@@ -62,20 +62,14 @@ def end_state(snapshot: helpers.Snapshot, states: tuple[helpers.Snapshot, ...], 
 
 
 def run_rounds(
-    pg_server: Server,
-    empty_database: str,
-    conn: psycopg.Connection,
-    tmp_path: Path,
-    scenario: Scenario,
-    mode: str,
-    deployer_count: int,
-    rounds: int,
+    target: deployers.Target, tmp_path: Path, scenario: Scenario, mode: str, deployer_count: int, rounds: int
 ) -> None:
+    conn = target.conn
     states = helpers.migration_states(conn)
     for round_number in range(1, rounds + 1):
         reach(conn, scenario)
         plans = [scenario.plan(i) for i in range(deployer_count)]
-        runs = deployers.race(pg_server, empty_database, plans, mode, tmp_path, OPTIONS)
+        runs = deployers.race(target.server, target.dbname, plans, mode, tmp_path, OPTIONS)
         failed = sum(run.failed for run in runs)
         assert failed == 0, (
             f"{scenario}, {mode}, round {round_number}: {failed} of {deployer_count} runs failed\n"
@@ -91,14 +85,9 @@ def run_rounds(
 @pytest.mark.parametrize("mode", [deployers.SINGLE, deployers.PLAIN])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
 def test_four_deployers_at_once_take_turns(
-    pg_server: Server,
-    empty_database: str,
-    empty_conn: psycopg.Connection,
-    tmp_path: Path,
-    scenario: Scenario,
-    mode: str,
+    target: deployers.Target, tmp_path: Path, scenario: Scenario, mode: str
 ) -> None:
-    run_rounds(pg_server, empty_database, empty_conn, tmp_path, scenario, mode, 4, 2)
+    run_rounds(target, tmp_path, scenario, mode, 4, 2)
 
 
 @pytest.mark.slow
@@ -106,53 +95,49 @@ def test_four_deployers_at_once_take_turns(
 @pytest.mark.parametrize("mode", [deployers.SINGLE, deployers.PLAIN])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
 def test_twenty_rounds_of_deployers_at_once_never_fail(
-    pg_server: Server,
-    empty_database: str,
-    empty_conn: psycopg.Connection,
-    tmp_path: Path,
-    scenario: Scenario,
-    mode: str,
-    deployer_count: int,
+    target: deployers.Target, tmp_path: Path, scenario: Scenario, mode: str, deployer_count: int
 ) -> None:
-    run_rounds(pg_server, empty_database, empty_conn, tmp_path, scenario, mode, deployer_count, 20)
+    run_rounds(target, tmp_path, scenario, mode, deployer_count, 20)
 
 
 def test_under_repeatable_read_a_deployer_that_waited_stops_with_40001(
-    pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
+    target: deployers.Target, tmp_path: Path
 ) -> None:
     """A REPEATABLE READ transaction reads the catalog as its snapshot shows it, taken before
     it waited: the checks stop with 40001 rather than judge what another deployer already
     changed, never with an internal error, and applying the file again succeeds."""
-    states = helpers.migration_states(empty_conn)
+    states = helpers.migration_states(target.conn)
     options = f"{OPTIONS} -c default_transaction_isolation=repeatable\\ read"
-    runs = deployers.race(pg_server, empty_database, [(helpers.UP_045,)] * 4, deployers.SINGLE, tmp_path, options)
+    runs = deployers.race(target.server, target.dbname, [(helpers.UP_045,)] * 4, deployers.SINGLE, tmp_path, options)
     outcomes = {run.sqlstates[0] if run.failed else "ok" for run in runs}
     assert outcomes <= {"ok", "40001"}, f"each deployer succeeds or stops with 40001:\n{deployers.describe(runs)}"
     assert "ok" in outcomes, "the first deployer succeeds"
     assert all("changed after this transaction's snapshot" in r.first_error() for r in runs if r.failed)
-    again = deployers.run_psql(pg_server, empty_database, deployers.SINGLE, "-f", str(helpers.UP_045), options=options)
+    again = deployers.run_psql(
+        target.server, target.dbname, deployers.SINGLE, "-f", str(helpers.UP_045), options=options
+    )
     assert not again.failed, f"applied again, 045 succeeds: {again.output}"
-    assert helpers.catalog_snapshot(empty_conn) == states[1]
+    assert helpers.catalog_snapshot(target.conn) == states[1]
 
 
 @pytest.mark.parametrize("lock_timeout", ["100ms", None], ids=["deployer's lock_timeout", "none set: 2s"])
 def test_a_deployer_behind_another_waits_at_most_lock_timeout_and_names_it(
-    pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, lock_timeout: str | None
+    target: deployers.Target, lock_timeout: str | None
 ) -> None:
-    states = helpers.migration_states(empty_conn)
-    with pg_server.connect(empty_database) as holder:
+    states = helpers.migration_states(target.conn)
+    with target.server.connect(target.dbname) as holder:
         holder.execute(helpers.UP_045.read_text())  # its transaction stays open, holding the deploy lock
         pid = holder.info.backend_pid
         options = f"-c lock_timeout={lock_timeout}" if lock_timeout else None
         run = deployers.run_psql(
-            pg_server, empty_database, deployers.SINGLE, "-f", str(helpers.UP_045), options=options
+            target.server, target.dbname, deployers.SINGLE, "-f", str(helpers.UP_045), options=options
         )
         holder.rollback()
     assert run.returncode == 3, f"psql stops at the error: {run.output}"
     assert "55P03: timed out waiting for another deployer of idempotency_records" in run.first_error(), run.output
     waited = lock_timeout or "2s"
     assert f"held by pid {pid} past lock_timeout {waited}" in run.output, f"DETAIL names pid {pid}:\n{run.output}"
-    assert helpers.catalog_snapshot(empty_conn) == states[0], "the deployer that timed out applied nothing"
+    assert helpers.catalog_snapshot(target.conn) == states[0], "the deployer that timed out applied nothing"
 
 
 def test_an_up_file_and_a_down_file_share_the_lock(pg_server: Server, database: str, conn: psycopg.Connection) -> None:

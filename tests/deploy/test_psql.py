@@ -13,15 +13,17 @@ A run cut off part way (a syntax error, or the connection terminated) leaves:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests import helpers
+from tests import deployers, helpers
 from tooling.servers import Server
 
 # psql's exit status (psql(1), "Exit Status").
@@ -101,36 +103,36 @@ MODES = ("-f", "--single-transaction -f", "\\i from a wrapper")
 
 @pytest.mark.parametrize("mode", MODES)
 def test_up_then_down_through_psql_builds_and_removes_the_schema(
-    pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path, mode: str
+    target: deployers.Target, tmp_path: Path, mode: str
 ) -> None:
-    states = helpers.migration_states(empty_conn)
+    states = helpers.migration_states(target.conn)
     if mode == "\\i from a wrapper":
         up = wrapper(tmp_path, "up.sql", helpers.UP_FILES)
         down = wrapper(tmp_path, "down.sql", helpers.DOWN_FILES)
-        assert_ok(run_psql(pg_server, empty_database, "-f", str(up)), "wrapper of the up files")
-        assert helpers.catalog_snapshot(empty_conn) == states[2], "the up wrapper must build 045 and 046"
-        assert_ok(run_psql(pg_server, empty_database, "-f", str(up)), "wrapper of the up files, again")
-        assert helpers.catalog_snapshot(empty_conn) == states[2], "the up wrapper run again must change nothing"
-        assert_ok(run_psql(pg_server, empty_database, "-f", str(down)), "wrapper of the down files")
-        assert helpers.catalog_snapshot(empty_conn) == states[0], "the down wrapper must remove everything"
+        assert_ok(run_psql(target.server, target.dbname, "-f", str(up)), "wrapper of the up files")
+        assert helpers.catalog_snapshot(target.conn) == states[2], "the up wrapper must build 045 and 046"
+        assert_ok(run_psql(target.server, target.dbname, "-f", str(up)), "wrapper of the up files, again")
+        assert helpers.catalog_snapshot(target.conn) == states[2], "the up wrapper run again must change nothing"
+        assert_ok(run_psql(target.server, target.dbname, "-f", str(down)), "wrapper of the down files")
+        assert helpers.catalog_snapshot(target.conn) == states[0], "the down wrapper must remove everything"
         return
     single = mode.startswith("--single-transaction")
     for step in STEPS:
-        assert_ok(run_file(pg_server, empty_database, step.path, single=single), f"{step} with {mode}")
-        assert helpers.catalog_snapshot(empty_conn) == states[step.after], f"{step} with {mode}: unexpected catalog"
+        assert_ok(run_file(target.server, target.dbname, step.path, single=single), f"{step} with {mode}")
+        assert helpers.catalog_snapshot(target.conn) == states[step.after], f"{step} with {mode}: unexpected catalog"
 
 
 @pytest.mark.parametrize("single", [False, True], ids=["-f", "-1"])
 @pytest.mark.parametrize("step", STEPS, ids=str)
-def test_rerunning_a_file_through_psql_changes_nothing(
-    pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, step: Step, single: bool
-) -> None:
-    states = helpers.migration_states(empty_conn)
-    helpers.apply_all(empty_conn, step.setup)
-    assert_ok(run_file(pg_server, empty_database, step.path, single=single), f"{step}, first run")
-    assert helpers.catalog_snapshot(empty_conn) == states[step.after], f"{step}: unexpected catalog after the first run"
-    assert_ok(run_file(pg_server, empty_database, step.path, single=single), f"{step}, second run")
-    assert helpers.catalog_snapshot(empty_conn) == states[step.after], f"{step}: the second run changed the catalog"
+def test_rerunning_a_file_through_psql_changes_nothing(target: deployers.Target, step: Step, single: bool) -> None:
+    states = helpers.migration_states(target.conn)
+    helpers.apply_all(target.conn, step.setup)
+    assert_ok(run_file(target.server, target.dbname, step.path, single=single), f"{step}, first run")
+    assert helpers.catalog_snapshot(target.conn) == states[step.after], (
+        f"{step}: unexpected catalog after the first run"
+    )
+    assert_ok(run_file(target.server, target.dbname, step.path, single=single), f"{step}, second run")
+    assert helpers.catalog_snapshot(target.conn) == states[step.after], f"{step}: the second run changed the catalog"
 
 
 def remove_everything_with_psql(server: Server, db: str, conn: psycopg.Connection, empty: helpers.Snapshot) -> None:
@@ -139,42 +141,51 @@ def remove_everything_with_psql(server: Server, db: str, conn: psycopg.Connectio
     assert helpers.catalog_snapshot(conn) == empty, "the down files must remove what a cut-off run left"
 
 
+def assert_what_a_cut_run_leaves(
+    target: deployers.Target,
+    step: Step,
+    k: int,
+    single: bool,
+    states: tuple[helpers.Snapshot, ...],
+    expected: helpers.Snapshot,
+    what: str,
+    run_again: Callable[[], subprocess.CompletedProcess[str]],
+    exit_code: int,
+) -> None:
+    """After a run of `step` cut after `k` statements: with -1 nothing is left, without it exactly
+    those statements; running the file again completes it; and from the same cut-off state (the
+    cut run again, exiting `exit_code`), the down files remove everything."""
+    left = "nothing" if single else f"exactly its first {k} statements"
+    assert helpers.catalog_snapshot(target.conn) == expected, (
+        f"with{'' if single else 'out'} -1 a {what} must leave {left}"
+    )
+    assert_ok(run_file(target.server, target.dbname, step.path, single=single), f"{step} re-run after the {what}")
+    assert helpers.catalog_snapshot(target.conn) == states[step.after], f"re-running {step} must complete it"
+    helpers.apply_all(target.conn, helpers.DOWN_FILES)
+    helpers.apply_all(target.conn, step.setup)
+    assert run_again().returncode == exit_code
+    remove_everything_with_psql(target.server, target.dbname, target.conn, states[0])
+
+
 BROKEN_CASES = [(step, k) for step in STEPS for k in cut_points(step)]
 
 
 @pytest.mark.parametrize("single", [False, True], ids=["-f", "-1"])
 @pytest.mark.parametrize(("step", "k"), BROKEN_CASES, ids=[f"{s}-error-after-{k}" for s, k in BROKEN_CASES])
 def test_a_broken_copy_leaves_nothing_with_single_transaction_and_a_completable_prefix_without(
-    pg_server: Server,
-    empty_database: str,
-    empty_conn: psycopg.Connection,
-    tmp_path: Path,
-    step: Step,
-    k: int,
-    single: bool,
+    target: deployers.Target, tmp_path: Path, step: Step, k: int, single: bool
 ) -> None:
-    states = helpers.migration_states(empty_conn)
+    states = helpers.migration_states(target.conn)
     statements = helpers.split_statements(step.path.read_text())
     broken = write_statements(tmp_path / step.path.name, [*statements[:k], "THIS IS NOT SQL", *statements[k:]])
-    helpers.apply_all(empty_conn, step.setup)
-    expected = states[step.before] if single else prefix_snapshot(empty_conn, statements[:k])
+    helpers.apply_all(target.conn, step.setup)
+    expected = states[step.before] if single else prefix_snapshot(target.conn, statements[:k])
 
-    result = run_file(pg_server, empty_database, broken, single=single)
+    result = run_file(target.server, target.dbname, broken, single=single)
     assert result.returncode == EXIT_SCRIPT_ERROR, f"psql must stop at the syntax error: {result.stderr}"
     assert 'syntax error at or near "THIS"' in result.stderr
-    left = "nothing" if single else f"exactly its first {k} statements"
-    assert helpers.catalog_snapshot(empty_conn) == expected, (
-        f"with{'' if single else 'out'} -1 a failed file must leave {left}"
-    )
-
-    assert_ok(run_file(pg_server, empty_database, step.path, single=single), f"{step} re-run after the failure")
-    assert helpers.catalog_snapshot(empty_conn) == states[step.after], f"re-running {step} must complete it"
-
-    # From the same cut-off state, the down files remove everything.
-    helpers.apply_all(empty_conn, helpers.DOWN_FILES)
-    helpers.apply_all(empty_conn, step.setup)
-    assert run_file(pg_server, empty_database, broken, single=single).returncode == EXIT_SCRIPT_ERROR
-    remove_everything_with_psql(pg_server, empty_database, empty_conn, states[0])
+    run_again = functools.partial(run_file, target.server, target.dbname, broken, single=single)
+    assert_what_a_cut_run_leaves(target, step, k, single, states, expected, "failed file", run_again, EXIT_SCRIPT_ERROR)
 
 
 def wait_for_sleep(conn: psycopg.Connection, application_name: str, process: subprocess.Popen[str]) -> int:
@@ -220,34 +231,20 @@ TERMINATE_CASES = [(step, 1) for step in STEPS]
 @pytest.mark.parametrize("single", [False, True], ids=["-f", "-1"])
 @pytest.mark.parametrize(("step", "k"), TERMINATE_CASES, ids=[f"{s}-cut-after-{k}" for s, k in TERMINATE_CASES])
 def test_a_terminated_connection_leaves_nothing_with_single_transaction_and_a_completable_prefix_without(
-    pg_server: Server,
-    empty_database: str,
-    empty_conn: psycopg.Connection,
-    tmp_path: Path,
-    step: Step,
-    k: int,
-    single: bool,
+    target: deployers.Target, tmp_path: Path, step: Step, k: int, single: bool
 ) -> None:
-    states = helpers.migration_states(empty_conn)
+    states = helpers.migration_states(target.conn)
     statements = helpers.split_statements(step.path.read_text())
     head = write_statements(tmp_path / "head.sql", statements[:k])
     tail = write_statements(tmp_path / "tail.sql", statements[k:])
     script = wrapper(tmp_path, "cut.sql", (head, tail), between="SELECT pg_sleep(60);")
-    helpers.apply_all(empty_conn, step.setup)
-    expected = states[step.before] if single else prefix_snapshot(empty_conn, statements[:k])
+    helpers.apply_all(target.conn, step.setup)
+    expected = states[step.before] if single else prefix_snapshot(target.conn, statements[:k])
 
-    result = run_and_terminate(pg_server, empty_database, script, single=single)
+    result = run_and_terminate(target.server, target.dbname, script, single=single)
     assert result.returncode == EXIT_CONNECTION_LOST, f"psql must report the lost connection: {result.stderr}"
     assert "terminating connection due to administrator command" in result.stderr, result.stderr
-    left = "nothing" if single else f"exactly its first {k} statements"
-    assert helpers.catalog_snapshot(empty_conn) == expected, (
-        f"with{'' if single else 'out'} -1 a terminated run must leave {left}"
+    run_again = functools.partial(run_and_terminate, target.server, target.dbname, script, single=single)
+    assert_what_a_cut_run_leaves(
+        target, step, k, single, states, expected, "terminated run", run_again, EXIT_CONNECTION_LOST
     )
-
-    assert_ok(run_file(pg_server, empty_database, step.path, single=single), f"{step} re-run after the cut")
-    assert helpers.catalog_snapshot(empty_conn) == states[step.after], f"re-running {step} must complete it"
-
-    helpers.apply_all(empty_conn, helpers.DOWN_FILES)
-    helpers.apply_all(empty_conn, step.setup)
-    assert run_and_terminate(pg_server, empty_database, script, single=single).returncode == EXIT_CONNECTION_LOST
-    remove_everything_with_psql(pg_server, empty_database, empty_conn, states[0])
