@@ -173,6 +173,8 @@ def test_the_test_map_lists_every_test_module() -> None:
         for heading, body in sections.items()
         if heading.startswith("tests/")
     }
+    loose = sorted(path.name for path in (ROOT / "tests").glob("test_*.py"))
+    assert not loose, f"test modules at the top of tests/, in no folder: {loose} (the test map's sections are folders)"
     modules = sorted((ROOT / "tests").glob("*/test_*.py"))
     folders = {path.parent.name for path in modules}
     assert set(by_folder) == folders, f"docs/test-map.md: sections {sorted(by_folder)}, folders {sorted(folders)}"
