@@ -2,8 +2,8 @@
 many at once behind one barrier, with or without -1 and ON_ERROR_STOP; the database states
 they start from (tests/fixtures/deploy_states/); what their output says.
 
-Shared by tests/test_concurrent_deploys.py, tests/test_plain_psql_guards.py and
-tests/test_deploy_refusals.py.
+Shared by tests/deploy/test_concurrent_deploys.py, tests/deploy/test_plain_psql_guards.py and
+tests/deploy/test_deploy_refusals.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, fixture_sql
 from tooling.servers import Server
 
 STATES = FIXTURES / "deploy_states"
@@ -37,10 +37,20 @@ PLAIN = "plain"
 SINGLE = "-1"
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The empty database a deploy test applies files to: its server, its name, and an autocommit
+    connection to it that watches the catalog (the fixture `target`, tests/deploy/conftest.py)."""
+
+    server: Server
+    dbname: str
+    conn: psycopg.Connection
+
+
 def load_state(conn: psycopg.Connection, state: str) -> None:
     """Put a database into a state: run tests/fixtures/deploy_states/<state>.sql in one transaction."""
     with conn.transaction():
-        conn.execute(state_path(state).read_text())
+        conn.execute(fixture_sql(state_path(state)))
 
 
 def state_path(state: str) -> Path:

@@ -58,7 +58,7 @@
 \set QUIET on
 \set ON_ERROR_STOP on
 
--- What 046 creates, which the catalog checks compare. tests/test_verify_contract.py applies 046 and
+-- What 046 creates, which the catalog checks compare. tests/verify/test_verify_contract.py applies 046 and
 -- fails until these equal what it creates: when 046 changes the function, update these two lines.
 --   function_body_sha256  sha256 of the function's body (pg_proc.prosrc, line ends as \n)
 --   function_settings     its settings (pg_proc.proconfig), sorted, joined by '; '; %1$I is the schema

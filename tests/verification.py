@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from tests.helpers import ROOT, UP_FILES, apply
+from tests.helpers import ROOT, UP_FILES, apply, fixture_sql
 from tooling.servers import Server
 
 SCRIPT = ROOT / "tests" / "test_idempotency_migrations.sql"
@@ -158,7 +158,7 @@ def fixture_path(state: str, folder: Path = FIXTURES) -> Path:
 def load_fixture(conn: psycopg.Connection, state: str, folder: Path = FIXTURES) -> None:
     """Put a database into a state: run <folder>/<state>.sql in one transaction."""
     with conn.transaction():
-        conn.execute(fixture_path(state, folder).read_text())
+        conn.execute(fixture_sql(fixture_path(state, folder)))
 
 
 def install(conn: psycopg.Connection, schema: str) -> None:
