@@ -20,7 +20,16 @@ import psycopg
 import pytest
 
 from tests import deployers, verification
-from tests.helpers import DOWN_045, UP_045, UP_046, catalog_snapshot, fixture_sql, split_statements
+from tests.helpers import (
+    DOWN_045,
+    DOWN_FILES,
+    UP_045,
+    UP_046,
+    UP_FILES,
+    catalog_snapshot,
+    fixture_sql,
+    split_statements,
+)
 from tooling.servers import Server
 
 

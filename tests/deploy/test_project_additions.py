@@ -4,7 +4,7 @@ catalog row's version), and the verification script still passes. The state is
 tests/fixtures/verify_passes/project_additions.sql (a nullable column, a NOT NULL column with a
 built-in default, a non-unique and a partial index, storage parameters of the table and of an
 index, a statistics target, a column option), so that the files and the script agree on what is
-the contract; tests/test_drift.py has what both refuse.
+the contract; tests/verify/test_drift.py has what both refuse.
 """
 
 from __future__ import annotations
