@@ -18,15 +18,17 @@ from bench.config import DEFAULT_SIZE, LOOKUP_PAYLOAD, Config
 from bench.context import Context, progress, rotate
 from bench.pgbench import payload_text, script
 
+# Each save run: the table's schema and the keys bench/save.sql binds (its :keys).
+EXISTING, NEW, NEW_V7 = 1, 2, 3
 CONTENDERS = {
-    "save-new": ("save", "save_new.sql"),
-    "save-existing": ("save", "save_existing.sql"),
-    "pk-only-new": ("pk_only", "save_new.sql"),
-    "pk-only-existing": ("pk_only", "save_existing.sql"),
-    "save-new-v7": ("save", "save_new_v7.sql"),
+    "save-new": ("save", NEW),
+    "save-existing": ("save", EXISTING),
+    "pk-only-new": ("pk_only", NEW),
+    "pk-only-existing": ("pk_only", EXISTING),
+    "save-new-v7": ("save", NEW_V7),
 }
 # Time-ordered keys: a prefix above every other key; each client counts its own saves.
-V7_VARIABLES: dict[str, object] = {"v7_prefix": "ffffffff00000000", "n": 0}
+V7_VARIABLES: dict[str, object] = {"prefix": "ffffffff00000000", "n": 0}
 # Each save against its anchor on the PK-only table.
 ANCHORS = {"save-new": "pk-only-new", "save-existing": "pk-only-existing"}
 UPDATES = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s"
@@ -74,12 +76,14 @@ def updates(conn: psycopg.Connection, schema: str) -> tuple[int, int]:
 def measure(ctx: Context, workload: str, variables: dict[str, object], where: str, size: int) -> float:
     """One pgbench run of `workload` into the table of schema `where`, which holds `size`
     rows, recorded under that size; returns its throughput."""
-    name = CONTENDERS[workload][1]
+    keys = CONTENDERS[workload][1]
     with ctx.connect() as conn:
         database.checkpoint(conn)
         database.reset_statements(conn)
         before, start_lsn = updates(conn, where), database.wal_lsn(conn)
-        run = ctx.bench.run(where, script(name), variables | (V7_VARIABLES if workload.endswith("v7") else {}))
+        run = ctx.bench.run(
+            where, script("save.sql"), variables | {"keys": keys} | (V7_VARIABLES if keys == NEW_V7 else {})
+        )
         wal = database.wal_bytes(conn, start_lsn, database.wal_lsn(conn))
         after = updates(conn, where)
         ctx.samples.add_run("save", workload, size, run)

@@ -251,13 +251,9 @@ def test_bench_narrow_lookup_is_the_guides_duplicate_check() -> None:
     _same(script_statement("lookup_hit_narrow.sql"), render(DUPLICATE_CHECK, **BENCH_GET), "lookup_hit_narrow.sql")
 
 
-@pytest.mark.parametrize(
-    ("name", "prefix"),
-    [("save_new.sql", ":prefix"), ("save_existing.sql", ":prefix"), ("save_new_v7.sql", ":v7_prefix")],
-)
-def test_bench_save_is_the_repositorys_save(name: str, prefix: str) -> None:
-    bound = BENCH_SAVE | {"$1": f"({prefix} || :k)::uuid"}
-    _same(script_statement(name), _bound(_guide_prepared("idempotency_save"), bound), name)
+def test_bench_save_is_the_repositorys_save() -> None:
+    bound = BENCH_SAVE | {"$1": "(:prefix || :k)::uuid"}
+    _same(script_statement("save.sql"), _bound(_guide_prepared("idempotency_save"), bound), "save.sql")
 
 
 def test_bench_batch_is_the_guides_cleanup_batch() -> None:
