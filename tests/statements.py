@@ -171,19 +171,6 @@ ON CONFLICT (request_id) DO UPDATE SET request_id = idempotency_records.request_
 RETURNING result_payload, status_code, (xmax = 0) AS inserted_now"""
 
 
-# Scaling past one server: the docs' example, verbatim, of time-based partitions with the store's
-# primary key (PostgreSQL refuses it: tests/recipes/test_partitioning.py).
-RANGE_WITH_KEY_PK = """\
-CREATE TABLE idempotency_records_by_expiry (
-    request_id UUID PRIMARY KEY,
-    operation VARCHAR(100) NOT NULL,
-    result_payload TEXT NOT NULL,
-    status_code INTEGER,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    expires_at TIMESTAMPTZ NOT NULL
-) PARTITION BY RANGE (expires_at)"""
-
-
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 

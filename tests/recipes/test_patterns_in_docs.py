@@ -13,7 +13,6 @@ from tests.statements import (
     CLEANUP_LOOP,
     GUARDED_SAVE,
     LOOKUP,
-    RANGE_WITH_KEY_PK,
     RECORD_RESULT,
     TRY_LOCK,
     render,
@@ -42,7 +41,6 @@ DOCUMENTED = {
     "try lock (recipe 1, 409)": render(TRY_LOCK, request_id=IN_FLIGHT),
     "guarded save, prepared (recipe 2)": GUARDED_SAVE_PREPARED,
     "cleanup loop (recipe 4)": CLEANUP_LOOP,
-    "range partitions (scaling)": RANGE_WITH_KEY_PK,
 }
 
 # Each recipe runs the prepared statement with its own key and values.
