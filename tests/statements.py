@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import textwrap
 
+from bench.database import read_sql
+
 # The report's repository queries (IdempotencyRepository::get and ::save), the naive versions the
 # recipes improve on, with named placeholders for its $1..$5 (tooling.records.save_params fills
 # them); in REPORT_SAVE the fifth is the TTL in hours.
@@ -98,36 +100,25 @@ WHERE idempotency_records.operation::TEXT = EXCLUDED.operation::TEXT
 RETURNING request_id"""
 )
 
-# Recipe 4: batches committed one by one inside a DO block, on the server alone.
+# Recipe 4, one batch: its DELETE, kept once in bench/cleanup_batch.sql (the benchmark
+# measures it there); run alone, it is its own transaction in autocommit.
 BATCH_SIZE = 1000
-CLEANUP_LOOP = """\
+CLEANUP_BATCH = read_sql("cleanup_batch.sql")
+
+# Recipe 4: those batches committed one by one inside a DO block, on the server alone.
+CLEANUP_LOOP = f"""\
 DO $cleanup$
 DECLARE
     batch_deleted BIGINT;
 BEGIN
     LOOP
-        DELETE FROM idempotency_records
-        WHERE
-            ctid = ANY (ARRAY(
-                SELECT ctid
-                FROM idempotency_records
-                WHERE expires_at <= now()
-                ORDER BY expires_at
-                LIMIT 1000
-                FOR UPDATE SKIP LOCKED
-            ))
-            AND expires_at <= now();
+{textwrap.indent(CLEANUP_BATCH, " " * 8)};
         GET DIAGNOSTICS batch_deleted = ROW_COUNT;
         COMMIT;
-        EXIT WHEN batch_deleted < 1000;
+        EXIT WHEN batch_deleted < {BATCH_SIZE};
     END LOOP;
 END
 $cleanup$"""
-
-# Recipe 4, one batch: the loop's DELETE run alone, its own transaction in autocommit.
-CLEANUP_BATCH = textwrap.dedent(
-    CLEANUP_LOOP[CLEANUP_LOOP.index("        DELETE") : CLEANUP_LOOP.index(";\n        GET DIAGNOSTICS")]
-)
 
 # Reliability, insert-or-read: store this request's result unless a valid record holds the
 # key; an expired record is taken over (a fresh lifetime, created_at too). Step 1 returns a

@@ -26,7 +26,7 @@ from bench.database import read_sql, script_statement
 from bench.pgbench import pgbench_binary
 from tests.docblocks import QUERIES
 from tests.helpers import ROOT
-from tests.statements import CLEANUP_BATCH, DUPLICATE_CHECK, render
+from tests.statements import DUPLICATE_CHECK, render
 from tooling import records, servers
 from tooling.records import DAY, HOUR, Record
 
@@ -254,10 +254,6 @@ def test_bench_narrow_lookup_is_the_guides_duplicate_check() -> None:
 def test_bench_save_is_the_repositorys_save() -> None:
     bound = BENCH_SAVE | {"$1": "(:prefix || :k)::uuid"}
     _same(script_statement("save.sql"), _bound(_guide_prepared("idempotency_save"), bound), "save.sql")
-
-
-def test_bench_batch_is_the_guides_cleanup_batch() -> None:
-    _same(read_sql("cleanup_batch.sql"), CLEANUP_BATCH, "cleanup_batch.sql")
 
 
 def test_bench_imports_nothing_from_tests() -> None:
