@@ -369,6 +369,16 @@ class LocalServer:
         if self.is_running():
             self._check(str(self.bindir / "pg_ctl"), "stop", "--wait", "-m", mode, "-D", str(self.datadir))
 
+    def restart_as_standby(self) -> None:
+        """Stop cleanly and start again in recovery (standby.signal): a hot standby of what the
+        server held, accepting read-only sessions, with no primary to follow."""
+        self.stop("fast")
+        signal = self.datadir / "standby.signal"
+        os.close(os.open(signal, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        if self.as_user:
+            os.chown(signal, self.owner, -1)
+        self.start()
+
     def server(self) -> Server:
         return Server(
             host="127.0.0.1",
@@ -425,6 +435,93 @@ def throwaway_server(
     finally:
         local.stop("immediate")
         shutil.rmtree(datadir.parent, ignore_errors=True)
+
+
+# pg_cron is a preloaded library; here it is Debian's postgresql-15-cron (pg_cron 1.4.2), for
+# PostgreSQL 15 only.
+PG_CRON_MAJOR = "15"
+PG_CRON_CONTROL = Path("/usr/share/postgresql/15/extension/pg_cron.control")
+# The socket pg_cron's own connections use when its jobs run over libpq (its default), in a
+# directory of its own inside the server's throwaway directory.
+CRON_SOCKET_DIR = "cron-socket"
+
+
+def pg_cron_missing() -> str | None:
+    """Why a server with pg_cron cannot start here (what to install), or None."""
+    server = Path("/usr/lib/postgresql") / PG_CRON_MAJOR / "bin" / "postgres"
+    if not server.exists():
+        return f"PostgreSQL {PG_CRON_MAJOR} is not installed ({server} is absent; apt-get install postgresql-15)"
+    if not PG_CRON_CONTROL.exists():
+        return f"pg_cron is not installed ({PG_CRON_CONTROL} is absent; apt-get install postgresql-15-cron)"
+    return None
+
+
+def _trust_pg_cron_socket(local: LocalServer) -> dict[str, str]:
+    """pg_cron runs a job over libpq as the job's role, with no password: a Unix socket in a
+    directory only the server's user can enter, where local logins need none (TCP keeps its
+    scram-sha-256). Returns the settings that point the server and pg_cron at it."""
+    socket_dir = local.datadir.parent / CRON_SOCKET_DIR
+    os.mkdir(socket_dir, 0o700)
+    if local.as_user:
+        os.chown(socket_dir, local.owner, -1)
+    rules = (
+        "# pg_cron's connections, through a socket only the server's user can reach\n"
+        "local all all trust\n"
+        f"host all all 127.0.0.1/32 {LOCAL_AUTH}\n"
+        f"host all all ::1/128 {LOCAL_AUTH}\n"
+        f"host replication all 127.0.0.1/32 {LOCAL_AUTH}\n"
+    )
+    with os.fdopen(local.open_file("pg_hba.conf", os.O_WRONLY | os.O_TRUNC), "w") as handle:
+        handle.write(rules)
+    return {"unix_socket_directories": f"'{socket_dir}'", "cron.host": f"'{socket_dir}'"}
+
+
+@contextlib.contextmanager
+def pg_cron_local(
+    prefix: str,
+    cron_database: str,
+    *,
+    background_workers: bool = True,
+    create_extension: bool = True,
+    settings: Mapping[str, str] = FAST_SETTINGS,
+) -> Iterator[LocalServer]:
+    """A throwaway PostgreSQL 15 server with pg_cron preloaded for `cron_database` (created if it
+    is not postgres) and, unless create_extension is false, installed there; started, then
+    stopped and removed afterwards. Its jobs run in background workers, or
+    (background_workers=False, pg_cron's default) over libpq, through a socket of their own.
+    Check pg_cron_missing() first."""
+    datadir = throwaway_datadir(prefix, in_memory=True)
+    local = LocalServer(datadir, PG_CRON_MAJOR)
+    try:
+        local.initdb(settings)
+        cron = {
+            "shared_preload_libraries": "'pg_cron'",
+            "cron.database_name": f"'{cron_database}'",
+            "max_worker_processes": "16",
+            "cron.use_background_workers": "on" if background_workers else "off",
+        }
+        if not background_workers:
+            cron.update(_trust_pg_cron_socket(local))
+        local.configure(cron)
+        local.start()
+        server = local.server()
+        if cron_database != "postgres":
+            with server.connect(autocommit=True) as admin:
+                admin.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(cron_database)))
+        if create_extension:
+            with server.connect(cron_database, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION pg_cron")
+        yield local
+    finally:
+        local.stop("immediate")
+        shutil.rmtree(datadir.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pg_cron_server(prefix: str, cron_database: str, **options: object) -> Iterator[Server]:
+    """The Server of pg_cron_local(prefix, cron_database, **options)."""
+    with pg_cron_local(prefix, cron_database, **options) as local:  # type: ignore[arg-type]
+        yield local.server()
 
 
 MAJORS = ("15", "16", "18")
