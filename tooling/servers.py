@@ -422,19 +422,92 @@ def session_server(
 
 
 @contextlib.contextmanager
-def throwaway_server(
+def throwaway_local(
     prefix: str, major: str | None = None, settings: Mapping[str, str] = FAST_SETTINGS, *, in_memory: bool = False
-) -> Iterator[Server]:
+) -> Iterator[LocalServer]:
     """A local server with `settings`, started here, stopped and removed afterwards."""
     datadir = throwaway_datadir(prefix, in_memory=in_memory)
     local = LocalServer(datadir, major)
     try:
         local.initdb(settings)
         local.start()
-        yield local.server()
+        yield local
     finally:
         local.stop("immediate")
         shutil.rmtree(datadir.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_server(
+    prefix: str, major: str | None = None, settings: Mapping[str, str] = FAST_SETTINGS, *, in_memory: bool = False
+) -> Iterator[Server]:
+    """The Server of throwaway_local(prefix, major, settings)."""
+    with throwaway_local(prefix, major, settings, in_memory=in_memory) as local:
+        yield local.server()
+
+
+@contextlib.contextmanager
+def streaming_standby(primary: LocalServer, slot: str, settings: Mapping[str, str]) -> Iterator[LocalServer]:
+    """A hot standby of `primary` with `settings`, copied by pg_basebackup and streaming from it
+    through the physical replication slot `slot` (which pg_basebackup creates); stopped and
+    removed afterwards, its slot dropped (a slot left behind would hold back the primary). The password reaches pg_basebackup through its
+    environment; -R writes it into the standby's primary_conninfo, inside its private data
+    directory, for the primary's own superuser."""
+    datadir = throwaway_datadir("idempotency-standby-", in_memory=True)
+    standby = LocalServer(datadir, primary.major)
+    password = private.read_secret(primary.password_file)
+    private.write_secret(standby.password_file, password)
+    os.mkdir(datadir, 0o700)
+    if standby.as_user:
+        os.chown(datadir, standby.owner, -1)
+    try:
+        env = {**server_environment(), "PGPASSWORD": password}
+        copy = subprocess.run(
+            [
+                *standby.as_user,
+                str(standby.bindir / "pg_basebackup"),
+                "-D",
+                str(datadir),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(primary.port),
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-C",
+                "-S",
+                slot,
+                "-R",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if copy.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed:\n{copy.stdout}{copy.stderr}")
+        standby.configure({**settings, "port": str(_free_port())})
+        standby.start()
+        yield standby
+    finally:
+        standby.stop("immediate")
+        shutil.rmtree(datadir.parent, ignore_errors=True)
+        with primary.server().connect(autocommit=True) as conn:
+            for _ in range(100):  # the WAL sender of the stopped standby ends in a moment
+                dropped = conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE slot_name = %s AND NOT active",
+                    (slot,),
+                ).fetchall()
+                gone = conn.execute(
+                    "SELECT NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s)", (slot,)
+                )
+                if dropped or gone.fetchone() == (True,):
+                    break
+                time.sleep(0.1)
 
 
 # pg_cron is a preloaded library; here it is Debian's postgresql-15-cron (pg_cron 1.4.2), for
