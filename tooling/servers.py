@@ -447,10 +447,11 @@ def throwaway_server(
 
 
 @contextlib.contextmanager
-def streaming_standby(primary: LocalServer, slot: str, settings: Mapping[str, str]) -> Iterator[LocalServer]:
+def streaming_standby(primary: LocalServer, slot: str | None, settings: Mapping[str, str]) -> Iterator[LocalServer]:
     """A hot standby of `primary` with `settings`, copied by pg_basebackup and streaming from it
-    through the physical replication slot `slot` (which pg_basebackup creates); stopped and
-    removed afterwards, its slot dropped (a slot left behind would hold back the primary). The password reaches pg_basebackup through its
+    through the physical replication slot `slot` (which pg_basebackup creates), or without one
+    (None); stopped and removed afterwards, its slot dropped (a slot left behind would hold back
+    the primary). The password reaches pg_basebackup through its
     environment; -R writes it into the standby's primary_conninfo, inside its private data
     directory, for the primary's own superuser."""
     datadir = throwaway_datadir("idempotency-standby-", in_memory=True)
@@ -476,9 +477,7 @@ def streaming_standby(primary: LocalServer, slot: str, settings: Mapping[str, st
                 "postgres",
                 "-X",
                 "stream",
-                "-C",
-                "-S",
-                slot,
+                *(("-C", "-S", slot) if slot else ()),
                 "-R",
                 "--checkpoint=fast",
                 "--no-sync",
@@ -495,19 +494,22 @@ def streaming_standby(primary: LocalServer, slot: str, settings: Mapping[str, st
     finally:
         standby.stop("immediate")
         shutil.rmtree(datadir.parent, ignore_errors=True)
-        with primary.server().connect(autocommit=True) as conn:
-            for _ in range(100):  # the WAL sender of the stopped standby ends in a moment
-                dropped = conn.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name = %s AND NOT active",
-                    (slot,),
-                ).fetchall()
-                gone = conn.execute(
-                    "SELECT NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s)", (slot,)
-                )
-                if dropped or gone.fetchone() == (True,):
-                    break
-                time.sleep(0.1)
+        if slot is not None:
+            _drop_slot(primary.server(), slot)
+
+
+def _drop_slot(server: Server, slot: str) -> None:
+    """Drop a physical slot once its WAL sender (of a standby just stopped) has ended."""
+    with server.connect(autocommit=True) as conn:
+        for _ in range(100):
+            dropped = conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
+                (slot,),
+            ).fetchall()
+            gone = conn.execute("SELECT NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s)", (slot,))
+            if dropped or gone.fetchone() == (True,):
+                return
+            time.sleep(0.1)
 
 
 # pg_cron is a preloaded library; here it is Debian's postgresql-15-cron (pg_cron 1.4.2), for

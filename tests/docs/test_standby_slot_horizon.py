@@ -5,6 +5,8 @@ vacuums. With feedback on, the slot's xmin is set, the cleanup's dead rows stay,
 names the slot, and the standby's transaction goes on; with feedback off (the default), the slot
 has no xmin, vacuum removes every dead row, the query names nothing (the guide once called any
 standby's slot a holder), and replay cancels the standby's transaction instead.
+Without a slot, feedback sets the xmin of the standby's WAL sender, a process of no database,
+which the guide's query lists too.
 Each case has a primary of its own, of the selected major, and its standby (pg_basebackup -R)."""
 
 from __future__ import annotations
@@ -149,3 +151,38 @@ def test_a_standbys_slot_holds_back_this_table_only_with_hot_standby_feedback(
         )
     guide = " ".join(GUIDE.read_text().split())
     assert "a standby's slot with `hot_standby_feedback = on`" in guide, "the guide states the condition"
+
+
+def test_a_standby_without_a_slot_holds_back_this_table_through_its_wal_sender(primary: servers.LocalServer) -> None:
+    """Without a slot, hot_standby_feedback sets the xmin of the standby's WAL sender, a process of
+    no database (datid NULL): the guide's query lists it, as a session of no database, beside this
+    database's own sessions."""
+    settings = {"hot_standby_feedback": "on", "wal_receiver_status_interval": "1s"}
+    sender = (
+        "SELECT pid, datid IS NULL, backend_xmin::TEXT::BIGINT FROM pg_stat_activity WHERE backend_type = 'walsender'"
+    )
+    with (
+        servers.streaming_standby(primary, None, settings) as standby,
+        primary.server().connect(DBNAME, autocommit=True) as conn,
+    ):
+        records.insert_many(conn, ROWS, records.expired())
+        replayed(conn)
+        with standby.server().connect(DBNAME) as reader:
+            reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            assert reader.execute("SELECT count(*) FROM idempotency_records").fetchone() == (ROWS,)
+            row = reader.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::TEXT::BIGINT").fetchone()
+            assert row is not None
+            wait_until(
+                conn,
+                "SELECT backend_xmin::TEXT::BIGINT <= %s FROM pg_stat_activity WHERE backend_type = 'walsender'",
+                (row[0],),
+                "the standby's snapshot reaches its WAL sender's xmin",
+            )
+            found = conn.execute(sender).fetchone()
+            dead = dead_rows_after_vacuum(conn)
+            listed = {(row[0], row[1]) for row in conn.execute(HOLDERS)}
+            reader.rollback()
+    assert found is not None and found[1], f"the WAL sender belongs to no database: {found}"
+    assert dead >= ROWS, f"the standby's snapshot, through its WAL sender, keeps the dead rows: {dead}"
+    assert ("session", str(found[0])) in listed, f"the guide's query lists the WAL sender: {listed}"
+    assert not any(holder == "replication slot" for holder, _ in listed), f"and no slot: {listed}"
