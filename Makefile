@@ -16,9 +16,11 @@ PYTEST := $(PY) -m pytest -n $(JOBS) --dist loadfile
 # The migration files are read from sql/ (tooling/migrations.py): every NNN_name.sql with its
 # NNN_name.down.sql, up in ascending order of NNN, down in descending. A new pair needs no edit here.
 MIGRATIONS = $(PY) -m tooling.migrations
-# A lock a migration must take waits at most this long, then the file fails and can be
-# run again. A lock_timeout the caller sets in PGOPTIONS wins.
-LOCK_TIMEOUT ?= 5s
+# Every lock a migration takes waits at most this long, then the file fails, changing nothing,
+# and can be run again: the 2s each file sets for itself where the session has no lock_timeout,
+# set here too so that a role's or database's own lock_timeout does not lengthen it (the one
+# rule: docs/README_IDEMPOTENCY.md, "Running the migrations"). One in PGOPTIONS wins.
+LOCK_TIMEOUT ?= 2s
 # Every file alone, stop at the first error, never read ~/.psqlrc.
 PSQL_FLAGS := -v ON_ERROR_STOP=1 --no-psqlrc --single-transaction
 # The tools tooling/export.py writes for, asked of it when make export runs (standard library only).
@@ -50,6 +52,8 @@ help: ## show this list
 	@echo
 	@echo "With DATABASE_URL (or PGHOST/PGPORT/PGSERVICE) set, test, migrate and rollback use that"
 	@echo "server; otherwise they start a local one (PostgreSQL 18 unless PG=15 or PG=16)."
+	@echo "migrate and rollback wait at most LOCK_TIMEOUT=$(LOCK_TIMEOUT) for any lock (the files' own"
+	@echo "default; a lock_timeout in PGOPTIONS wins), then fail, changing nothing: run them again."
 
 install: ## create .venv with pytest, psycopg, pytest-postgresql, the PostgreSQL binaries and the linters
 	$(PYTHON) -m venv $(VENV)

@@ -4,8 +4,8 @@
 -- the two indexes, then the table idempotency_records with its primary key,
 -- chk_expires_at, comments and every stored record.
 -- Reverse of: 045_create_idempotency_records.sql (apply 046's down first)
--- Apply:      psql -v ON_ERROR_STOP=1 --no-psqlrc -1
---             -f sql/045_create_idempotency_records.down.sql
+-- Apply:      PGOPTIONS='-c lock_timeout=2s' psql -v ON_ERROR_STOP=1 \
+--             --no-psqlrc -1 -f sql/045_create_idempotency_records.down.sql
 --
 -- It acts on the install only: the table that idempotency_records reaches on
 -- the search_path, by qualified names. Before it removes anything, it refuses
@@ -46,7 +46,8 @@ DECLARE
     idx RECORD;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
-    -- One deployer at a time, waiting at most lock_timeout (rule 1).
+    -- One deployer at a time (rule 1). Every lock waits at most lock_timeout:
+    -- the session's, else 2s, set here for this transaction.
     IF current_setting('lock_timeout') IN ('0', '0ms') THEN
         PERFORM set_config('lock_timeout', '2s', TRUE);
     END IF;

@@ -5,8 +5,8 @@
 -- and idx_idempotency_operation, and comments on the table and its columns,
 -- in the first schema of the search_path.
 -- Reverse: 045_create_idempotency_records.down.sql
--- Apply:   psql -v ON_ERROR_STOP=1 --no-psqlrc -1
---          -f sql/045_create_idempotency_records.sql
+-- Apply:   PGOPTIONS='-c lock_timeout=2s' psql -v ON_ERROR_STOP=1 \
+--          --no-psqlrc -1 -f sql/045_create_idempotency_records.sql
 --
 -- No BEGIN/COMMIT, no psql meta-commands: a runner may wrap the file in its
 -- own transaction. Re-runnable by design (pipelines apply files again): it
@@ -102,7 +102,8 @@ DECLARE
     pair TEXT [];
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
-    -- One deployer at a time, waiting at most lock_timeout (rule 1). The lock
+    -- One deployer at a time (rule 1). Every lock waits at most lock_timeout:
+    -- the session's, else 2s, set here for this transaction. The lock
     -- on pg_seclabel applies the previous deployer's catalog changes.
     IF current_setting('lock_timeout') IN ('0', '0ms') THEN
         PERFORM set_config('lock_timeout', '2s', TRUE);

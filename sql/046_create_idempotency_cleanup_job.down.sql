@@ -7,16 +7,18 @@
 -- schedule the docs give), so that no job is left calling a function that
 -- is gone.
 -- Reverse of: 046_create_idempotency_cleanup_job.sql (apply it before 045's)
--- Apply:      psql -v ON_ERROR_STOP=1 --no-psqlrc -1
---             -f sql/046_create_idempotency_cleanup_job.down.sql
+-- Apply:      PGOPTIONS='-c lock_timeout=2s' psql -v ON_ERROR_STOP=1 \
+--             --no-psqlrc -1 -f sql/046_create_idempotency_cleanup_job.down.sql
 --
 -- Where pg_cron is installed, run it as a superuser: cron.job shows any other
 -- role only its own jobs, so it stops with an error naming what it can see.
--- Without a superuser, once one has made sure that no job of another role
--- calls the function, run it with
--- PGOPTIONS='-c idempotency.cron_jobs_checked=on': it removes the role's own
--- job, if any, and drops the function. Schema cron is used only where it is
--- pg_cron's own (docs/reliability.md, "Rolling back with a pg_cron job").
+-- Where pg_cron runs in another database (cron.database_name: postgres on a
+-- managed service), its jobs there cannot be seen from here: it stops, naming
+-- that database and the statement that removes them there. Once no job calls
+-- the function, run it with PGOPTIONS='-c idempotency.cron_jobs_checked=on':
+-- it removes the role's own job here, if any, and drops the function. Schema
+-- cron is used only where it is pg_cron's own (docs/reliability.md, "Rolling
+-- back with a pg_cron job").
 -- Re-runnable by design: where nothing is left to remove, it changes nothing.
 -- Two statements, under the three rules of docs/reliability.md, "How the
 -- files are built".
@@ -48,19 +50,22 @@ DO $drop$
 DECLARE
     this_file CONSTANT TEXT := '046_create_idempotency_cleanup_job.down.sql';
     saved_path CONSTANT TEXT := pg_catalog.current_setting('search_path');
-    -- Without a superuser: once someone who sees every job has made sure no
-    -- other role's job calls the function, this role removes its own.
+    -- Without a superuser: once no other role's job calls the function, this
+    -- role removes its own.
     without_superuser CONSTANT TEXT := 'Run this file as a superuser; nothing '
-    'was dropped. Without one: once a superuser has made sure no other '
-    'role''s job calls the function, run it with PGOPTIONS=''-c '
-    'idempotency.cron_jobs_checked=on''.';
+    'was dropped. Without one: once no other role''s job calls the function, '
+    'run it with PGOPTIONS=''-c idempotency.cron_jobs_checked=on''.';
+    checked CONSTANT BOOLEAN := current_setting(
+        'idempotency.cron_jobs_checked', TRUE) IS NOT DISTINCT FROM 'on';
+    elsewhere TEXT;
     resolved REGPROCEDURE;
     cron BOOLEAN;
     superuser BOOLEAN;
     job RECORD;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
-    -- One deployer at a time, waiting at most lock_timeout (rule 1).
+    -- One deployer at a time (rule 1). Every lock waits at most lock_timeout:
+    -- the session's, else 2s, set here for this transaction.
     IF current_setting('lock_timeout') IN ('0', '0ms') THEN
         PERFORM set_config('lock_timeout', '2s', TRUE);
     END IF;
@@ -133,13 +138,43 @@ BEGIN
         HINT = 'Nothing was dropped. Find out who made that schema and why; '
         'a superuser can rename it.';
     END IF;
+    -- pg_cron loaded but installed in another database runs its jobs here
+    -- from there, out of this file's sight. cron.database_name is readable by
+    -- a superuser or pg_read_all_settings (in pg_monitor); any other role
+    -- gets 42501, which says pg_cron is loaded but not where. Either way it
+    -- stops. Where the function is already gone (a second run), no job can
+    -- be left calling it.
+    IF NOT cron AND resolved IS NOT NULL AND NOT checked THEN
+        BEGIN
+            elsewhere := current_setting('cron.database_name', TRUE);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE EXCEPTION 'cannot tell in which database pg_cron runs, as '
+            'role %', current_user
+            USING ERRCODE = '42501', DETAIL = format('found: pg_cron loaded, '
+                'not installed in database %s, cron.database_name unreadable; '
+                'expected: a superuser or a member of pg_read_all_settings '
+                '(pg_monitor has it), who reads it.', current_database()),
+            HINT = 'Nothing was dropped. Run this file as such a role; or, '
+            'once no pg_cron job calls the function here, with '
+            'PGOPTIONS=''-c idempotency.cron_jobs_checked=on''.';
+        END;
+        IF elsewhere <> current_database()::TEXT THEN
+            RAISE EXCEPTION 'pg_cron runs in database %: its jobs are not '
+            'visible from database %', elsewhere, current_database()
+            USING ERRCODE = '55000', DETAIL = format('found: '
+                'cron.database_name = %s; expected: %s, or no job there '
+                'calling the function here.', elsewhere, current_database()),
+            HINT = format('Nothing was dropped. In database %s, as the role '
+                'that scheduled them or a superuser: SELECT '
+                'cron.unschedule(jobid) FROM cron.job WHERE database = %L AND '
+                'command LIKE %L; then run this file again with '
+                'PGOPTIONS=''-c idempotency.cron_jobs_checked=on''.', elsewhere,
+                current_database(), '%cleanup_expired_idempotency_records%');
+        END IF;
+    END IF;
     -- Any other role sees only its own jobs in cron.job (row security): it
-    -- cannot rule out a job of another role that calls the function. Where
-    -- the function is already gone (a second run), no job can be left
-    -- calling it.
-    IF cron AND NOT superuser AND resolved IS NOT NULL
-        AND current_setting('idempotency.cron_jobs_checked', TRUE)
-        IS DISTINCT FROM 'on' THEN
+    -- cannot rule out a job of another role that calls the function.
+    IF cron AND NOT superuser AND resolved IS NOT NULL AND NOT checked THEN
         IF NOT has_schema_privilege('cron', 'USAGE') THEN
             RAISE EXCEPTION 'cannot check for the pg_cron job '
             'cleanup-idempotency as role %', current_user
@@ -155,11 +190,11 @@ BEGIN
         'as role %', current_user
         USING ERRCODE = '42501', DETAIL = format('found: %s; expected: a '
             'superuser, who sees and removes the job whoever owns it '
-            '(cron.job shows role %s only its own jobs).', coalesce(
-                format('job cleanup-idempotency (jobid %s) owned by %s',
-                    job.jobid, job.username),
-                'no job of role ' || current_user
-                || ', jobs of other roles unknown'), current_user),
+            '(cron.job shows role %s only its own jobs).', CASE WHEN job.jobid
+                IS NULL THEN 'no job of role ' || current_user || ', jobs of '
+                'other roles unknown' ELSE format('job cleanup-idempotency '
+                    '(jobid %s) owned by %s', job.jobid, job.username) END,
+            current_user),
         HINT = without_superuser;
     END IF;
     -- A superuser sees every role's jobs. Jobs under another name that call

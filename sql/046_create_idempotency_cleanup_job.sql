@@ -8,8 +8,8 @@
 -- shows pg_cron and application-level scheduling.
 -- Reverse:  046_create_idempotency_cleanup_job.down.sql
 -- Requires: 045_create_idempotency_records.sql, with the same search_path.
--- Apply:    psql -v ON_ERROR_STOP=1 --no-psqlrc -1
---           -f sql/046_create_idempotency_cleanup_job.sql
+-- Apply:    PGOPTIONS='-c lock_timeout=2s' psql -v ON_ERROR_STOP=1 \
+--           --no-psqlrc -1 -f sql/046_create_idempotency_cleanup_job.sql
 --
 -- Re-runnable by design (CREATE OR REPLACE): pipelines apply files again.
 -- Two statements, under the three rules of docs/reliability.md, "How the
@@ -58,7 +58,8 @@ DECLARE
     refused RECORD;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
-    -- One deployer at a time, waiting at most lock_timeout (rule 1).
+    -- One deployer at a time (rule 1). Every lock waits at most lock_timeout:
+    -- the session's, else 2s, set here for this transaction.
     IF current_setting('lock_timeout') IN ('0', '0ms') THEN
         PERFORM set_config('lock_timeout', '2s', TRUE);
     END IF;

@@ -67,6 +67,7 @@ PERFORMANCE = ROOT / "docs" / "performance.md"  # plans, storage, what make benc
 RELIABILITY = ROOT / "docs" / "reliability.md"  # what the concurrency and fault tests prove
 PATTERNS = ROOT / "docs" / "patterns.md"  # the recipes
 TEST_MAP = ROOT / "docs" / "test-map.md"
+MANAGED = ROOT / "docs" / "managed-services.md"  # what differs on a managed service
 PAGES = (
     QUERIES,
     ROOT / "docs" / "privileges.md",
@@ -74,6 +75,7 @@ PAGES = (
     RELIABILITY,
     PATTERNS,
     ROOT / "docs" / "migration-tools.md",
+    MANAGED,
     TEST_MAP,
 )
 DOCUMENTS = (GUIDE, ROOT / "README.md", ROOT / "CONTRIBUTING.md", *PAGES)
@@ -270,6 +272,22 @@ def parse_blocks(path: Path) -> list[Block]:
 def parse_shells(path: Path) -> list[Shell]:
     """Every fence of another language that calls psql (or says why it does not run)."""
     return _parse(path).shells
+
+
+def block_with(snippet: str, *paths: Path) -> Block:
+    """The one sql block of `paths` (every document if none) whose text contains `snippet`."""
+    found = [block for path in paths or DOCUMENTS for block in parse_blocks(path) if snippet in block.text]
+    assert len(found) == 1, f"exactly one sql block of the docs contains {snippet!r}, found {[b.where for b in found]}"
+    return found[0]
+
+
+def shell_with(snippet: str, *paths: Path) -> Shell:
+    """The one shell block of `paths` (every document if none) whose text contains `snippet`."""
+    found = [shell for path in paths or DOCUMENTS for shell in parse_shells(path) if snippet in shell.text]
+    assert len(found) == 1, (
+        f"exactly one shell block of the docs contains {snippet!r}, found {[s.where for s in found]}"
+    )
+    return found[0]
 
 
 def pg_cron_blocks() -> list[Block]:
@@ -523,9 +541,15 @@ psql() {
 docker() {
     [ "$1" = exec ] || { echo "docker $1: only docker exec runs here" >&2; return 2; }
     shift
-    while [[ "$1" == -* ]]; do shift; done
+    local env=()
+    while [[ "$1" == -* ]]; do
+        case "$1" in
+            -e|--env) env+=("$2"); shift 2 ;;
+            *) shift ;;
+        esac
+    done
     shift  # the container
-    "$@"
+    (for setting in "${env[@]}"; do export "$setting"; done; "$@")
 }
 make() { :; }
 """

@@ -369,6 +369,16 @@ class LocalServer:
         if self.is_running():
             self._check(str(self.bindir / "pg_ctl"), "stop", "--wait", "-m", mode, "-D", str(self.datadir))
 
+    def restart_as_standby(self) -> None:
+        """Stop cleanly and start again in recovery (standby.signal): a hot standby of what the
+        server held, accepting read-only sessions, with no primary to follow."""
+        self.stop("fast")
+        signal = self.datadir / "standby.signal"
+        os.close(os.open(signal, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        if self.as_user:
+            os.chown(signal, self.owner, -1)
+        self.start()
+
     def server(self) -> Server:
         return Server(
             host="127.0.0.1",
@@ -412,19 +422,181 @@ def session_server(
 
 
 @contextlib.contextmanager
-def throwaway_server(
+def throwaway_local(
     prefix: str, major: str | None = None, settings: Mapping[str, str] = FAST_SETTINGS, *, in_memory: bool = False
-) -> Iterator[Server]:
+) -> Iterator[LocalServer]:
     """A local server with `settings`, started here, stopped and removed afterwards."""
     datadir = throwaway_datadir(prefix, in_memory=in_memory)
     local = LocalServer(datadir, major)
     try:
         local.initdb(settings)
         local.start()
-        yield local.server()
+        yield local
     finally:
         local.stop("immediate")
         shutil.rmtree(datadir.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_server(
+    prefix: str, major: str | None = None, settings: Mapping[str, str] = FAST_SETTINGS, *, in_memory: bool = False
+) -> Iterator[Server]:
+    """The Server of throwaway_local(prefix, major, settings)."""
+    with throwaway_local(prefix, major, settings, in_memory=in_memory) as local:
+        yield local.server()
+
+
+@contextlib.contextmanager
+def streaming_standby(primary: LocalServer, slot: str | None, settings: Mapping[str, str]) -> Iterator[LocalServer]:
+    """A hot standby of `primary` with `settings`, copied by pg_basebackup and streaming from it
+    through the physical replication slot `slot` (which pg_basebackup creates), or without one
+    (None); stopped and removed afterwards, its slot dropped (a slot left behind would hold back
+    the primary). The password reaches pg_basebackup through its
+    environment; -R writes it into the standby's primary_conninfo, inside its private data
+    directory, for the primary's own superuser."""
+    datadir = throwaway_datadir("idempotency-standby-", in_memory=True)
+    standby = LocalServer(datadir, primary.major)
+    password = private.read_secret(primary.password_file)
+    private.write_secret(standby.password_file, password)
+    os.mkdir(datadir, 0o700)
+    if standby.as_user:
+        os.chown(datadir, standby.owner, -1)
+    try:
+        env = {**server_environment(), "PGPASSWORD": password}
+        copy = subprocess.run(
+            [
+                *standby.as_user,
+                str(standby.bindir / "pg_basebackup"),
+                "-D",
+                str(datadir),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(primary.port),
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                *(("-C", "-S", slot) if slot else ()),
+                "-R",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if copy.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed:\n{copy.stdout}{copy.stderr}")
+        standby.configure({**settings, "port": str(_free_port())})
+        standby.start()
+        yield standby
+    finally:
+        standby.stop("immediate")
+        shutil.rmtree(datadir.parent, ignore_errors=True)
+        if slot is not None:
+            _drop_slot(primary.server(), slot)
+
+
+def _drop_slot(server: Server, slot: str) -> None:
+    """Drop a physical slot once its WAL sender (of a standby just stopped) has ended."""
+    with server.connect(autocommit=True) as conn:
+        for _ in range(100):
+            dropped = conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
+                (slot,),
+            ).fetchall()
+            gone = conn.execute("SELECT NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s)", (slot,))
+            if dropped or gone.fetchone() == (True,):
+                return
+            time.sleep(0.1)
+
+
+# pg_cron is a preloaded library; here it is Debian's postgresql-15-cron (pg_cron 1.4.2), for
+# PostgreSQL 15 only.
+PG_CRON_MAJOR = "15"
+PG_CRON_CONTROL = Path("/usr/share/postgresql/15/extension/pg_cron.control")
+# The socket pg_cron's own connections use when its jobs run over libpq (its default), in a
+# directory of its own inside the server's throwaway directory.
+CRON_SOCKET_DIR = "cron-socket"
+
+
+def pg_cron_missing() -> str | None:
+    """Why a server with pg_cron cannot start here (what to install), or None."""
+    server = Path("/usr/lib/postgresql") / PG_CRON_MAJOR / "bin" / "postgres"
+    if not server.exists():
+        return f"PostgreSQL {PG_CRON_MAJOR} is not installed ({server} is absent; apt-get install postgresql-15)"
+    if not PG_CRON_CONTROL.exists():
+        return f"pg_cron is not installed ({PG_CRON_CONTROL} is absent; apt-get install postgresql-15-cron)"
+    return None
+
+
+def _trust_pg_cron_socket(local: LocalServer) -> dict[str, str]:
+    """pg_cron runs a job over libpq as the job's role, with no password: a Unix socket in a
+    directory only the server's user can enter, where local logins need none (TCP keeps its
+    scram-sha-256). Returns the settings that point the server and pg_cron at it."""
+    socket_dir = local.datadir.parent / CRON_SOCKET_DIR
+    os.mkdir(socket_dir, 0o700)
+    if local.as_user:
+        os.chown(socket_dir, local.owner, -1)
+    rules = (
+        "# pg_cron's connections, through a socket only the server's user can reach\n"
+        "local all all trust\n"
+        f"host all all 127.0.0.1/32 {LOCAL_AUTH}\n"
+        f"host all all ::1/128 {LOCAL_AUTH}\n"
+        f"host replication all 127.0.0.1/32 {LOCAL_AUTH}\n"
+    )
+    with os.fdopen(local.open_file("pg_hba.conf", os.O_WRONLY | os.O_TRUNC), "w") as handle:
+        handle.write(rules)
+    return {"unix_socket_directories": f"'{socket_dir}'", "cron.host": f"'{socket_dir}'"}
+
+
+@contextlib.contextmanager
+def pg_cron_local(
+    prefix: str,
+    cron_database: str,
+    *,
+    background_workers: bool = True,
+    create_extension: bool = True,
+    settings: Mapping[str, str] = FAST_SETTINGS,
+) -> Iterator[LocalServer]:
+    """A throwaway PostgreSQL 15 server with pg_cron preloaded for `cron_database` (created if it
+    is not postgres) and, unless create_extension is false, installed there; started, then
+    stopped and removed afterwards. Its jobs run in background workers, or
+    (background_workers=False, pg_cron's default) over libpq, through a socket of their own.
+    Check pg_cron_missing() first."""
+    datadir = throwaway_datadir(prefix, in_memory=True)
+    local = LocalServer(datadir, PG_CRON_MAJOR)
+    try:
+        local.initdb(settings)
+        cron = {
+            "shared_preload_libraries": "'pg_cron'",
+            "cron.database_name": f"'{cron_database}'",
+            "max_worker_processes": "16",
+            "cron.use_background_workers": "on" if background_workers else "off",
+        }
+        if not background_workers:
+            cron.update(_trust_pg_cron_socket(local))
+        local.configure(cron)
+        local.start()
+        server = local.server()
+        if cron_database != "postgres":
+            with server.connect(autocommit=True) as admin:
+                admin.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(cron_database)))
+        if create_extension:
+            with server.connect(cron_database, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION pg_cron")
+        yield local
+    finally:
+        local.stop("immediate")
+        shutil.rmtree(datadir.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pg_cron_server(prefix: str, cron_database: str, **options: object) -> Iterator[Server]:
+    """The Server of pg_cron_local(prefix, cron_database, **options)."""
+    with pg_cron_local(prefix, cron_database, **options) as local:  # type: ignore[arg-type]
+        yield local.server()
 
 
 MAJORS = ("15", "16", "18")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from tests import helpers, roles
 from tests.docblocks import GUIDE, QUERIES, Block, parse_blocks, run_block
 from tests.helpers import ROOT, fixture_sql
 from tooling import records
@@ -121,24 +122,89 @@ def test_the_new_keys_alert_does_not_see_retries_and_n_tup_upd_does(conn: psycop
     assert after["n_tup_upd"] - before["n_tup_upd"] == 9, "each retry of the upsert is an update"
 
 
-def test_a_deleted_payload_stays_in_the_table_file_until_vacuum_full(conn: psycopg.Connection) -> None:
-    marker = "payload-that-was-deleted-4711"
+MARKER = "payload-that-was-deleted-4711"
+
+
+def in_table_file(conn: psycopg.Connection, marker: str = MARKER) -> bool:
+    conn.execute("CHECKPOINT")  # the table's pages, written to its file
+    row = conn.execute("SELECT pg_read_binary_file(pg_relation_filepath('idempotency_records'))").fetchone()
+    assert row is not None
+    return marker.encode() in row[0]
+
+
+def deleted_and_vacuumed(conn: psycopg.Connection) -> None:
+    """A record holding MARKER among 50 live ones, deleted by the cleanup, then vacuumed: its
+    bytes still in the table's file."""
     live(conn, 50)
-    expired(conn, 1, marker)
-
-    def in_file() -> bool:
-        conn.execute("CHECKPOINT")  # the table's pages, written to its file
-        row = conn.execute("SELECT pg_read_binary_file(pg_relation_filepath('idempotency_records'))").fetchone()
-        assert row is not None
-        return marker.encode() in row[0]
-
-    assert in_file()
+    expired(conn, 1, MARKER)
+    assert in_table_file(conn)
     assert conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone() == (1,)
-    assert in_file(), "after the cleanup: a dead row"
+    assert in_table_file(conn), "after the cleanup: a dead row"
     conn.execute("VACUUM idempotency_records")
-    assert in_file(), "after VACUUM: free space, not overwritten"
+    assert in_table_file(conn), "after VACUUM: free space, not overwritten"
+
+
+def test_a_deleted_payload_stays_in_the_table_file_until_vacuum_full(conn: psycopg.Connection) -> None:
+    deleted_and_vacuumed(conn)
     conn.execute("VACUUM FULL idempotency_records")
-    assert not in_file(), "VACUUM FULL writes a new file without it"
+    assert not in_table_file(conn), "VACUUM FULL writes a new file without it"
+
+
+def test_cluster_too_writes_a_file_without_a_deleted_payload(conn: psycopg.Connection) -> None:
+    """The guide named VACUUM FULL alone; CLUSTER rewrites the table as well."""
+    deleted_and_vacuumed(conn)
+    conn.execute("CLUSTER idempotency_records USING idempotency_records_pkey")
+    assert not in_table_file(conn), "CLUSTER writes a new file without it"
+    text = " ".join(GUIDE.read_text().split())
+    assert "only a rewrite of the table, `VACUUM FULL` or `CLUSTER`" in text, "the guide names both"
+
+
+def test_the_upsert_role_can_empty_the_table_with_delete_but_not_truncate(conn: psycopg.Connection, role: str) -> None:
+    """The guide said the role "cannot empty" the table: it cannot TRUNCATE, but DELETE, which its
+    grants hold on the whole table, removes every record."""
+    roles.grant(conn, role, *roles.UPSERT_GRANTS)
+    live(conn, 20)
+    with roles.acting_as(conn, role):
+        assert helpers.sqlstate_of(conn, "TRUNCATE idempotency_records") == "42501", "TRUNCATE is refused"
+        conn.execute("DELETE FROM idempotency_records")
+    assert conn.execute("SELECT count(*) FROM idempotency_records").fetchone() == (0,), "DELETE emptied it"
+    text = " ".join(GUIDE.read_text().split())
+    assert "It cannot empty" not in text, "the guide no longer says the role cannot empty the table"
+    assert "it can delete any record, every one of them with one `DELETE`" in text
+
+
+def test_an_index_cancelled_before_it_was_ready_is_not_updated_by_writes_and_045_refuses_it(
+    pg_server: Server, database: str, conn: psycopg.Connection
+) -> None:
+    """The guide said every write updates an index a failed CREATE INDEX CONCURRENTLY left, and that
+    045 takes it for present. One cancelled while it waited for a writer (its first phase) is
+    invalid and not ready: writes skip it. One that failed once ready (the fixture's) is updated.
+    045 stops on either with 55000."""
+    conn.execute("DROP INDEX idx_idempotency_operation")
+    with pg_server.connect(database) as writer:
+        live_one = "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) VALUES "
+        writer.execute(live_one + "(gen_random_uuid(), 'payment', '{}', now() + INTERVAL '1 day')")
+        conn.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute("CREATE INDEX CONCURRENTLY idx_idempotency_operation ON idempotency_records (operation)")
+        conn.execute("RESET lock_timeout")
+        writer.rollback()
+    state = "SELECT indisready, indisvalid, pg_relation_size(indexrelid) FROM pg_index WHERE indexrelid = %s::regclass"
+    assert conn.execute(state, ("idx_idempotency_operation",)).fetchone() == (False, False, 0)
+    live(conn, 2000)
+    assert conn.execute(state, ("idx_idempotency_operation",)).fetchone() == (False, False, 0), "no write updated it"
+    conn.execute(fixture_sql(STATES / "expires_index_invalid.sql"))  # invalid, but ready
+    size = conn.execute(state, ("idx_idempotency_expires",)).fetchone()
+    live(conn, 2000)
+    grown = conn.execute(state, ("idx_idempotency_expires",)).fetchone()
+    assert size is not None and grown is not None and grown[:2] == (True, False) and grown[2] > size[2], (
+        f"an invalid index that is ready is updated by writes: {size} -> {grown}"
+    )
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as refused:
+        helpers.apply(conn, helpers.UP_045)
+    assert "is invalid" in str(refused.value), str(refused.value)
+    text = " ".join(GUIDE.read_text().split())
+    assert "every write updates it" not in text and "045 stops on it with SQLSTATE 55000" in text
 
 
 def test_an_open_transaction_holds_back_vacuum_and_the_guide_lists_it(

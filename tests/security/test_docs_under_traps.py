@@ -42,7 +42,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from tests import helpers, shadowable
 from tests.docblocks import (
@@ -547,26 +546,19 @@ def test_no_trap_runs_in_the_shell_blocks(
 
 # --- pg_cron ---------------------------------------------------------------------------------
 
-CRON_BINARY = Path("/usr/lib/postgresql/15/bin/postgres")
-CRON_CONTROL = Path("/usr/share/postgresql/15/extension/pg_cron.control")
 CRON_DATABASE = "idempotency_cron_traps"
 
 
 @pytest.fixture(scope="module")
 def cron_server() -> Iterator[Server]:
     """PostgreSQL 15 with pg_cron preloaded, as tests/usage/test_pg_cron.py runs it."""
-    if not CRON_BINARY.exists() or not CRON_CONTROL.exists():
-        pytest.skip("PostgreSQL 15 and its pg_cron are not installed (apt-get install postgresql-15-cron)")
-    settings = {
-        **servers.FAST_SETTINGS,
-        "shared_preload_libraries": "'pg_cron'",
-        "cron.database_name": f"'{CRON_DATABASE}'",
-        "cron.use_background_workers": "on",
-        "max_worker_processes": "16",
-    }
-    with servers.throwaway_server("idempotency-cron-traps-", "15", settings) as server:
+    missing = servers.pg_cron_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    # The guide's first pg_cron block creates the extension, with the traps planted.
+    with servers.pg_cron_server("idempotency-cron-traps-", CRON_DATABASE, create_extension=False) as server:
         with server.connect(autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(CRON_DATABASE)))
+            admin.execute("CREATE DATABASE jive_money")  # where the managed-services page schedules its job
         yield server
 
 

@@ -14,11 +14,10 @@ starts from a clean state (no jobs, no run history, migrations freshly applied).
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -27,48 +26,21 @@ from tests import deployers, helpers
 from tests.docblocks import GUIDE, Block, parse_blocks, pg_cron_blocks, run_block
 from tooling import records, servers
 
-SERVER_BINARY = Path("/usr/lib/postgresql/15/bin/postgres")
-CONTROL = Path("/usr/share/postgresql/15/extension/pg_cron.control")
 CRON_DATABASE = "idempotency_cron"
 JOB = "cleanup-idempotency"
 FIRE_TIMEOUT = 75.0  # seconds: an every-minute job fires within 60 s of being scheduled
 
 
-def _settings() -> dict[str, str]:
-    return {
-        "shared_preload_libraries": "'pg_cron'",
-        "cron.database_name": f"'{CRON_DATABASE}'",
-        # Jobs run in background workers rather than over a libpq connection:
-        # no host, port or password to get right for the server user.
-        "cron.use_background_workers": "on",
-        "max_worker_processes": "16",
-        "cron.host": "'127.0.0.1'",
-    }
-
-
 @pytest.fixture(scope="module")
 def cron_server() -> Iterator[servers.Server]:
-    if not SERVER_BINARY.exists():
-        pytest.skip(f"PostgreSQL 15 is not installed ({SERVER_BINARY} is absent; apt-get install postgresql-15)")
-    if not CONTROL.exists():
-        pytest.skip(
-            f"pg_cron for PostgreSQL 15 is not installed ({CONTROL} is absent; apt-get install postgresql-15-cron)"
-        )
-    datadir = servers.throwaway_datadir("idempotency-pg-cron-")
-    local = servers.LocalServer(datadir, "15")
-    try:
-        local.initdb()
-        local.configure(_settings())
-        local.start()
-        server = local.server()
+    missing = servers.pg_cron_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    with servers.pg_cron_server("idempotency-pg-cron-", CRON_DATABASE) as server:
         with server.connect(autocommit=True) as admin:
-            admin.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(CRON_DATABASE)))
-        with server.connect(CRON_DATABASE, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION pg_cron")
+            # The database the managed-services page schedules its job in (cron.schedule_in_database).
+            admin.execute("CREATE DATABASE jive_money")
         yield server
-    finally:
-        local.stop("immediate")
-        shutil.rmtree(datadir.parent, ignore_errors=True)
 
 
 @pytest.fixture
@@ -94,6 +66,10 @@ def documented(snippet: str) -> Block:
     found = [block for block in pg_cron_blocks() if snippet in block.text]
     assert len(found) == 1, f"the docs have exactly one pg_cron block containing {snippet!r}, found {len(found)}"
     return found[0]
+
+
+# The guide's unschedule (Option B), by jobid: the managed-services page has its own.
+UNSCHEDULE = "SELECT cron.unschedule(jobid)\nFROM cron.job\nWHERE jobname = 'cleanup-idempotency';"
 
 
 def _jobs(conn: psycopg.Connection, name: str = JOB) -> list[tuple[int, str, str]]:
@@ -135,6 +111,8 @@ def test_the_documented_schedule_creates_one_job_however_often_it_runs(cron: psy
     assert len(first) == 1, f"scheduling creates one job named {JOB}, found {first}"
     assert again == first, f"scheduling again keeps the one job (same jobid), found {again}"
     assert first[0][1] == "0 * * * *", "the documented schedule is hourly, on the hour"
+    guide = " ".join(GUIDE.read_text().split())
+    assert "the job is updated (since pg_cron 1.3, which named jobs)" in guide, "not since 1.4, as it said"
     assert "cleanup_expired_idempotency_records()" in first[0][2], "the job calls the cleanup function"
 
 
@@ -142,7 +120,7 @@ def test_the_documented_schedule_creates_one_job_however_often_it_runs(cron: psy
 def test_the_documented_unschedule_removes_the_job(cron: psycopg.Connection) -> None:
     documented_grants(cron)
     run_block(cron, documented("cron.schedule("))
-    unschedule = documented("cron.unschedule(")
+    unschedule = documented(UNSCHEDULE)
     run_block(cron, unschedule)
     assert _jobs(cron) == [], "after the documented unschedule no job is left"
     run_block(cron, unschedule)  # where the job is already gone it does nothing
@@ -335,6 +313,9 @@ def test_046_down_as_another_role_stops_before_dropping_anything(
     assert detail and "found:" in detail and "expected: a superuser" in detail, detail
     if caller == APP and OWNERS[owner] == "pg_cron_job_owned_by_the_application_role":
         assert f"jobid {before[0][0]}) owned by {APP}" in detail, f"the job's role is told its job: {detail}"
+    elif caller != NO_CRON:
+        # A role that sees no job of its own is told so (it read "(jobid ) owned by ;" before).
+        assert f"found: no job of role {caller}, jobs of other roles unknown;" in detail, detail
     assert function_exists(cron), f"{caller}, job {owner}: the function is not dropped"
     assert _jobs(cron) == before, f"{caller}, job {owner}: the job is untouched"
 
@@ -401,6 +382,22 @@ def test_046_down_stops_at_a_job_of_another_name_that_calls_the_function(cron: p
         helpers.apply(cron, helpers.DOWN_046)
     assert f"nightly-idempotency (jobid {row[0]})" in str(raised.value), str(raised.value)
     assert function_exists(cron), "the function is not dropped while a job calls it"
+
+
+def test_a_superuser_removes_another_roles_job_by_its_jobid_not_by_its_name(cron: psycopg.Connection) -> None:
+    """The guide said a superuser removes any role's job "the same way" as the role: by name it
+    cannot, cron.unschedule(name) looks only at the caller's own jobs; the documented block,
+    by jobid, removes it."""
+    before = with_job(cron, "owned by the application role")
+    assert len(before) == 1
+    by_name = helpers.sqlstate_of(cron, "SELECT cron.unschedule('cleanup-idempotency')")
+    assert by_name is not None, "by name, a superuser finds no job of its own and fails"
+    assert _jobs(cron) == before, "the application role's job is still there"
+    run_block(cron, dataclasses.replace(documented(UNSCHEDULE), role=None))
+    assert _jobs(cron) == [], "by jobid, the documented block removes it as a superuser"
+    text = " ".join(GUIDE.read_text().split())
+    assert "a superuser can remove any role's job the same way" not in text
+    assert "`cron.unschedule('cleanup-idempotency')`, by name, looks only at the caller's own jobs" in text
 
 
 def test_scheduling_without_usage_on_schema_cron_is_refused(cron: psycopg.Connection) -> None:

@@ -5,7 +5,6 @@ started again with standby.signal, which keeps it in recovery, accepting read-on
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 
@@ -32,12 +31,7 @@ def standby() -> Iterator[servers.Server]:
         with primary.connect(DBNAME, autocommit=True) as conn:
             for path in UP_FILES:
                 apply(conn, path)
-        local.stop("fast")
-        signal = os.open(datadir / "standby.signal", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        os.close(signal)
-        if local.as_user:
-            os.chown(datadir / "standby.signal", local.owner, -1)
-        local.start()
+        local.restart_as_standby()
         server = local.server()
         with server.connect(DBNAME) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()

@@ -1,0 +1,87 @@
+"""Who can vacuum the table (the guide's Vacuum and autovacuum and Performance): its owner (or a
+superuser, or the database's owner). The application role, with every grant the guide gives it,
+runs the guide's VACUUM block without an error: PostgreSQL only warns, and nothing is vacuumed
+(vacuum_count unchanged, the dead rows still there); the owner's VACUUM vacuums. From PostgreSQL 17
+the MAINTAIN privilege lets another role vacuum it; before, there is no such privilege. The
+owner who is not a superuser (a managed service's admin) is tried in
+tests/managed/test_getting_started.py."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from tests import roles
+from tests.docblocks import GUIDE, block_with, run_block
+from tooling import records
+
+VACUUM = block_with("VACUUM (ANALYZE) idempotency_records;", GUIDE)
+
+
+def statistics(conn: psycopg.Connection, until: str = "TRUE") -> tuple[int, int]:
+    """vacuum_count and n_dead_tup, once `until` holds (the counters arrive asynchronously)."""
+    for _ in range(400):
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            f"SELECT vacuum_count, n_dead_tup, {until} FROM pg_stat_user_tables "
+            "WHERE relid = 'idempotency_records'::regclass"
+        ).fetchone()
+        assert row is not None
+        if row[2]:
+            return int(row[0]), int(row[1])
+        time.sleep(0.05)
+    raise AssertionError(f"the statistics never showed {until}")
+
+
+def cleaned(conn: psycopg.Connection, rows: int = 200) -> tuple[int, int]:
+    records.insert_many(conn, rows, records.expired())
+    assert conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone() == (rows,)
+    return statistics(conn, f"n_dead_tup >= {rows}")
+
+
+def vacuum_as(conn: psycopg.Connection, role: str) -> list[str]:
+    """The guide's VACUUM block as `role`; the warnings it printed."""
+    warnings: list[str] = []
+    conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary or ""))
+    with roles.acting_as(conn, role):
+        conn.execute(VACUUM.text)
+    return warnings
+
+
+def test_the_application_roles_vacuum_warns_and_vacuums_nothing_and_the_owners_vacuums(
+    conn: psycopg.Connection, role: str
+) -> None:
+    roles.grant(conn, role, *roles.UPSERT_GRANTS)
+    before = cleaned(conn)
+    warnings = vacuum_as(conn, role)
+    # PostgreSQL 15: skipping "idempotency_records" --- only table or database owner can vacuum it;
+    # 16 and later: permission denied to vacuum "idempotency_records", skipping it.
+    assert len(warnings) == 1 and "skipping" in warnings[0] and '"idempotency_records"' in warnings[0], warnings
+    assert statistics(conn) == before, f"the application role's VACUUM vacuumed nothing: {before}"
+    run_block(conn, VACUUM)  # as the owner
+    guide = " ".join(GUIDE.read_text().split())
+    assert "outside a transaction block, **as the table's owner**" in guide, "the guide says who runs it"
+    assert "Vacuum right after a large cleanup**, as the table's owner" in guide
+    count, dead = statistics(conn, f"vacuum_count > {before[0]}")
+    assert (count, dead) == (before[0] + 1, 0), f"the owner's VACUUM vacuumed: vacuum_count {count}, n_dead_tup {dead}"
+
+
+def test_from_postgresql_17_maintain_lets_another_role_vacuum(conn: psycopg.Connection, role: str) -> None:
+    version = conn.execute("SELECT current_setting('server_version_num')::INTEGER").fetchone()
+    assert version is not None
+    grant = f"GRANT MAINTAIN ON idempotency_records TO {role}"
+    if version[0] < 170000:
+        error = None
+        try:
+            conn.execute(grant)
+        except psycopg.Error as raised:
+            error = raised
+        assert error is not None and error.sqlstate == "42601", f"no MAINTAIN privilege before 17: {error}"
+        return
+    conn.execute(grant)
+    before = cleaned(conn)
+    assert vacuum_as(conn, role) == [], "no warning: MAINTAIN is enough"
+    count, dead = statistics(conn, f"vacuum_count > {before[0]}")
+    assert (count, dead) == (before[0] + 1, 0), f"the role's VACUUM vacuumed: vacuum_count {count}, n_dead_tup {dead}"
