@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests import helpers
+from tests import helpers, vacuum
 from tests.docblocks import GUIDE, block_with
 from tooling import records, servers
 
@@ -50,22 +50,8 @@ def wait_until(conn: psycopg.Connection, query: str, params: tuple[object, ...],
 
 def dead_rows_after_vacuum(conn: psycopg.Connection) -> int:
     """Clean up the ROWS expired records and VACUUM: the dead rows it could not remove."""
-    before = conn.execute(
-        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'idempotency_records'::regclass"
-    ).fetchone()
-    assert conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone() == (ROWS,)
-    conn.execute("VACUUM idempotency_records")
-    assert before is not None
-    for _ in range(400):
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(
-            "SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables WHERE relid = 'idempotency_records'::regclass"
-        ).fetchone()
-        assert row is not None
-        if row[1] > before[0]:
-            return int(row[0])
-        time.sleep(0.05)
-    raise AssertionError("the VACUUM never showed in the table's statistics")
+    vacuum.clean_up(conn, ROWS)
+    return vacuum.dead_rows_after_vacuum(conn)
 
 
 def replayed(conn: psycopg.Connection) -> None:
@@ -131,7 +117,7 @@ def test_a_standbys_slot_holds_back_this_table_only_with_hot_standby_feedback(
                 slot = conn.execute("SELECT xmin FROM pg_replication_slots WHERE slot_name = %s", (SLOT,))
                 assert slot.fetchone() == (None,), "without feedback the standby's slot has no xmin"
             dead = dead_rows_after_vacuum(conn)
-            named = ("replication slot", SLOT) in {(row[0], row[1]) for row in conn.execute(HOLDERS)}
+            named = ("replication slot", SLOT) in vacuum.holders(conn, HOLDERS)
             replayed(conn)
             try:
                 still = reader.execute("SELECT count(*) FROM idempotency_records").fetchone()
@@ -180,7 +166,7 @@ def test_a_standby_without_a_slot_holds_back_this_table_through_its_wal_sender(p
             )
             found = conn.execute(sender).fetchone()
             dead = dead_rows_after_vacuum(conn)
-            listed = {(row[0], row[1]) for row in conn.execute(HOLDERS)}
+            listed = vacuum.holders(conn, HOLDERS)
             reader.rollback()
     assert found is not None and found[1], f"the WAL sender belongs to no database: {found}"
     assert dead >= ROWS, f"the standby's snapshot, through its WAL sender, keeps the dead rows: {dead}"

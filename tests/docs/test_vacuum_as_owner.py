@@ -8,36 +8,17 @@ tests/managed/test_getting_started.py."""
 
 from __future__ import annotations
 
-import time
-
 import psycopg
 
 from tests import roles
 from tests.docblocks import GUIDE, block_with, run_block
-from tooling import records
+from tests.vacuum import expired_and_cleaned_up, statistics
 
 VACUUM = block_with("VACUUM (ANALYZE) idempotency_records;", GUIDE)
 
 
-def statistics(conn: psycopg.Connection, until: str = "TRUE") -> tuple[int, int]:
-    """vacuum_count and n_dead_tup, once `until` holds (the counters arrive asynchronously)."""
-    for _ in range(400):
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(
-            f"SELECT vacuum_count, n_dead_tup, {until} FROM pg_stat_user_tables "
-            "WHERE relid = 'idempotency_records'::regclass"
-        ).fetchone()
-        assert row is not None
-        if row[2]:
-            return int(row[0]), int(row[1])
-        time.sleep(0.05)
-    raise AssertionError(f"the statistics never showed {until}")
-
-
 def cleaned(conn: psycopg.Connection, rows: int = 200) -> tuple[int, int]:
-    records.insert_many(conn, rows, records.expired())
-    assert conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone() == (rows,)
+    expired_and_cleaned_up(conn, rows)
     return statistics(conn, f"n_dead_tup >= {rows}")
 
 

@@ -1,5 +1,5 @@
 """What holds back vacuum of this table, the guide's query against the states that falsified the
-one it printed before (kept here as the counter-example), on every major:
+one it printed before (tests/vacuum.py keeps it as the counter-example), on every major:
 
 - a session idle in transaction after a write has backend_xid set and backend_xmin empty between
   statements: it keeps the cleanup's dead rows, and the old query, which looked at backend_xmin
@@ -21,55 +21,14 @@ import psycopg
 import pytest
 
 from tests.docblocks import GUIDE, block_with
-from tooling import records
+from tests.vacuum import OLD_HOLDERS, dead_rows_after_cleanup
 from tooling.servers import Server
 
 HOLDERS = block_with("FROM pg_prepared_xacts", GUIDE).text
-OLD_HOLDERS = """
-SELECT 'session' AS holder, pid::TEXT AS id, age(backend_xmin) AS xmin_age, state, xact_start AS since
-FROM pg_stat_activity
-WHERE backend_xmin IS NOT NULL
-UNION ALL
-SELECT 'replication slot', slot_name::TEXT, greatest(age(xmin), age(catalog_xmin)),
-       CASE WHEN active THEN 'active' ELSE 'inactive' END, NULL
-FROM pg_replication_slots
-WHERE xmin IS NOT NULL OR catalog_xmin IS NOT NULL
-UNION ALL
-SELECT 'prepared transaction', gid, age(transaction), 'prepared', prepared
-FROM pg_prepared_xacts
-ORDER BY xmin_age DESC
-"""
 
 
 def sessions(conn: psycopg.Connection, query: str) -> set[str]:
     return {row[1] for row in conn.execute(query) if row[0] == "session"}
-
-
-def dead_rows_after_cleanup_and_vacuum(conn: psycopg.Connection, rows: int = 1000) -> int:
-    """Store `rows` expired records, clean up, VACUUM: the dead rows vacuum could not remove."""
-    records.insert_many(conn, rows, records.expired())
-    assert conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone() == (rows,)
-    before = vacuums(conn)
-    conn.execute("VACUUM idempotency_records")
-    for _ in range(400):
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(
-            "SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables WHERE relid = 'idempotency_records'::regclass"
-        ).fetchone()
-        assert row is not None
-        if row[1] > before:
-            return int(row[0])
-        time.sleep(0.05)
-    raise AssertionError("the VACUUM never showed in the table's statistics")
-
-
-def vacuums(conn: psycopg.Connection) -> int:
-    conn.execute("SELECT pg_stat_clear_snapshot()")
-    row = conn.execute(
-        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'idempotency_records'::regclass"
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def test_a_write_left_idle_in_transaction_holds_back_vacuum_and_only_the_guides_query_names_it(
@@ -88,11 +47,11 @@ def test_a_write_left_idle_in_transaction_holds_back_vacuum_and_only_the_guides_
             (int(pid),),
         ).fetchone()
         assert state == (True, True, "idle in transaction"), f"backend_xid set, backend_xmin empty: {state}"
-        assert dead_rows_after_cleanup_and_vacuum(conn) >= 1000, "it keeps the cleanup's dead rows"
+        assert dead_rows_after_cleanup(conn, 1000) >= 1000, "it keeps the cleanup's dead rows"
         assert pid in sessions(conn, HOLDERS), "the guide's query names it"
         assert pid not in sessions(conn, OLD_HOLDERS), "the old one, on backend_xmin only, missed it"
         writer.rollback()
-    assert dead_rows_after_cleanup_and_vacuum(conn, 10) == 0, "once it ended, vacuum removed them"
+    assert dead_rows_after_cleanup(conn, 10) == 0, "once it ended, vacuum removed them"
 
 
 def test_a_session_of_another_database_does_not_hold_back_this_table(
@@ -102,7 +61,7 @@ def test_a_session_of_another_database_does_not_hold_back_this_table(
         other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         other.execute("SELECT count(*) FROM pg_class")  # its snapshot stays open, in its own database
         pid = str(other.info.backend_pid)
-        assert dead_rows_after_cleanup_and_vacuum(conn) == 0, "vacuum here removed every dead row"
+        assert dead_rows_after_cleanup(conn, 1000) == 0, "vacuum here removed every dead row"
         assert pid in sessions(conn, OLD_HOLDERS), "the old query raised the alarm for it"
         assert pid not in sessions(conn, HOLDERS), "the guide's query lists this database's sessions only"
         other.rollback()

@@ -13,19 +13,18 @@
 
 from __future__ import annotations
 
-import time
-
 import psycopg
 
 from tests import helpers
 from tests.docblocks import GUIDE, QUERIES, block_with
 from tests.managed_service import ADMIN, CRON_DATABASE, Managed, run_as_login
+from tests.vacuum import OLD_HOLDERS, dead_rows_after_cleanup, holders
 from tooling import records
 
 FAILED_RUNS = "count(*) FILTER (WHERE r.status = 'failed') AS failed_runs"
 HOLDERS = "FROM pg_prepared_xacts"
 WAL_KEPT = "AS wal_kept"
-# The guide's queries as they were, kept as the counter-examples.
+# The guide's failed-runs alert as it was, kept as the counter-example.
 OLD_FAILED_RUNS = """
 SELECT count(*) AS failed_runs
 FROM cron.job_run_details AS d
@@ -34,20 +33,6 @@ WHERE j.jobname = 'cleanup-idempotency'
   AND d.status = 'failed'
   AND d.start_time > now() - INTERVAL '2 hours'
 """
-OLD_HOLDERS = """
-SELECT 'session' AS holder, pid::TEXT AS id, age(backend_xmin) AS xmin_age, state, xact_start AS since
-FROM pg_stat_activity
-WHERE backend_xmin IS NOT NULL
-UNION ALL
-SELECT 'replication slot', slot_name::TEXT, greatest(age(xmin), age(catalog_xmin)),
-       CASE WHEN active THEN 'active' ELSE 'inactive' END, NULL
-FROM pg_replication_slots
-WHERE xmin IS NOT NULL OR catalog_xmin IS NOT NULL
-UNION ALL
-SELECT 'prepared transaction', gid, age(transaction), 'prepared', prepared
-FROM pg_prepared_xacts
-ORDER BY xmin_age DESC
-"""
 
 
 def installed(managed: Managed) -> None:
@@ -55,29 +40,9 @@ def installed(managed: Managed) -> None:
         helpers.apply_all(conn, helpers.UP_FILES)
 
 
-def holders(conn: psycopg.Connection, query: str) -> set[tuple[str, str]]:
-    return {(row[0], row[1]) for row in conn.execute(query)}
-
-
 def sessions(conn: psycopg.Connection, query: str) -> dict[str, tuple[str | None, object]]:
     """The sessions the holders query lists: pid -> (state, since)."""
     return {row[1]: (row[3], row[4]) for row in conn.execute(query) if row[0] == "session"}
-
-
-def dead_rows_after_vacuum(conn: psycopg.Connection, rows: int = 100) -> int:
-    """Store and clean up `rows` expired records, VACUUM as the owner: the dead rows it left."""
-    records.insert_many(conn, rows, records.expired())
-    assert conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone() == (rows,)
-    conn.execute("VACUUM idempotency_records")
-    for _ in range(200):
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(
-            "SELECT n_dead_tup, vacuum_count > 0 FROM pg_stat_user_tables WHERE relid = 'idempotency_records'::regclass"
-        ).fetchone()
-        if row is not None and row[1]:
-            return int(row[0])
-        time.sleep(0.05)
-    raise AssertionError("the VACUUM never showed in the table's statistics")
 
 
 def test_a_run_that_could_not_connect_is_counted_by_the_alert_not_by_the_old_one(managed: Managed) -> None:
@@ -135,7 +100,7 @@ def test_a_logical_slot_nobody_reads_holds_wal_not_this_tables_dead_rows(managed
         slot = su.execute("SELECT xmin, catalog_xmin IS NOT NULL FROM pg_replication_slots").fetchone()
     assert slot == (None, True), f"a logical slot holds catalog_xmin only: {slot}"
     with managed.connect() as conn:
-        assert dead_rows_after_vacuum(conn) == 0, "vacuum removed this table's dead rows despite the slot"
+        assert dead_rows_after_cleanup(conn, 100) == 0, "vacuum removed this table's dead rows despite the slot"
         assert ("replication slot", "jive_unread") in holders(conn, OLD_HOLDERS), "the old query named it a holder"
         assert ("replication slot", "jive_unread") not in holders(conn, block_with(HOLDERS, GUIDE).text)
         guide = " ".join(GUIDE.read_text().split())
@@ -152,7 +117,7 @@ def test_a_prepared_transaction_holds_back_its_own_database_only(managed: Manage
         elsewhere.execute("SELECT txid_current()")
         elsewhere.execute("PREPARE TRANSACTION 'jive_elsewhere'")
     with managed.connect() as conn:
-        assert dead_rows_after_vacuum(conn) == 0, "a prepared transaction of postgres holds nothing back here"
+        assert dead_rows_after_cleanup(conn, 100) == 0, "a prepared transaction of postgres holds nothing back here"
         assert ("prepared transaction", "jive_elsewhere") in holders(conn, OLD_HOLDERS), "the old query listed it"
         assert ("prepared transaction", "jive_elsewhere") not in holders(conn, query)
     with managed.connect() as here:
@@ -160,6 +125,6 @@ def test_a_prepared_transaction_holds_back_its_own_database_only(managed: Manage
         here.execute("SELECT txid_current()")
         here.execute("PREPARE TRANSACTION 'jive_here'")
     with managed.connect() as conn:
-        assert dead_rows_after_vacuum(conn) >= 100, "one of this database holds the dead rows back"
+        assert dead_rows_after_cleanup(conn, 100) >= 100, "one of this database holds the dead rows back"
         assert ("prepared transaction", "jive_here") in holders(conn, query)
         conn.execute("ROLLBACK PREPARED 'jive_here'")

@@ -18,6 +18,7 @@ import pytest
 from tests import helpers, verification
 from tests.docblocks import GUIDE, MANAGED, QUERIES, block_with, run_shell, shell_with
 from tests.managed_service import ADMIN, APP_ROLE, CRON_DATABASE, Managed, run_as_login
+from tests.vacuum import expired_and_cleaned_up, statistics
 from tooling import records
 
 APPLY = "-U jive_admin \\\n     -d jive_money -f sql/045_create_idempotency_records.sql"
@@ -91,21 +92,6 @@ def owners(conn: psycopg.Connection) -> tuple[str, str]:
     return row[0], row[1]
 
 
-def statistics(conn: psycopg.Connection, until: str = "TRUE") -> tuple[int, int]:
-    """vacuum_count and n_dead_tup of the table once `until` holds (statistics arrive late)."""
-    for _ in range(200):
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(
-            f"SELECT vacuum_count, n_dead_tup, {until} FROM pg_stat_user_tables "
-            "WHERE relid = 'idempotency_records'::regclass"
-        ).fetchone()
-        assert row is not None
-        if row[2]:
-            return int(row[0]), int(row[1])
-        time.sleep(0.05)
-    raise AssertionError(f"the table's statistics never showed {until}")
-
-
 def test_the_admin_applies_grants_and_verifies_and_the_application_role_uses_the_table(
     managed: Managed, tmp_path: Path
 ) -> None:
@@ -158,8 +144,7 @@ def test_vacuum_by_hand_as_the_owner_and_not_as_the_application_role(managed: Ma
     apply_and_verify(managed, tmp_path)
     grant(managed)
     with managed.connect() as conn:
-        records.insert(conn, *(records.expired() for _ in range(100)))
-        assert conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone() == (100,)
+        expired_and_cleaned_up(conn, 100)
         before = statistics(conn, "n_dead_tup >= 100")
     warnings: list[str] = []
     with managed.connect(APP_ROLE) as app:
