@@ -16,6 +16,7 @@ from __future__ import annotations
 import psycopg
 
 from tests import helpers
+from tests.cron_runs import OLD_FAILED_RUNS
 from tests.docblocks import GUIDE, QUERIES, block_with
 from tests.managed_service import ADMIN, CRON_DATABASE, Managed, run_as_login
 from tests.vacuum import OLD_HOLDERS, dead_rows_after_cleanup, holders
@@ -24,15 +25,6 @@ from tooling import records
 FAILED_RUNS = "count(*) FILTER (WHERE r.status = 'failed') AS failed_runs"
 HOLDERS = "FROM pg_prepared_xacts"
 WAL_KEPT = "AS wal_kept"
-# The guide's failed-runs alert as it was, kept as the counter-example.
-OLD_FAILED_RUNS = """
-SELECT count(*) AS failed_runs
-FROM cron.job_run_details AS d
-JOIN cron.job AS j ON j.jobid = d.jobid
-WHERE j.jobname = 'cleanup-idempotency'
-  AND d.status = 'failed'
-  AND d.start_time > now() - INTERVAL '2 hours'
-"""
 
 
 def installed(managed: Managed) -> None:

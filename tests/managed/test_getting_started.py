@@ -8,7 +8,6 @@ pg_cron 1.4.2 has minute granularity."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import psycopg
 import pytest
 
 from tests import helpers, verification
+from tests.cron_runs import FIRE_TIMEOUT, OLD_FAILED_RUNS, finished_runs
 from tests.docblocks import GUIDE, MANAGED, QUERIES, block_with, run_shell, shell_with
 from tests.managed_service import ADMIN, APP_ROLE, CRON_DATABASE, Managed, run_as_login
 from tests.vacuum import expired_and_cleaned_up, statistics
@@ -40,17 +40,6 @@ ALERTS = (
 )
 FAILED_RUNS = "count(*) FILTER (WHERE r.status = 'failed') AS failed_runs"
 VACUUM = "VACUUM (ANALYZE) idempotency_records;"
-FIRE_TIMEOUT = 75.0  # seconds: an every-minute job fires within 60 s of being scheduled
-# The failed-runs alert as the guide printed it before: a run that could not connect has no
-# start_time in pg_cron before 1.6.3, so this counted none.
-OLD_FAILED_RUNS = """
-SELECT count(*) AS failed_runs
-FROM cron.job_run_details AS d
-JOIN cron.job AS j ON j.jobid = d.jobid
-WHERE j.jobname = 'cleanup-idempotency'
-  AND d.status = 'failed'
-  AND d.start_time > now() - INTERVAL '2 hours'
-"""
 
 
 def apply_and_verify(managed: Managed, workdir: Path) -> None:
@@ -198,19 +187,12 @@ def test_the_admin_rolls_back_after_unscheduling_in_postgres(managed: Managed, t
         assert left == (None, None), f"the table and the function are gone: {left}"
 
 
-def wait_for(conn: psycopg.Connection, jobid: int, timeout: float = FIRE_TIMEOUT) -> tuple[str, str | None]:
+def wait_for(conn: psycopg.Connection, jobid: int) -> tuple[str, str | None]:
     """The first finished run of a job (status, return_message), as the superuser sees it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = conn.execute(
-            "SELECT status, return_message FROM cron.job_run_details "
-            "WHERE jobid = %s AND status IN ('succeeded', 'failed') ORDER BY runid LIMIT 1",
-            (jobid,),
-        ).fetchone()
-        if row is not None:
-            return row[0], row[1]
-        time.sleep(1)
-    raise AssertionError(f"job {jobid} did not run within {timeout:.0f} s")
+    runs = finished_runs(conn, jobid)
+    if not runs:
+        raise AssertionError(f"job {jobid} did not run within {FIRE_TIMEOUT:.0f} s")
+    return runs[0]
 
 
 def every_minute(block_text: str, documented: str) -> str:

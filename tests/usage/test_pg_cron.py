@@ -15,7 +15,6 @@ starts from a clean state (no jobs, no run history, migrations freshly applied).
 from __future__ import annotations
 
 import dataclasses
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -23,12 +22,12 @@ import psycopg
 import pytest
 
 from tests import deployers, helpers
+from tests.cron_runs import FIRE_TIMEOUT, finished_runs
 from tests.docblocks import GUIDE, Block, parse_blocks, pg_cron_blocks, run_block
 from tooling import records, servers
 
 CRON_DATABASE = "idempotency_cron"
 JOB = "cleanup-idempotency"
-FIRE_TIMEOUT = 75.0  # seconds: an every-minute job fires within 60 s of being scheduled
 
 
 @pytest.fixture(scope="module")
@@ -162,20 +161,6 @@ def _seed_expired_and_live(conn: psycopg.Connection) -> tuple[list[str], list[st
     return expired, live
 
 
-def _wait_for_a_run(conn: psycopg.Connection, jobid: int, timeout: float) -> list[tuple[str, str | None]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = conn.execute(
-            "SELECT status, return_message FROM cron.job_run_details "
-            "WHERE jobid = %s AND status IN ('succeeded', 'failed')",
-            (jobid,),
-        ).fetchall()
-        if runs:
-            return runs
-        time.sleep(1)
-    return []
-
-
 @pytest.mark.slow
 def test_an_every_minute_job_fires_and_deletes_the_expired_rows(cron: psycopg.Connection) -> None:
     """Scheduled as the guide says: by the application role, with the grants Option B gives it."""
@@ -187,7 +172,7 @@ def test_an_every_minute_job_fires_and_deletes_the_expired_rows(cron: psycopg.Co
     ).fetchone()
     cron.execute("RESET ROLE")
     assert row is not None
-    runs = _wait_for_a_run(cron, row[0], FIRE_TIMEOUT)
+    runs = finished_runs(cron, row[0])
     assert runs, f"the every-minute job ran within {FIRE_TIMEOUT:.0f} s (cron.job_run_details has no finished run)"
     assert runs[0][0] == "succeeded", f"the job's run succeeded, got {runs[0]}"
     left = {str(r[0]) for r in cron.execute("SELECT request_id FROM idempotency_records")}
@@ -225,7 +210,7 @@ def test_in_a_repeatable_read_database_the_setting_the_hint_gives_lets_the_job_c
             cron.execute("RESET ROLE")
             assert row is not None
             jobs[role.as_string(cron)] = row[0]
-        runs = {role: _wait_for_a_run(cron, jobid, FIRE_TIMEOUT) for role, jobid in jobs.items()}
+        runs = {role: finished_runs(cron, jobid) for role, jobid in jobs.items()}
     finally:
         cron.execute("RESET ROLE")
         cron.execute("SELECT cron.unschedule(jobid) FROM cron.job")
