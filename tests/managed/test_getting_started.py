@@ -195,9 +195,16 @@ def wait_for(conn: psycopg.Connection, jobid: int) -> tuple[str, str | None]:
     return runs[0]
 
 
-def every_minute(block_text: str, documented: str) -> str:
-    assert documented in block_text, f"the documented schedule {documented}"
-    return block_text.replace(documented, "'* * * * *'")
+def scheduled_every_minute(managed: Managed, snippet: str, documented: str, jobname: str) -> int:
+    """The managed page's block with `snippet`, run as the admin in postgres with its documented
+    schedule made every minute: the job's id."""
+    block = block_with(snippet, MANAGED)
+    assert documented in block.text, f"the documented schedule {documented}"
+    with managed.connect(dbname=CRON_DATABASE) as conn:
+        run_as_login(conn, block, block.text.replace(documented, "'* * * * *'"))
+        row = conn.execute("SELECT jobid FROM cron.job WHERE jobname = %s", (jobname,)).fetchone()
+    assert row is not None, f"the admin's job {jobname}"
+    return int(row[0])
 
 
 @pytest.mark.slow
@@ -230,12 +237,7 @@ def test_the_jobs_fire_in_the_application_database_as_the_admin(managed: Managed
         ).fetchone()
         su.execute("ALTER ROLE jive_gone NOLOGIN")
         su.execute("SELECT cron.alter_job(%s, active => TRUE)", (cannot_connect,))
-    with managed.connect(dbname=CRON_DATABASE) as conn:
-        cleanup = block_with(SCHEDULE, MANAGED)
-        run_as_login(conn, cleanup, every_minute(cleanup.text, "'0 * * * *'"))
-        row = conn.execute("SELECT jobid FROM cron.job WHERE jobname = 'cleanup-idempotency'").fetchone()
-        assert row is not None
-        cleanup_job = row[0]
+    cleanup_job = scheduled_every_minute(managed, SCHEDULE, "'0 * * * *'", "cleanup-idempotency")
     with managed.as_superuser(CRON_DATABASE) as su:
         assert wait_for(su, cleanup_job)[0] == "succeeded"
         app_run = wait_for(su, app_vacuum)
@@ -258,12 +260,7 @@ def test_the_jobs_fire_in_the_application_database_as_the_admin(managed: Managed
         assert left == set(live), "the admin's job deleted the expired records and kept the live ones"
         after_app = statistics(conn, f"n_dead_tup >= {len(expired)}")
         assert after_app[0] == before[0], f"the application role's VACUUM vacuumed nothing: {before} -> {after_app}"
-    with managed.connect(dbname=CRON_DATABASE) as conn:
-        job = block_with(VACUUM_JOB, MANAGED)
-        run_as_login(conn, job, every_minute(job.text, "'10 * * * *'"))
-        row = conn.execute("SELECT jobid FROM cron.job WHERE jobname = 'vacuum-idempotency'").fetchone()
-        assert row is not None
-        vacuum_job = row[0]
+    vacuum_job = scheduled_every_minute(managed, VACUUM_JOB, "'10 * * * *'", "vacuum-idempotency")
     with managed.as_superuser(CRON_DATABASE) as su:
         assert wait_for(su, vacuum_job)[0] == "succeeded"
     with managed.connect() as conn:
