@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -61,6 +62,20 @@ def replayed(conn: psycopg.Connection) -> None:
     wait_until(conn, "SELECT replay_lsn >= %s::pg_lsn FROM pg_stat_replication", (lsn[0],), "the standby replays")
 
 
+@contextmanager
+def reading(standby: servers.LocalServer, conn: psycopg.Connection) -> Iterator[tuple[psycopg.Connection, int]]:
+    """ROWS expired records stored through `conn`, on the primary, and replayed; on the standby, a
+    REPEATABLE READ transaction in jive_money that sees them: its connection and its snapshot's xmin."""
+    records.insert_many(conn, ROWS, records.expired())
+    replayed(conn)
+    with standby.server().connect(DBNAME) as reader:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        assert reader.execute("SELECT count(*) FROM idempotency_records").fetchone() == (ROWS,)
+        row = reader.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::TEXT::BIGINT").fetchone()
+        assert row is not None
+        yield reader, row[0]
+
+
 def snapshot_conflicts(standby: servers.Server, expected: int) -> int:
     """The standby's queries cancelled in jive_money because replay removed rows they could see,
     once the statistics show `expected` of them (they arrive late), or as they stand after a while."""
@@ -90,14 +105,7 @@ def test_a_standbys_slot_holds_back_this_table_only_with_hot_standby_feedback(
         servers.streaming_standby(primary, SLOT, settings) as standby,
         primary.server().connect(DBNAME, autocommit=True) as conn,
     ):
-        records.insert_many(conn, ROWS, records.expired())
-        replayed(conn)
-        with standby.server().connect(DBNAME) as reader:
-            reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            assert reader.execute("SELECT count(*) FROM idempotency_records").fetchone() == (ROWS,)
-            row = reader.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::TEXT::BIGINT").fetchone()
-            assert row is not None
-            snapshot_xmin = row[0]
+        with reading(standby, conn) as (reader, snapshot_xmin):
             if feedback == "on":
                 wait_until(
                     conn,
@@ -150,24 +158,18 @@ def test_a_standby_without_a_slot_holds_back_this_table_through_its_wal_sender(p
     with (
         servers.streaming_standby(primary, None, settings) as standby,
         primary.server().connect(DBNAME, autocommit=True) as conn,
+        reading(standby, conn) as (reader, snapshot_xmin),
     ):
-        records.insert_many(conn, ROWS, records.expired())
-        replayed(conn)
-        with standby.server().connect(DBNAME) as reader:
-            reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            assert reader.execute("SELECT count(*) FROM idempotency_records").fetchone() == (ROWS,)
-            row = reader.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::TEXT::BIGINT").fetchone()
-            assert row is not None
-            wait_until(
-                conn,
-                "SELECT backend_xmin::TEXT::BIGINT <= %s FROM pg_stat_activity WHERE backend_type = 'walsender'",
-                (row[0],),
-                "the standby's snapshot reaches its WAL sender's xmin",
-            )
-            found = conn.execute(sender).fetchone()
-            dead = dead_rows_after_vacuum(conn)
-            listed = vacuum.holders(conn, HOLDERS)
-            reader.rollback()
+        wait_until(
+            conn,
+            "SELECT backend_xmin::TEXT::BIGINT <= %s FROM pg_stat_activity WHERE backend_type = 'walsender'",
+            (snapshot_xmin,),
+            "the standby's snapshot reaches its WAL sender's xmin",
+        )
+        found = conn.execute(sender).fetchone()
+        dead = dead_rows_after_vacuum(conn)
+        listed = vacuum.holders(conn, HOLDERS)
+        reader.rollback()
     assert found is not None and found[1], f"the WAL sender belongs to no database: {found}"
     assert dead >= ROWS, f"the standby's snapshot, through its WAL sender, keeps the dead rows: {dead}"
     assert ("session", str(found[0])) in listed, f"the guide's query lists the WAL sender: {listed}"
