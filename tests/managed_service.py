@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import sql
 
+from tests import helpers
 from tests.docblocks import Block, Result, run_block
 from tooling.servers import Server
 
@@ -83,6 +84,11 @@ class Managed:
             password = set_password(conn, role)
         self.logins[role] = dataclasses.replace(self.admin, user=role, password=password)
         return self.logins[role]
+
+    def install(self) -> None:
+        """The migrations (045, 046) applied by the admin in the application database."""
+        with self.connect() as conn:
+            helpers.apply_all(conn, helpers.UP_FILES)
 
     def as_superuser(self, dbname: str | None = None) -> psycopg.Connection:
         return self.superuser.connect(dbname or self.database, autocommit=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import psycopg
 
-from tests import helpers
 from tests.cron_runs import OLD_FAILED_RUNS
 from tests.docblocks import GUIDE, QUERIES, block_with
 from tests.managed_service import ADMIN, CRON_DATABASE, Managed, run_as_login
@@ -27,18 +26,13 @@ HOLDERS = "FROM pg_prepared_xacts"
 WAL_KEPT = "AS wal_kept"
 
 
-def installed(managed: Managed) -> None:
-    with managed.connect() as conn:
-        helpers.apply_all(conn, helpers.UP_FILES)
-
-
 def sessions(conn: psycopg.Connection, query: str) -> dict[str, tuple[str | None, object]]:
     """The sessions the holders query lists: pid -> (state, since)."""
     return {row[1]: (row[3], row[4]) for row in conn.execute(query) if row[0] == "session"}
 
 
 def test_a_run_that_could_not_connect_is_counted_by_the_alert_not_by_the_old_one(managed: Managed) -> None:
-    installed(managed)
+    managed.install()
     with managed.connect(dbname=CRON_DATABASE) as conn:
         run_as_login(conn, block_with("SELECT cron.schedule_in_database(\n    'cleanup-idempotency'"))
         (jobid,) = conn.execute("SELECT jobid FROM cron.job WHERE jobname = 'cleanup-idempotency'").fetchone()
@@ -62,7 +56,7 @@ def test_a_run_that_could_not_connect_is_counted_by_the_alert_not_by_the_old_one
 def test_the_admin_sees_since_when_a_session_holds_back_vacuum_and_the_application_role_does_not(
     managed: Managed,
 ) -> None:
-    installed(managed)
+    managed.install()
     with managed.connect() as conn:
         run_as_login(conn, block_with("CREATE ROLE jive_api_user LOGIN", GUIDE))
         run_as_login(conn, block_with("GRANT UPDATE (operation, result_payload", GUIDE))
@@ -86,7 +80,7 @@ def test_the_admin_sees_since_when_a_session_holds_back_vacuum_and_the_applicati
 
 
 def test_a_logical_slot_nobody_reads_holds_wal_not_this_tables_dead_rows(managed: Managed) -> None:
-    installed(managed)
+    managed.install()
     with managed.as_superuser() as su:
         su.execute("SELECT pg_create_logical_replication_slot('jive_unread', 'pgoutput')")
         slot = su.execute("SELECT xmin, catalog_xmin IS NOT NULL FROM pg_replication_slots").fetchone()
@@ -102,7 +96,7 @@ def test_a_logical_slot_nobody_reads_holds_wal_not_this_tables_dead_rows(managed
 
 
 def test_a_prepared_transaction_holds_back_its_own_database_only(managed: Managed) -> None:
-    installed(managed)
+    managed.install()
     query = block_with(HOLDERS, GUIDE).text
     with managed.connect(dbname=CRON_DATABASE) as elsewhere:
         elsewhere.execute("BEGIN")

@@ -29,13 +29,23 @@ CHECKED = "SET idempotency.cron_jobs_checked = on"
 
 def installed_and_scheduled(managed: Managed) -> int:
     """As the admin: 045 and 046 in the application's database, the managed page's job in postgres."""
-    with managed.connect() as conn:
-        helpers.apply_all(conn, helpers.UP_FILES)
+    managed.install()
     with managed.connect(dbname=CRON_DATABASE) as conn:
         run_as_login(conn, block_with(SCHEDULE, MANAGED))
         row = conn.execute("SELECT jobid FROM cron.job WHERE database = 'jive_money'").fetchone()
     assert row is not None, "the admin's job for jive_money"
     return int(row[0])
+
+
+def deployer_owns_the_function(managed: Managed, create_role: str) -> None:
+    """Installed and scheduled; the deploy role jive_deployer, made by the admin with `create_role`,
+    owns the function (a state the superuser sets up) and gets a password."""
+    installed_and_scheduled(managed)
+    with managed.connect() as conn:
+        conn.execute(create_role)
+    with managed.as_superuser() as conn:
+        conn.execute("ALTER FUNCTION cleanup_expired_idempotency_records() OWNER TO jive_deployer")
+    managed.login("jive_deployer")
 
 
 def down(conn: psycopg.Connection, *settings: str) -> psycopg.Error | None:
@@ -108,12 +118,7 @@ def test_046_down_stops_while_pg_cron_runs_in_another_database_then_goes_on_once
 def test_a_role_that_cannot_read_cron_database_name_is_refused_and_told_why(managed: Managed) -> None:
     """A deploy role without pg_read_all_settings (no pg_monitor) owning the function: pg_cron is
     loaded (the setting exists, but it may not read it), its database unknown. Refused, not warned."""
-    installed_and_scheduled(managed)
-    with managed.connect() as conn:
-        conn.execute("CREATE ROLE jive_deployer LOGIN")
-    with managed.as_superuser() as conn:  # the function's owner: a state the test sets up
-        conn.execute("ALTER FUNCTION cleanup_expired_idempotency_records() OWNER TO jive_deployer")
-    managed.login("jive_deployer")
+    deployer_owns_the_function(managed, "CREATE ROLE jive_deployer LOGIN")
     with managed.connect("jive_deployer") as conn:
         unreadable = helpers.sqlstate_of(conn, "SELECT current_setting('cron.database_name', TRUE)")
         assert unreadable == "42501", "the role cannot read cron.database_name"
@@ -130,12 +135,7 @@ def test_a_role_that_cannot_read_cron_database_name_is_refused_and_told_why(mana
 
 def test_a_member_of_pg_read_all_settings_alone_is_told_the_database(managed: Managed) -> None:
     """pg_read_all_settings, without the rest of pg_monitor, is what reading the setting takes."""
-    installed_and_scheduled(managed)
-    with managed.connect() as conn:
-        conn.execute("CREATE ROLE jive_deployer LOGIN IN ROLE pg_read_all_settings")
-    with managed.as_superuser() as conn:  # the function's owner: a state the test sets up
-        conn.execute("ALTER FUNCTION cleanup_expired_idempotency_records() OWNER TO jive_deployer")
-    managed.login("jive_deployer")
+    deployer_owns_the_function(managed, "CREATE ROLE jive_deployer LOGIN IN ROLE pg_read_all_settings")
     with managed.connect("jive_deployer") as conn:
         assert_stops_naming_postgres(down(conn), "a member of pg_read_all_settings")
 

@@ -50,8 +50,8 @@ GRANT EXECUTE ON FUNCTION idempotency_cleanup_as_maintenance() TO jive_api_immut
 @pytest.fixture
 def installed(managed: Managed) -> Managed:
     """045 and 046 applied by the admin, the guide's immutable role made by it."""
+    managed.install()
     with managed.connect() as conn:
-        helpers.apply_all(conn, helpers.UP_FILES)
         run_as_login(conn, block_with(IMMUTABLE_ROLE))
     return managed
 
