@@ -1,6 +1,6 @@
 """Roles for the tests that act as another role: a new role with no privileges, uniquely named and
-dropped with its grants afterwards (roles are cluster-wide), the guide's grants, and SET ROLE for a
-block of statements."""
+dropped with its grants afterwards (roles are cluster-wide), the guide's grants, the privileges
+page's cleanup wrapper, and SET ROLE for a block of statements."""
 
 from __future__ import annotations
 
@@ -21,6 +21,29 @@ UPSERT_GRANTS = (
     "GRANT SELECT, INSERT, DELETE ON idempotency_records TO {role}",
     "GRANT UPDATE (operation, result_payload, status_code, expires_at) ON idempotency_records TO {role}",
     "GRANT EXECUTE ON FUNCTION cleanup_expired_idempotency_records() TO {role}",
+)
+# docs/privileges.md's SECURITY DEFINER wrapper of the immutable variant, statement for statement,
+# as the page printed it for the table's owner when that is a superuser (an owner who is not needs
+# two grants more, tests/managed/test_wrapper_grants.py): the maintenance role's grants, the
+# wrapper, given to the maintenance role, run by the application role only.
+MAINTENANCE_WRAPPER = (
+    "GRANT USAGE ON SCHEMA public TO {maintenance}",
+    "GRANT SELECT, DELETE ON idempotency_records TO {maintenance}",
+    "GRANT UPDATE (expires_at) ON idempotency_records TO {maintenance}",
+    "GRANT EXECUTE ON FUNCTION cleanup_expired_idempotency_records() TO {maintenance}",
+    """
+CREATE OR REPLACE FUNCTION idempotency_cleanup_as_maintenance()
+RETURNS TABLE (deleted_count BIGINT)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $wrapper$
+    SELECT c.deleted_count FROM public.cleanup_expired_idempotency_records() AS c;
+$wrapper$
+""",
+    "ALTER FUNCTION idempotency_cleanup_as_maintenance() OWNER TO {maintenance}",
+    "REVOKE EXECUTE ON FUNCTION idempotency_cleanup_as_maintenance() FROM PUBLIC",
+    "GRANT EXECUTE ON FUNCTION idempotency_cleanup_as_maintenance() TO {role}",
 )
 
 
@@ -45,6 +68,13 @@ def grant(conn: psycopg.Connection, role: str, *statements: str) -> None:
     """Run each GRANT with {role} standing for the role's name, quoted."""
     for statement in statements:
         conn.execute(sql.SQL(statement).format(role=sql.Identifier(role)))
+
+
+def maintenance_wrapper(maintenance: str, role: str) -> list[sql.Composed]:
+    """MAINTENANCE_WRAPPER's statements for the maintenance role `maintenance` and the
+    application role `role`, quoted."""
+    names = {"maintenance": sql.Identifier(maintenance), "role": sql.Identifier(role)}
+    return [sql.SQL(statement).format(**names) for statement in MAINTENANCE_WRAPPER]
 
 
 @contextmanager

@@ -7,44 +7,34 @@ the wrapper."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import psycopg
 import pytest
+from psycopg import sql
 
-from tests import helpers
 from tests.docblocks import block_with
 from tests.managed_service import Managed, run_as_login
+from tests.roles import maintenance_wrapper
 
 IMMUTABLE_ROLE = "CREATE ROLE jive_api_immutable LOGIN"
 WRAPPER = "CREATE OR REPLACE FUNCTION idempotency_cleanup_as_maintenance()"
 THROUGH_THE_WRAPPER = "SELECT deleted_count FROM idempotency_cleanup_as_maintenance();"
-# The block as docs/privileges.md printed it before, without the two grants it needs there.
-OLD_WRAPPER = """
+# The block as docs/privileges.md printed it before, without the two grants it needs there: the
+# maintenance role made if missing, then the wrapper set up as the privileges tests set it up as a
+# superuser, for the guide's immutable role.
+OLD_WRAPPER = (
+    """
 DO $create$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'jive_maintenance') THEN
         CREATE ROLE jive_maintenance NOLOGIN;
     END IF;
 END
-$create$;
-
-GRANT USAGE ON SCHEMA public TO jive_maintenance;
-GRANT SELECT, DELETE ON idempotency_records TO jive_maintenance;
-GRANT UPDATE (expires_at) ON idempotency_records TO jive_maintenance;
-GRANT EXECUTE ON FUNCTION cleanup_expired_idempotency_records() TO jive_maintenance;
-
-CREATE OR REPLACE FUNCTION idempotency_cleanup_as_maintenance()
-RETURNS TABLE (deleted_count BIGINT)
-LANGUAGE sql
-SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
-AS $wrapper$
-    SELECT c.deleted_count FROM public.cleanup_expired_idempotency_records() AS c;
-$wrapper$;
-
-ALTER FUNCTION idempotency_cleanup_as_maintenance() OWNER TO jive_maintenance;
-REVOKE EXECUTE ON FUNCTION idempotency_cleanup_as_maintenance() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION idempotency_cleanup_as_maintenance() TO jive_api_immutable;
-"""
+$create$
+""",
+    *maintenance_wrapper("jive_maintenance", "jive_api_immutable"),
+)
 
 
 @pytest.fixture
@@ -56,9 +46,9 @@ def installed(managed: Managed) -> Managed:
     return managed
 
 
-def failure(conn: psycopg.Connection, text: str) -> psycopg.Error | None:
-    """Run `text` statement by statement, as psql with ON_ERROR_STOP does; the first error."""
-    for statement in helpers.split_statements(text):
+def failure(conn: psycopg.Connection, statements: Iterable[str | sql.Composable]) -> psycopg.Error | None:
+    """Run the statements in turn, as psql with ON_ERROR_STOP does; the first error."""
+    for statement in statements:
         try:
             conn.execute(statement)
         except psycopg.Error as error:

@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 
 from tests.helpers import sqlstate_of
-from tests.roles import UPSERT_GRANTS, acting_as, grant, new_role
+from tests.roles import UPSERT_GRANTS, acting_as, grant, maintenance_wrapper, new_role
 from tests.statements import CLAIM, CLEANUP_BATCH, GUARDED_SAVE, LOOKUP, RECORD_RESULT, REPORT_GET, REPORT_SAVE
 from tooling import records
 from tooling.records import save_params
@@ -28,28 +28,6 @@ IMMUTABLE_GRANTS = (
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT ON idempotency_records TO {role}",
     "GRANT INSERT (request_id, operation, result_payload, status_code, expires_at) ON idempotency_records TO {role}",
-)
-# The maintenance role owns the SECURITY DEFINER wrapper the immutable role cleans up with.
-MAINTENANCE_GRANTS = (
-    "GRANT USAGE ON SCHEMA public TO {role}",
-    "GRANT SELECT, DELETE ON idempotency_records TO {role}",
-    "GRANT UPDATE (expires_at) ON idempotency_records TO {role}",
-    "GRANT EXECUTE ON FUNCTION cleanup_expired_idempotency_records() TO {role}",
-)
-WRAPPER = """
-CREATE OR REPLACE FUNCTION idempotency_cleanup_as_maintenance()
-RETURNS TABLE (deleted_count BIGINT)
-LANGUAGE sql
-SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
-AS $wrapper$
-    SELECT c.deleted_count FROM public.cleanup_expired_idempotency_records() AS c;
-$wrapper$
-"""
-WRAPPER_GRANTS = (
-    "ALTER FUNCTION idempotency_cleanup_as_maintenance() OWNER TO {maintenance}",
-    "REVOKE EXECUTE ON FUNCTION idempotency_cleanup_as_maintenance() FROM PUBLIC",
-    "GRANT EXECUTE ON FUNCTION idempotency_cleanup_as_maintenance() TO {role}",
 )
 WRAPPED_CLEANUP = "SELECT deleted_count FROM idempotency_cleanup_as_maintenance()"
 
@@ -191,10 +169,8 @@ def test_the_batched_cleanup_runs_with_the_upsert_grants(conn: psycopg.Connectio
 def immutable(conn: psycopg.Connection, role: str, maintenance: str) -> str:
     """The application role of the immutable variant, with the wrapper owned by `maintenance`."""
     grant(conn, role, *IMMUTABLE_GRANTS)
-    grant(conn, maintenance, *MAINTENANCE_GRANTS)
-    conn.execute(WRAPPER)
-    for statement in WRAPPER_GRANTS:
-        conn.execute(sql.SQL(statement).format(role=sql.Identifier(role), maintenance=sql.Identifier(maintenance)))
+    for statement in maintenance_wrapper(maintenance, role):
+        conn.execute(statement)
     conn.execute("REVOKE EXECUTE ON FUNCTION cleanup_expired_idempotency_records() FROM PUBLIC")
     return role
 
