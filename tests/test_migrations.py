@@ -17,6 +17,8 @@ def test_migration_file_names() -> None:
         "045_create_idempotency_records.sql",
         "046_create_idempotency_cleanup_job.down.sql",
         "046_create_idempotency_cleanup_job.sql",
+        "047_create_idempotency_protocol.down.sql",
+        "047_create_idempotency_protocol.sql",
     ]
     for name in names:
         assert re.fullmatch(r"\d{3}_[a-z_]+(\.down)?\.sql", name), f"{name}: expected NNN_snake_name[.down].sql"

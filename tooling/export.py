@@ -48,9 +48,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tooling import SQL_DIR
+from tooling import SQL_DIR, UP_FILES
 
 UP_NAME = re.compile(r"^(?P<version>\d+)_(?P<name>[a-z0-9_]+)\.sql$")
+MIGRATED = frozenset(path.name for path in UP_FILES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +73,12 @@ class Migration:
 
 
 def migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
-    """Every NNN_name.sql of sql_dir with its NNN_name.down.sql, in version order."""
+    """Every NNN_name.sql of sql_dir that `make migrate` applies (UP_FILES) with its
+    NNN_name.down.sql, in version order. The optional 047 is not exported yet."""
     found = []
     for path in sorted(sql_dir.glob("*.sql")):
         match = UP_NAME.match(path.name)
-        if match is None or path.name.endswith(".down.sql"):
+        if match is None or path.name.endswith(".down.sql") or path.name not in MIGRATED:
             continue
         down = path.with_name(f"{match['version']}_{match['name']}.down.sql")
         found.append(Migration(match["version"], match["name"], path.read_text(), down.read_text()))
