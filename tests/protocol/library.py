@@ -1,0 +1,167 @@
+"""What the protocol's tests share: the 047 files, calls of the four functions, records built
+from explicit timestamps, the reference implementation of idempotency_key() and catalog
+snapshots that ignore the attribute numbers a dropped column uses up."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import psycopg
+
+from tests.helpers import ROOT, SQL_DIR, Snapshot, apply, catalog_snapshot
+
+PROTOCOL_UP = SQL_DIR / "047_create_idempotency_protocol.sql"
+PROTOCOL_DOWN = SQL_DIR / "047_create_idempotency_protocol.down.sql"
+FIXTURES = ROOT / "tests" / "fixtures" / "protocol"
+PAGE = ROOT / "docs" / "protocol.md"
+
+# What a reader of the table sees of a record in progress (the repository's get).
+IN_PROGRESS_PAYLOAD = (
+    '{"type":"about:blank","title":"Conflict","status":409,'
+    '"detail":"A request with this idempotency key is in progress; retry it later."}'
+)
+IN_PROGRESS_STATUS = 409
+LEASE = dt.timedelta(seconds=30)
+TTL = dt.timedelta(hours=24)
+# The fixed namespace of idempotency_key() (RFC 9562 version 8, SHA-256).
+NAMESPACE = bytes.fromhex("1e71d1276a3c48e297f3dcba64f6255b")
+
+CLAIM = "SELECT outcome, token, result_payload, status_code FROM idempotency_claim(%s, %s, %s, %s)"
+COMPLETE = "SELECT idempotency_complete(%s, %s, %s, %s, %s)"
+RELEASE = "SELECT idempotency_release(%s, %s)"
+KEY = "SELECT idempotency_key(%s, %s)"
+RECORD = """
+SELECT operation, result_payload, status_code, created_at, expires_at, request_hash, lease_token
+FROM idempotency_records
+WHERE request_id = %s
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One row of idempotency_claim()."""
+
+    outcome: str
+    token: uuid.UUID | None
+    result_payload: str | None
+    status_code: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """A row of idempotency_records, as the protocol's columns hold it."""
+
+    operation: str
+    result_payload: str
+    status_code: int | None
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    request_hash: bytes | None
+    lease_token: uuid.UUID | None
+
+
+def apply_protocol(conn: psycopg.Connection) -> None:
+    apply(conn, PROTOCOL_UP)
+
+
+def digest(request: object) -> bytes:
+    """SHA-256 of a request's canonical JSON (sorted keys, no spaces, UTF-8)."""
+    text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).digest()
+
+
+HASH = digest({"amount_cents": 1500, "currency": "EUR"})
+OTHER_HASH = digest({"amount_cents": 9900, "currency": "EUR"})
+
+
+def claim(
+    conn: psycopg.Connection,
+    key: uuid.UUID,
+    operation: str = "payment",
+    request_hash: bytes | None = HASH,
+    lease: dt.timedelta | None = LEASE,
+) -> Claim:
+    row = conn.execute(CLAIM, (key, operation, request_hash, lease)).fetchone()
+    assert row is not None, "idempotency_claim returns one row"
+    return Claim(*row)
+
+
+def complete(
+    conn: psycopg.Connection,
+    key: uuid.UUID,
+    token: uuid.UUID | None,
+    result_payload: str | None = '{"payment_id": 1}',
+    status_code: int | None = 201,
+    ttl: dt.timedelta | None = TTL,
+) -> bool:
+    row = conn.execute(COMPLETE, (key, token, result_payload, status_code, ttl)).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+def release(conn: psycopg.Connection, key: uuid.UUID, token: uuid.UUID | None) -> bool:
+    row = conn.execute(RELEASE, (key, token)).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+def stored(conn: psycopg.Connection, key: uuid.UUID) -> Stored | None:
+    row = conn.execute(RECORD, (key,)).fetchone()
+    return None if row is None else Stored(*row)
+
+
+def expire(conn: psycopg.Connection, key: uuid.UUID) -> None:
+    """Move a record's lifetime (a result's, or a lease's) into the past, as the clock would:
+    created two minutes ago, expired one minute ago. Run by the table's owner."""
+    done = conn.execute(
+        "UPDATE idempotency_records SET created_at = now() - INTERVAL '2 minutes', "
+        "expires_at = now() - INTERVAL '1 minute' WHERE request_id = %s",
+        (key,),
+    )
+    assert done.rowcount == 1, f"no record {key} to expire"
+
+
+def reference_key(scope: str, client_key: str) -> uuid.UUID:
+    """idempotency_key() in Python: the first 128 bits of SHA-256 over the namespace and both
+    strings as UTF-8, each after its length in bytes (4 bytes, big-endian), with the version (8)
+    and variant (binary 10) bits set."""
+    parts = [value.encode() for value in (scope, client_key)]
+    data = NAMESPACE + b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    head = bytearray(hashlib.sha256(data).digest()[:16])
+    head[6] = (head[6] & 0x0F) | 0x80
+    head[8] = (head[8] & 0x3F) | 0x80
+    return uuid.UUID(bytes=bytes(head))
+
+
+def load_fixture(conn: psycopg.Connection, name: str, **identifiers: str) -> None:
+    """A state of tests/fixtures/protocol/, in one transaction; {name} placeholders are
+    replaced by the identifiers given (role names the test created)."""
+    text = (FIXTURES / f"{name}.sql").read_text()
+    for placeholder, value in identifiers.items():
+        text = text.replace("{" + placeholder + "}", value)
+    with conn.transaction():
+        conn.execute(text)
+
+
+def snapshot(conn: psycopg.Connection, schema: str = "public") -> Snapshot:
+    """The catalog snapshot of tests/helpers.py, each column numbered by its position among the
+    table's live columns: a dropped column keeps its attribute number for good, so a column
+    dropped and added again has a new one, and nothing else may differ."""
+    taken = catalog_snapshot(conn, schema)
+    counted: dict[Any, int] = {}
+    renumbered = []
+    for row in taken["columns"]:  # ordered by relation, then attribute number
+        counted[row[0]] = counted.get(row[0], 0) + 1
+        renumbered.append((row[0], counted[row[0]], *row[2:]))
+    taken["columns"] = renumbered
+    return taken
+
+
+def sqlstate_and_diagnostics(error: psycopg.Error) -> tuple[str | None, str, str, str]:
+    diag = error.diag
+    return (error.sqlstate, diag.message_primary or "", diag.message_detail or "", diag.message_hint or "")
