@@ -75,6 +75,7 @@ PAGES = tuple(
         "patterns.md",
         "migration-tools.md",
         "test-map.md",
+        "protocol.md",
     )
 )
 DOCUMENTS = (GUIDE, ROOT / "README.md", *PAGES)
