@@ -213,7 +213,11 @@ BEGIN
         )
         ORDER BY v.position
     LOOP
-        EXECUTE format('ALTER TABLE %I.idempotency_records ADD COLUMN %I %s', target, wanted.col, wanted.type);
+        -- IF NOT EXISTS as well: a deployer that waited here for another one's lock finds the
+        -- column that one added, once it commits, and goes on.
+        EXECUTE format(
+            'ALTER TABLE %I.idempotency_records ADD COLUMN IF NOT EXISTS %I %s', target, wanted.col, wanted.type
+        );
     END LOOP;
     PERFORM set_config('search_path', saved_path, TRUE);
 END

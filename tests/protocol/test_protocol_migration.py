@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from tests import verification
 from tests.helpers import DOWN_FILES, REPORT_GET, UP_FILES, apply, apply_all, catalog_snapshot, split_statements
+from tests.patterns import wait_for_waiters
 from tests.protocol.library import (
     HASH,
     IN_PROGRESS_PAYLOAD,
@@ -24,6 +27,7 @@ from tests.protocol.library import (
     complete,
     snapshot,
 )
+from tooling.servers import Server
 
 FUNCTIONS = {
     "idempotency_claim(uuid,character varying,bytea,interval)": (
@@ -164,3 +168,35 @@ def test_047_cut_off_part_way_completes_when_applied_again(conn: psycopg.Connect
     apply_protocol(conn)
     assert snapshot(conn) == cut_then_whole, f"cut after {stop_after} statements, then the whole file: one clean run"
     assert claim(conn, uuid.uuid4(), request_hash=HASH).outcome == "claimed"
+
+
+def test_two_deployers_applying_047_first_at_once_both_succeed(pg_server: Server, database: str) -> None:
+    """The second waits for the first's lock on the table, then finds the columns it added (ADD
+    COLUMN IF NOT EXISTS after the catalog check) and goes on. (Two re-applies at once are not
+    serialized: the second may fail with XX000 "tuple concurrently updated" on a function, as
+    046's does, and succeeds when run again.)"""
+    with pg_server.connect(database) as first, pg_server.connect(database) as second:
+        first.execute(PROTOCOL_UP.read_text())  # its transaction stays open
+        second.execute("SET lock_timeout = '30s'")
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(second.execute, PROTOCOL_UP.read_text())
+            wait_for_waiters(first, "relation", 1)
+            first.commit()
+            waiting.result(timeout=60)
+        second.commit()
+        assert claim(first, uuid.uuid4()).outcome == "claimed"
+        first.commit()
+        installed = snapshot(first)
+    with pg_server.connect(database, autocommit=True) as conn:
+        apply(conn, PROTOCOL_DOWN)
+        apply_protocol(conn)
+        assert snapshot(conn) == installed, "the same catalog as one deployer's"
+
+
+def test_the_verification_script_still_passes_with_047_applied_and_a_key_in_progress(
+    pg_server: Server, protocol_database: str, pconn: psycopg.Connection
+) -> None:
+    claim(pconn, uuid.uuid4())
+    for variables in ((), ("catalog_only=1",)):
+        run = verification.run_script(pg_server, protocol_database, *variables)
+        assert run.returncode == 0 and run.not_ok == [], run.describe()
