@@ -419,7 +419,9 @@ BEGIN
                 RETURN;
             END IF;
         EXCEPTION
-            WHEN lock_not_available THEN
+            -- The wait ended by the lock_timeout, or by the deadlock detector where
+            -- deadlock_timeout is set below it (a caller holding other keys in its transaction).
+            WHEN lock_not_available OR deadlock_detected THEN
                 outcome := 'in_progress';
                 RETURN NEXT;
                 RETURN;

@@ -182,17 +182,20 @@ def test_a_claim_does_not_wait_for_a_transaction_that_holds_the_key(
     assert claim(pconn, key).outcome == after_commit, f"{name}: once it has committed, {after_commit}"
 
 
+@pytest.mark.parametrize("deadlock_timeout", ["1s", "10ms"])
 def test_claims_of_two_keys_in_opposite_orders_in_open_transactions_do_not_deadlock(
-    pg_server: Server, protocol_database: str
+    pg_server: Server, protocol_database: str, deadlock_timeout: str
 ) -> None:
     """Callers that claim two keys in one transaction (not how the protocol is meant to be
     called), in opposite orders: each second claim is told in_progress instead of waiting, so
-    no deadlock (40P01) can form."""
+    no deadlock error (40P01) reaches them, also where the deadlock detector runs before the
+    claim's own lock_timeout ends its wait."""
     first, second = uuid.uuid4(), uuid.uuid4()
     both_claimed_one = threading.Barrier(2, timeout=30)
 
     def caller(keys: tuple[uuid.UUID, uuid.UUID]) -> tuple[str, str]:
         with _session(pg_server, protocol_database) as conn, conn.transaction():
+            conn.execute(f"SET LOCAL deadlock_timeout = '{deadlock_timeout}'")
             one = claim(conn, keys[0], request_hash=HASH).outcome
             both_claimed_one.wait()
             two = claim(conn, keys[1], request_hash=HASH).outcome

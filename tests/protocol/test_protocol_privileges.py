@@ -165,3 +165,35 @@ def test_another_role_cannot_call_the_functions_once_public_is_revoked(pconn: ps
     finally:
         pconn.execute("RESET ROLE")
         pconn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(other)))
+
+
+def test_the_guides_upsert_role_needs_three_more_columns_and_the_execute_grants(pconn: psycopg.Connection) -> None:
+    """docs/privileges.md, "The grants each recipe needs": the upsert role of the guide's Least
+    privilege runs the protocol with UPDATE on created_at, request_hash and lease_token more."""
+    name = f"idempotency_test_app_{os.getpid()}_upsert"
+    role = sql.Identifier(name)
+    pconn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
+    try:
+        pconn.execute(sql.SQL("GRANT SELECT, INSERT, DELETE ON idempotency_records TO {}").format(role))
+        pconn.execute(
+            sql.SQL(
+                "GRANT UPDATE (operation, result_payload, status_code, expires_at) ON idempotency_records TO {}"
+            ).format(role)
+        )
+        key = uuid.uuid4()
+        token = claim(pconn, key).token
+        expire(pconn, key)
+        takeover = "SELECT * FROM idempotency_claim(%s, 'payment'::VARCHAR, %s, INTERVAL '1 minute')"
+        as_role(pconn, name)
+        assert sqlstate_of(pconn, takeover, (key, HASH)) == "42501", "the upsert role alone cannot take a key over"
+        pconn.execute("RESET ROLE")
+        pconn.execute(
+            sql.SQL("GRANT UPDATE (created_at, request_hash, lease_token) ON idempotency_records TO {}").format(role)
+        )
+        as_role(pconn, name)
+        taken = claim(pconn, key)
+        assert taken.outcome == "claimed" and complete(pconn, key, taken.token) and complete(pconn, key, token) is False
+    finally:
+        pconn.execute("RESET ROLE")
+        pconn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        pconn.execute(sql.SQL("DROP ROLE {}").format(role))
