@@ -118,16 +118,22 @@ def test_an_expired_result_is_taken_over_whatever_its_operation_and_hash(pconn: 
 
 
 def test_a_lease_runs_out_by_the_clock(pconn: psycopg.Connection) -> None:
-    """The one test that waits for real time: a lease of 200 ms, then the key is free."""
+    """The one test here that waits for real time: a lease of 200 ms, then the key is free. Each
+    claim runs in a transaction that first reads now(), the instant it compares with the lease."""
     key = uuid.uuid4()
     first = claim(pconn, key, lease=dt.timedelta(milliseconds=200))
     record = stored(pconn, key)
     assert record is not None
-    while (pconn.execute("SELECT now() < %s", (record.expires_at,)).fetchone() or (False,))[0]:
-        assert claim(pconn, key).outcome == "in_progress", "the lease holds until its end"
+    while True:
+        with pconn.transaction():
+            now = pconn.execute("SELECT now()").fetchone()
+            answer = claim(pconn, key)
+        assert now is not None
+        if now[0] >= record.expires_at:
+            break
+        assert answer.outcome == "in_progress", f"the lease holds until its end, at {now[0]}: {answer}"
         time.sleep(0.05)
-    second = claim(pconn, key)
-    assert second.outcome == "claimed" and second.token != first.token, "then the key is taken over"
+    assert answer.outcome == "claimed" and answer.token != first.token, "then the key is taken over"
 
 
 def test_the_stale_holders_completion_is_refused_and_writes_nothing(pconn: psycopg.Connection) -> None:

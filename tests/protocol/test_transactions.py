@@ -62,15 +62,15 @@ def test_a_transaction_that_outlives_its_lease_hands_the_key_over_as_it_commits(
 def test_a_claim_in_an_older_transaction_sees_less_of_the_clock(
     pg_server: Server, protocol_database: str, pconn: psycopg.Connection
 ) -> None:
-    """now() is the transaction's start: a claim in a transaction that began before a lease ran
-    out still finds the lease live (in_progress), where a new transaction takes the key over."""
+    """now() is the transaction's start: a claim in a transaction that began before a lease was
+    even taken finds it live (in_progress) after it ran out, where a new transaction takes the key
+    over."""
     key = uuid.uuid4()
-    claim(pconn, key, lease=dt.timedelta(milliseconds=50))
-    record = stored(pconn, key)
-    assert record is not None
     with pg_server.connect(protocol_database) as old:
-        started = old.execute("SELECT now()").fetchone()
-        assert started is not None and started[0] < record.expires_at, "the old transaction began in the lease"
+        started = old.execute("SELECT now()").fetchone()  # the old transaction begins
+        claim(pconn, key, lease=dt.timedelta(milliseconds=50))
+        record = stored(pconn, key)
+        assert started is not None and record is not None and started[0] < record.expires_at
         pconn.execute("SELECT pg_sleep(0.1)")
         assert claim(old, key).outcome == "in_progress", "its now() is still inside the lease"
         old.rollback()
