@@ -4,82 +4,12 @@ was expected. The table is the same afterwards, row for row."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import uuid
 
 import psycopg
 import pytest
 
-from tests.protocol.library import (
-    CLAIM,
-    COMPLETE,
-    HASH,
-    IN_PROGRESS_PAYLOAD,
-    KEY,
-    LEASE,
-    RELEASE,
-    TTL,
-    claim,
-    sqlstate_and_diagnostics,
-)
-
-KNOWN = uuid.UUID("0f6e5d4c-3b2a-4190-8877-665544332211")
-TOKEN = uuid.UUID("11111111-2222-4333-8444-555555555555")
-
-
-@dataclasses.dataclass(frozen=True)
-class Bad:
-    query: str
-    params: tuple[object, ...]
-    sqlstate: str
-    names: str  # what the message must name
-
-    def __str__(self) -> str:
-        return self.names
-
-
-Call = tuple[str, tuple[object, ...]]
-
-
-def _claim(
-    key: object = KNOWN, operation: object = "payment", request_hash: object = HASH, lease: object = LEASE
-) -> Call:
-    return CLAIM, (key, operation, request_hash, lease)
-
-
-def _complete(
-    key: object = KNOWN, token: object = TOKEN, payload: object = "{}", status: object = 201, ttl: object = TTL
-) -> Call:
-    return COMPLETE, (key, token, payload, status, ttl)
-
-
-CASES = [
-    Bad(*_claim(key=None), "22004", "idempotency_claim: request_id is NULL"),
-    Bad(*_claim(operation=None), "22004", "idempotency_claim: operation is NULL"),
-    Bad(*_claim(operation="x" * 101), "22001", "idempotency_claim: operation is longer than 100 characters"),
-    Bad(*_claim(operation="é" * 101), "22001", "idempotency_claim: operation is longer than 100 characters"),
-    Bad(*_claim(request_hash=None), "22004", "idempotency_claim: request_hash is NULL"),
-    Bad(*_claim(request_hash=b"\x01" * 15), "22023", "idempotency_claim: request_hash is not a digest"),
-    Bad(*_claim(request_hash=b"\x01" * 65), "22023", "idempotency_claim: request_hash is not a digest"),
-    Bad(*_claim(request_hash=b'{"amount": 1500}' * 8), "22023", "idempotency_claim: request_hash is not a digest"),
-    Bad(*_claim(lease=None), "22004", "idempotency_claim: lease is not a positive, finite interval"),
-    Bad(*_claim(lease=dt.timedelta(0)), "22023", "idempotency_claim: lease is not a positive, finite interval"),
-    Bad(*_claim(lease=dt.timedelta(seconds=-1)), "22023", "idempotency_claim: lease is not a positive"),
-    Bad(*_complete(key=None), "22004", "idempotency_complete: request_id is NULL"),
-    Bad(*_complete(token=None), "22004", "idempotency_complete: token is NULL"),
-    Bad(*_complete(payload=None), "22004", "idempotency_complete: result_payload is NULL"),
-    Bad(*_complete(ttl=None), "22004", "idempotency_complete: ttl is not a positive, finite interval"),
-    Bad(*_complete(ttl=dt.timedelta(0)), "22023", "idempotency_complete: ttl is not a positive, finite interval"),
-    Bad(*_complete(ttl=dt.timedelta(hours=-24)), "22023", "idempotency_complete: ttl is not a positive"),
-    Bad(*_complete(payload=IN_PROGRESS_PAYLOAD, status=409), "22023", "idempotency_complete: the result is the in"),
-    Bad(RELEASE, (None, TOKEN), "22004", "idempotency_release: request_id is NULL"),
-    Bad(RELEASE, (KNOWN, None), "22004", "idempotency_release: token is NULL"),
-    Bad(KEY, (None, "order-1"), "22004", "idempotency_key: scope is NULL"),
-    Bad(KEY, ("tenant-a", None), "22004", "idempotency_key: client_key is NULL"),
-    Bad(KEY, ("", "order-1"), "22023", "idempotency_key: scope is empty"),
-    Bad(KEY, ("tenant-a", ""), "22023", "idempotency_key: client_key is empty"),
-]
+from tests.protocol.library import CASES, HASH, KNOWN, Bad, claim, sqlstate_and_diagnostics
 
 
 def _table(conn: psycopg.Connection) -> list[tuple[object, ...]]:

@@ -24,6 +24,7 @@ import pytest
 from tests import shadowable
 from tests.helpers import ROOT, UP_FILES, apply
 from tests.protocol.library import (
+    CASES,
     FIXTURES,
     HASH,
     OTHER_HASH,
@@ -34,7 +35,6 @@ from tests.protocol.library import (
     expire,
     release,
 )
-from tests.protocol.test_bad_arguments import CASES
 from tests.test_docs_under_traps import SPI_QUERY, Recording, Tracer
 from tooling.servers import Server
 
