@@ -13,15 +13,17 @@ export IDEMPOTENCY_PG := $(PG)
 JOBS ?= 2
 PYTEST := $(PY) -m pytest -n $(JOBS) --dist loadfile
 
-UP_FILES := sql/045_create_idempotency_records.sql sql/046_create_idempotency_cleanup_job.sql
-DOWN_FILES := sql/046_create_idempotency_cleanup_job.down.sql sql/045_create_idempotency_records.down.sql
+# The migration files are read from sql/ (tooling/migrations.py): every NNN_name.sql with its
+# NNN_name.down.sql, up in ascending order of NNN, down in descending. A new pair needs no edit here.
+MIGRATIONS = $(PY) -m tooling.migrations
 # A lock a migration must take waits at most this long, then the file fails and can be
 # run again. A lock_timeout the caller sets in PGOPTIONS wins.
 LOCK_TIMEOUT ?= 5s
 # Every file alone, stop at the first error, never read ~/.psqlrc.
 PSQL_FLAGS := -v ON_ERROR_STOP=1 --no-psqlrc --single-transaction
-EXPORT_TOOLS := sqlx golang-migrate flyway dbmate sqitch liquibase yoyo node-pg-migrate graphile-migrate alembic django
-EXPORT_USAGE := usage: make export TOOL=$(subst $(eval) ,|,$(EXPORT_TOOLS)) DEST=dir [AFTER=newest-version]
+# The tools tooling/export.py writes for, asked of it when make export runs (standard library only).
+EXPORT_TOOLS = $(shell $(PYTHON) -m tooling.export --tools)
+EXPORT_USAGE = usage: make export TOOL=$(subst $(eval) ,|,$(EXPORT_TOOLS)) DEST=dir [AFTER=newest-version]
 
 # First line of every target that runs the venv's programs: a clear word, not Error 127.
 NEED_VENV = @test -x $(PY) || { echo "$(PY) is missing: run \`make install\` first" >&2; exit 2; }
@@ -30,15 +32,16 @@ NEED_VENV = @test -x $(PY) || { echo "$(PY) is missing: run \`make install\` fir
 # through the environment (PGPASSWORD), never psql's command line: every local user can
 # read a process's arguments (ps, /proc/*/cmdline).
 define apply_with_psql
-	@settings="$$($(PY) -m tooling.servers env)"; eval "$$settings"; \
+	@files="$$($(MIGRATIONS) $(1) sql)"; \
+	settings="$$($(PY) -m tooling.servers env)"; eval "$$settings"; \
 	psql="$$($(PY) -m tooling.servers psql)"; \
 	case "$${PGOPTIONS:-}" in *lock_timeout*) ;; *) export PGOPTIONS="$${PGOPTIONS:-} -c lock_timeout=$(LOCK_TIMEOUT)";; esac; \
-	for file in $(1); do \
+	for file in $$files; do \
 	    echo "applying $$file"; "$$psql" $(PSQL_FLAGS) $${conninfo:+-d "$$conninfo"} -f "$$file"; \
 	done
 endef
 
-.PHONY: help install test test-all lint fmt migrate verify rollback stop clean export bench
+.PHONY: help install test test-all lint fmt migrate verify snapshot rollback stop clean export bench
 
 help: ## show this list
 	@echo "Usage: make TARGET [PG=15|16|18] [DATABASE_URL=postgresql://...]"
@@ -62,10 +65,11 @@ test-all: ## run the whole suite, slow tests included (what CI runs)
 	$(NEED_VENV)
 	$(PYTEST) $(PYTEST_ARGS)
 
-lint: ## sqlfluff and squawk on the SQL, ruff on the Python
+lint: ## sqlfluff and squawk on sql/*.sql with our settings, then with none (as users lint them, export layouts too); ruff
 	$(NEED_VENV)
 	$(VENV)/bin/sqlfluff lint sql
 	$(VENV)/bin/squawk sql/*.sql
+	$(PY) -m tooling.lint $(VENV)/bin
 	$(VENV)/bin/ruff check tests bench tooling docs/examples
 	$(VENV)/bin/ruff format --check tests bench tooling docs/examples
 
@@ -77,18 +81,23 @@ fmt: ## apply sqlfluff and ruff fixes
 
 migrate: ## apply the up migrations in order with psql (to DATABASE_URL/PG*, else a local server it starts)
 	$(NEED_VENV)
-	$(call apply_with_psql,$(UP_FILES))
+	$(call apply_with_psql,up)
 
-verify: ## check a database against the contract with tests/test_idempotency_migrations.sql (TAP; CATALOG_ONLY=1: read-only)
+verify: ## check a database against the contract with tests/test_idempotency_migrations.sql (TAP; CATALOG_ONLY=1: writes nothing; SCHEMA=, OWNER=)
 	$(NEED_VENV)
 	@settings="$$($(PY) -m tooling.servers env)"; eval "$$settings"; \
 	psql="$$($(PY) -m tooling.servers psql)"; \
 	"$$psql" -v ON_ERROR_STOP=1 --no-psqlrc $(if $(filter-out 0,$(CATALOG_ONLY)),-v catalog_only=1) \
+	    $(if $(SCHEMA),-v 'schema=$(SCHEMA)') $(if $(OWNER),-v 'owner=$(OWNER)') \
 	    $${conninfo:+-d "$$conninfo"} -f tests/test_idempotency_migrations.sql
+
+snapshot: ## write tests/schema/catalog.json, the catalog a fresh migrate creates (commit it with a schema change)
+	$(NEED_VENV)
+	IDEMPOTENCY_WRITE_SNAPSHOT=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/schema/test_schema.py -k committed_snapshot
 
 rollback: ## apply the down migrations in reverse order with psql (same server as migrate)
 	$(NEED_VENV)
-	$(call apply_with_psql,$(DOWN_FILES))
+	$(call apply_with_psql,down)
 
 export: ## write the migrations laid out for TOOL=... into DEST=dir (AFTER=newest-version: after your history; never overwrites)
 	@test -n "$(filter $(EXPORT_TOOLS),$(TOOL))" && test -n "$(DEST)" || { echo "$(EXPORT_USAGE)" >&2; exit 2; }

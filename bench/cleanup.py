@@ -18,20 +18,9 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
+from bench import database
 from bench.config import DEFAULT_SIZE, EXPIRED_FRACTION, LOOKUP_PAYLOAD
 from bench.context import Context, progress, rotate
-from bench.database import (
-    checkpoint,
-    expired_count,
-    explain,
-    load_rows,
-    read_sql,
-    reset_statements,
-    statements_stats,
-    vacuum,
-    wal_bytes,
-    wal_lsn,
-)
 from bench.pgbench import script
 from bench.samples import percentile
 from tooling import servers
@@ -43,7 +32,7 @@ CLEANUP_PAUSE = 0.02  # seconds between two batches: lets concurrent lookups thr
 
 def batch_statement(name: str) -> str:
     """A bench/*.sql batch with its size a parameter in place of its one LIMIT 1000."""
-    statement = read_sql(name).replace("LIMIT 1000", "LIMIT %s")
+    statement = database.read_sql(name).replace("LIMIT 1000", "LIMIT %s")
     assert statement.count("LIMIT %s") == 1, f"bench/{name}: expected one LIMIT 1000 to parametrise"
     return statement
 
@@ -131,15 +120,15 @@ CLEANUPS: dict[str, Callable[[psycopg.Connection], int]] = {
 def create_anchor(conn: psycopg.Connection) -> None:
     """bench_cleanup_anchor() in the schema of the measured table (the connection's search_path)."""
     with conn.transaction():
-        conn.execute(read_sql("cleanup_anchor.sql"))
+        conn.execute(database.read_sql("cleanup_anchor.sql"))
 
 
 def restore_expired(conn: psycopg.Connection, size: int, expired: int, now: dt.datetime) -> None:
     """Put the expired rows back after a cleanup, the table vacuumed as before."""
-    if expired_count(conn, now) < expired:
-        vacuum(conn)
-        load_rows(conn, size, expired, LOOKUP_PAYLOAD, now, last=expired)
-        vacuum(conn)
+    if database.expired_count(conn, now) < expired:
+        database.vacuum(conn)
+        database.load_rows(conn, size, expired, LOOKUP_PAYLOAD, now, last=expired)
+        database.vacuum(conn)
 
 
 # The vacuum a cleanup leaves behind, alternately as a job runs it right after the cleanup
@@ -154,16 +143,18 @@ VACUUMS = {
 def vacuum_after_cleanup(ctx: Context, conn: psycopg.Connection, size: int, now: dt.datetime, expired: int) -> None:
     """The cost a cleanup leaves behind: the vacuum that removes its dead rows and their
     entries in all three indexes. Measured only after a cleanup ran."""
-    if expired_count(conn, now) >= expired:
+    if database.expired_count(conn, now) >= expired:
         return
     done = sum(len(ctx.samples.of("cleanup", name, size, "duration")) for name in VACUUMS)
     workload = list(VACUUMS)[done % len(VACUUMS)]
     conn.execute(VACUUMS[workload])
     conn.execute("SET vacuum_cost_limit = 200")
-    start_lsn, started = wal_lsn(conn), time.time()
-    vacuum(conn)
+    start_lsn, started = database.wal_lsn(conn), time.time()
+    database.vacuum(conn)
     ctx.samples.add("cleanup", workload, size, "duration", "s", time.time() - started)
-    ctx.samples.add("cleanup", workload, size, "wal_bytes", "bytes", wal_bytes(conn, start_lsn, wal_lsn(conn)))
+    ctx.samples.add(
+        "cleanup", workload, size, "wal_bytes", "bytes", database.wal_bytes(conn, start_lsn, database.wal_lsn(conn))
+    )
     conn.execute("RESET vacuum_cost_delay")
     conn.execute("RESET vacuum_cost_limit")
 
@@ -178,10 +169,10 @@ def measure_cleanup(
     time.sleep(1.0)
     sampler = WaitSampler(ctx.server, ctx.db)
     sampler.start()
-    start_lsn, started = wal_lsn(conn), time.time()
+    start_lsn, started = database.wal_lsn(conn), time.time()
     deleted = CLEANUPS[workload](conn)
     ended = time.time()
-    end_lsn = wal_lsn(conn)
+    end_lsn = database.wal_lsn(conn)
     sampler.stop_event.set()
     sampler.join()
     run = ctx.bench.finish(process, prefix)
@@ -192,11 +183,11 @@ def measure_cleanup(
     if workload != CONTROL:
         add("cleanup", workload, size, "rows_deleted", "rows", deleted)
         add("cleanup", workload, size, "rows_per_s", "rows/s", deleted / seconds)
-        add("cleanup", workload, size, "wal_bytes", "bytes", wal_bytes(conn, start_lsn, end_lsn))
+        add("cleanup", workload, size, "wal_bytes", "bytes", database.wal_bytes(conn, start_lsn, end_lsn))
     add("cleanup", workload, size, "lookups_during", "tx", len(during))
     add("cleanup", workload, size, "latency_p50", "ms", percentile(during, 0.50) / 1000)
     add("cleanup", workload, size, "latency_p99", "ms", percentile(during, 0.99) / 1000)
-    ctx.samples.add_statements("cleanup", workload, size, statements_stats(stats))
+    ctx.samples.add_statements("cleanup", workload, size, database.statements_stats(stats))
     return seconds, sampler.counts
 
 
@@ -233,10 +224,10 @@ def run(ctx: Context) -> None:
     estimate = dict.fromkeys(CLEANUPS, max(1.0, expired / 50_000))
     waits: dict[str, Counter[str]] = {workload: Counter() for workload in CLEANUPS}
     with ctx.connect() as stats, ctx.connect(schema) as setup:  # stats: public, where pg_stat_statements is
-        reset_statements(stats)
+        database.reset_statements(stats)
         create_anchor(setup)
         with ctx.connect(schema) as conn:  # not recorded: how long the installed function takes here
-            checkpoint(conn)
+            database.checkpoint(conn)
             started = time.time()
             CLEANUPS[INSTALLED](conn)
             DO_NOTHING.seconds = time.time() - started
@@ -247,8 +238,8 @@ def run(ctx: Context) -> None:
                 with ctx.connect(schema) as conn:
                     vacuum_after_cleanup(ctx, conn, size, now, expired)
                     restore_expired(conn, size, expired, now)
-                    checkpoint(conn)
-                    reset_statements(stats)
+                    database.checkpoint(conn)
+                    database.reset_statements(stats)
                     seconds, counts = measure_cleanup(ctx, conn, stats, workload, size, duration)
                     waits[workload].update(counts)
                     estimate[workload] = seconds
@@ -256,7 +247,7 @@ def run(ctx: Context) -> None:
                         DO_NOTHING.seconds = statistics.median(ctx.samples.of("cleanup", INSTALLED, size, "duration"))
             add_round_ratios(ctx, size)
         restore_expired(setup, size, expired, now)
-        plan = explain(setup, "DELETE FROM idempotency_records WHERE expires_at <= now()")
+        plan = database.explain(setup, "DELETE FROM idempotency_records WHERE expires_at <= now()")
     ctx.notes["cleanup"] = {
         "rows": size,
         "expired": expired,

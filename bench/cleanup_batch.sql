@@ -1,6 +1,6 @@
 -- One bounded batch of the cleanup: the DELETE of the guide's Patterns, recipe 4, as
 -- printed there. The driver runs it with its own batch size in place of LIMIT 1000.
--- tests/test_bench.py fails if this copy and the guide's recipe differ.
+-- tests/performance/test_bench.py fails if this copy and the guide's recipe differ.
 DELETE FROM idempotency_records
 WHERE
     ctid = ANY (ARRAY(

@@ -1,6 +1,7 @@
 """The benchmark's server and scratch database, and what the phases ask of them: the
 migrations applied to a schema, rows loaded, vacuum, WAL positions, checkpoints,
-pg_stat_statements and plans. The SQL text lives in the bench/*.sql files."""
+pg_stat_statements and plans. The SQL text lives in the bench/*.sql files; the rows loaded are
+the record factory's (tooling/records.py), from the expressions here."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from bench.config import BENCH_DIR, key_variables
-from tooling import UP_FILES, servers
+from tooling import UP_FILES, records, servers
 
 LOAD_BATCH = 250_000  # rows per INSERT when loading a table
 
@@ -110,6 +111,36 @@ def migrated_schema(server: servers.Server, db: str, schema: str) -> psycopg.Con
     return conn
 
 
+# The rows every phase loads, written by the record factory (tooling/records.py). Row i's key is
+# the UUID the pgbench scripts bind for it (bench/config.py, KEY_PREFIX): keys are scattered, as
+# random UUIDs are, while rows arrive in time order. Rows 1..expired were created over the 23
+# hours before the 48 hours ago, so they have all expired; the others over the last 23 hours, so
+# they live for up to 22 more hours; every row lives 24 hours. result_payload is a JSON text of
+# `payload` bytes: md5 digits (incompressible) or, with kind json, repeated words as an
+# application's JSON compresses. Stamps are relative to `now`, so that a reload of the expired
+# rows matches the rest.
+LOADED_KEY = sql.SQL(
+    "({prefix} || ({key_base}::bigint + ({row} * {key_step}::bigint) % {key_modulus}::bigint)::text)::uuid"
+)
+LOADED_OPERATIONS = ("payment", "transfer", "refund", "login")
+LOADED_CREATED_AT = sql.SQL(
+    "CASE WHEN {row} <= {expired} "
+    "THEN {now} - INTERVAL '48 hours' + INTERVAL '23 hours' * {row} / greatest({expired}, 1) "
+    "ELSE {now} - INTERVAL '23 hours' + INTERVAL '22 hours' * ({row} - {expired}) / greatest({total} - {expired}, 1) "
+    "END"
+)
+LOADED_PAYLOAD = sql.SQL(
+    """(SELECT '{{"d":"' || left(
+        CASE {kind}
+            WHEN 'json' THEN repeat('status=captured;currency=EUR;amount=' || {row} % 1000 || ';', {payload} / 16 + 1)
+            ELSE string_agg(md5({row}::text || ':' || k::text), '' ORDER BY k)
+        END,
+        {payload} - 8
+    ) || '"}}'
+    FROM generate_series(1, ({payload} + 31) / 32) AS k)"""
+)
+
+
 def load_rows(
     conn: psycopg.Connection,
     total: int,
@@ -121,21 +152,26 @@ def load_rows(
 ) -> None:
     """Rows 1..last (default: all `total`) keyed as the scripts bind them, the first `expired`
     of them expired, in time order; payloads of md5 digits, or compressible with kind json."""
-    load = read_sql("load_rows.sql")
+    keys = {name: sql.Literal(value) for name, value in key_variables().items()}
+    row = records.ROW
+    request_id = LOADED_KEY.format(row=row, **keys)
+    created_at = LOADED_CREATED_AT.format(
+        row=row, now=records.NOW, expired=sql.Literal(expired), total=sql.Literal(total)
+    )
+    result_payload = LOADED_PAYLOAD.format(row=row, kind=sql.Literal(kind), payload=sql.Literal(payload))
     end = total if last is None else last
     for first in range(1, end + 1, LOAD_BATCH):
-        conn.execute(
-            load,
-            {
-                "first": first,
-                "last": min(end, first + LOAD_BATCH - 1),
-                "expired": expired,
-                "total": total,
-                "payload": payload,
-                "now": now,
-                "kind": kind,
-                **key_variables(),
-            },
+        records.insert_many(
+            conn,
+            min(end, first + LOAD_BATCH - 1) - first + 1,
+            records.Record(status_code=200),
+            first=first,
+            now=now,
+            operations=LOADED_OPERATIONS,
+            lifetime=24 * records.HOUR,
+            request_id=request_id,
+            created_at=created_at,
+            result_payload=result_payload,
         )
 
 

@@ -1,10 +1,7 @@
--- The save anchor: the same columns as idempotency_records with only the primary key
--- (no check constraint, no secondary index), created in its own schema.
+-- The save anchor: the same columns as idempotency_records (those of the migrated table in
+-- schema save, with their types, NOT NULL and defaults) with only the primary key (no check
+-- constraint, no secondary index), created in its own schema.
 CREATE TABLE idempotency_records (
-    request_id UUID PRIMARY KEY,
-    operation VARCHAR(100) NOT NULL,
-    result_payload TEXT NOT NULL,
-    status_code INTEGER,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    expires_at TIMESTAMPTZ NOT NULL
+    LIKE save.idempotency_records INCLUDING DEFAULTS,
+    PRIMARY KEY (request_id)
 )

@@ -13,21 +13,9 @@ import time
 
 import psycopg
 
+from bench import database
 from bench.config import DEFAULT_SIZE, LOOKUP_PAYLOAD, Config
 from bench.context import Context, progress, rotate
-from bench.database import (
-    SAVE_PATTERN,
-    autovacuum_off,
-    checkpoint,
-    load_rows,
-    migrated_schema,
-    read_sql,
-    reset_statements,
-    statements_stats,
-    vacuum,
-    wal_bytes,
-    wal_lsn,
-)
 from bench.pgbench import payload_text, script
 
 CONTENDERS = {
@@ -46,17 +34,17 @@ UPDATES = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE schema
 
 def load_tables(ctx: Context, rows: int, now: dt.datetime) -> None:
     progress(f"save: loading {rows:,} rows into the migrated table and the PK-only table")
-    with migrated_schema(ctx.server, ctx.db, "save") as conn:
-        autovacuum_off(conn)
-        load_rows(conn, rows, 0, LOOKUP_PAYLOAD, now)
-        vacuum(conn)
+    with database.migrated_schema(ctx.server, ctx.db, "save") as conn:
+        database.autovacuum_off(conn)
+        database.load_rows(conn, rows, 0, LOOKUP_PAYLOAD, now)
+        database.vacuum(conn)
     with ctx.connect() as admin:
         admin.execute("CREATE SCHEMA pk_only")
     with ctx.connect("pk_only") as conn:
-        conn.execute(read_sql("pk_only_table.sql"))
-        autovacuum_off(conn)
-        load_rows(conn, rows, 0, LOOKUP_PAYLOAD, now)
-        vacuum(conn)
+        conn.execute(database.read_sql("pk_only_table.sql"))
+        database.autovacuum_off(conn)
+        database.load_rows(conn, rows, 0, LOOKUP_PAYLOAD, now)
+        database.vacuum(conn)
 
 
 def restore(ctx: Context, schema: str, now: dt.datetime) -> None:
@@ -65,7 +53,7 @@ def restore(ctx: Context, schema: str, now: dt.datetime) -> None:
     an existing-key save leaves created_at alone)."""
     with ctx.connect(schema) as conn:
         conn.execute("DELETE FROM idempotency_records WHERE created_at > %s", (now,))
-        vacuum(conn)
+        database.vacuum(conn)
 
 
 def updates(conn: psycopg.Connection, schema: str) -> tuple[int, int]:
@@ -88,15 +76,15 @@ def measure(ctx: Context, workload: str, variables: dict[str, object], where: st
     rows, recorded under that size; returns its throughput."""
     name = CONTENDERS[workload][1]
     with ctx.connect() as conn:
-        checkpoint(conn)
-        reset_statements(conn)
-        before, start_lsn = updates(conn, where), wal_lsn(conn)
+        database.checkpoint(conn)
+        database.reset_statements(conn)
+        before, start_lsn = updates(conn, where), database.wal_lsn(conn)
         run = ctx.bench.run(where, script(name), variables | (V7_VARIABLES if workload.endswith("v7") else {}))
-        wal = wal_bytes(conn, start_lsn, wal_lsn(conn))
+        wal = database.wal_bytes(conn, start_lsn, database.wal_lsn(conn))
         after = updates(conn, where)
         ctx.samples.add_run("save", workload, size, run)
         ctx.samples.add("save", workload, size, "wal_bytes_per_save", "bytes", wal / len(run.latencies_us))
-        stats = statements_stats(conn, SAVE_PATTERN)
+        stats = database.statements_stats(conn, database.SAVE_PATTERN)
         if "server_exec_ms" in stats:
             ctx.samples.add("save", workload, size, "server_exec_ms", "ms", stats["server_exec_ms"])
         if workload.endswith("existing") and after[0] > before[0]:

@@ -1,5 +1,5 @@
 -- Save of an existing key: the repository's upsert, taking the UPDATE branch.
--- The guide's save (The repository's queries) with a 24-hour TTL; tests/test_bench.py
+-- The guide's save (The repository's queries) with a 24-hour TTL; tests/performance/test_bench.py
 -- fails if the two differ.
 \set i random(1, :size)
 \set k :key_base + (:i * :key_step) % :key_modulus

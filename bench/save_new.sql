@@ -1,5 +1,5 @@
 -- Save of a new key: the repository's upsert, taking the INSERT branch.
--- The guide's save (The repository's queries) with a 24-hour TTL; tests/test_bench.py
+-- The guide's save (The repository's queries) with a 24-hour TTL; tests/performance/test_bench.py
 -- fails if the two differ.
 -- New keys as random (v4) UUIDs are: scattered over the whole key space among the loaded
 -- keys, so that each insert lands on any leaf page of the primary key. Rows above 2 * :size

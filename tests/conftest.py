@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from tests import helpers
+from tests import helpers, roles
 from tooling import servers
 
 _names = itertools.count(1)
@@ -104,6 +104,13 @@ def conn(pg_server: servers.Server, database: str) -> Iterator[psycopg.Connectio
 
 
 @pytest.fixture
+def role(conn: psycopg.Connection) -> Iterator[str]:
+    """A new role with no privileges, dropped (with its grants on the test's database) after the test."""
+    with roles.new_role(conn, roles.unique_name()) as name:
+        yield name
+
+
+@pytest.fixture
 def empty_conn(pg_server: servers.Server, empty_database: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection to a fresh database with nothing applied."""
     with pg_server.connect(empty_database, autocommit=True) as connection:
@@ -140,22 +147,22 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """Under pytest-xdist, a worker hands its reliability figures to the controller."""
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
-        from tests import reliability
+        from tests import figures
 
-        workeroutput["reliability"] = reliability.figures()
+        workeroutput["reliability"] = figures.figures()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: object, error: object) -> None:
     """Under pytest-xdist, the controller adds up what each worker counted."""
-    from tests import reliability
+    from tests import figures
 
-    reliability.merge(getattr(node, "workeroutput", {}).get("reliability", {}))
+    figures.merge(getattr(node, "workeroutput", {}).get("reliability", {}))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The reliability figures (tests/reliability.py), when reliability tests ran."""
-    from tests import reliability
+    """The reliability figures (tests/figures.py), when reliability tests ran."""
+    from tests import figures
 
     if os.geteuid() != 0:
         # Under pytest-xdist the workers collect, so only they know how many.
@@ -164,7 +171,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{count} tests marked needs_root were deselected: they act as another local user (runuser); "
             "run the suite as root to run them (CI does)"
         )
-    lines = reliability.summary_lines()
+    lines = figures.summary_lines()
     if lines:
         terminalreporter.write_sep("=", "reliability figures")
         for line in lines:

@@ -14,28 +14,20 @@ from typing import Any
 import psycopg
 import pytest
 
-from tooling import DOWN_FILES, ROOT, SQL_DIR, UP_FILES
+from tooling import ROOT, SQL_DIR, migrations
 from tooling.plans import describe_plan, plan_nodes
 
-__all__ = ["DOWN_FILES", "ROOT", "SQL_DIR", "UP_FILES", "describe_plan", "plan_nodes"]
+__all__ = ["ROOT", "SQL_DIR", "describe_plan", "plan_nodes"]
 
-
-# The report's repository queries (IdempotencyRepository::get / ::save), with
-# psycopg placeholders for its $1..$5; in REPORT_SAVE the fifth is the TTL in hours.
-REPORT_GET = """
-SELECT request_id, operation, result_payload, status_code, created_at, expires_at
-FROM idempotency_records
-WHERE request_id = %s AND expires_at > now()
-"""
-REPORT_SAVE = """
-INSERT INTO idempotency_records (request_id, operation, result_payload, status_code, expires_at)
-VALUES (%s, %s, %s, %s, now() + INTERVAL '1 hour' * %s)
-ON CONFLICT (request_id) DO UPDATE SET
-    operation = EXCLUDED.operation,
-    result_payload = EXCLUDED.result_payload,
-    status_code = EXCLUDED.status_code,
-    expires_at = EXCLUDED.expires_at
-"""
+# Every migration of sql/, read by tooling.migrations: up files in the order they are applied,
+# down files in theirs. The contract's own two by name, for the tests about those two, and the
+# optional protocol's, 047, for the tests about it.
+UP_FILES = migrations.up_files()
+DOWN_FILES = migrations.down_files()
+_BY_NUMBER = {m.number: m for m in migrations.migrations() if m.number in ("045", "046", "047")}
+UP_045, DOWN_045 = _BY_NUMBER["045"].up, _BY_NUMBER["045"].down
+UP_046, DOWN_046 = _BY_NUMBER["046"].up, _BY_NUMBER["046"].down
+UP_047, DOWN_047 = _BY_NUMBER["047"].up, _BY_NUMBER["047"].down
 
 
 def apply(conn: psycopg.Connection, path: Path) -> None:
@@ -48,7 +40,7 @@ def apply(conn: psycopg.Connection, path: Path) -> None:
         conn.execute(path.read_text())
 
 
-def sqlstate_of(conn: psycopg.Connection, query: Any, params: tuple[object, ...] = ()) -> str | None:
+def sqlstate_of(conn: psycopg.Connection, query: Any, params: Any = ()) -> str | None:
     """The SQLSTATE a statement fails with (None if it succeeds); its transaction is rolled back."""
     try:
         with conn.transaction():
@@ -194,18 +186,29 @@ def migration_states(conn: psycopg.Connection, schema: str = "public") -> tuple[
     """Catalog snapshots of the three states the files move between, taken on an
     empty database (left empty again): nothing, 045 applied, 045 and 046 applied."""
     empty = catalog_snapshot(conn, schema)
-    apply(conn, UP_FILES[0])
+    apply(conn, UP_045)
     table_only = catalog_snapshot(conn, schema)
-    apply(conn, UP_FILES[1])
+    apply(conn, UP_046)
     migrated = catalog_snapshot(conn, schema)
-    apply_all(conn, DOWN_FILES)
+    apply_all(conn, (DOWN_046, DOWN_045))
     assert catalog_snapshot(conn, schema) == empty, "the down files must leave the database as it was"
     return empty, table_only, migrated
 
 
-# --- other migration tools (tests/test_migration_tools.py, tests/test_tools_*.py) ----------
+# --- fixture files (tests/fixtures/) -----------------------------------------------------------
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+INCLUDE = re.compile(r"^\\ir (\S+)$", re.MULTILINE)
+
+
+def fixture_sql(path: Path) -> str:
+    """A fixture file's SQL, with the files it includes with psql's \\ir (relative to it) in
+    their place: psql runs the file as it is, a psycopg connection runs this."""
+    return INCLUDE.sub(lambda match: fixture_sql(path.parent / match.group(1)).rstrip("\n"), path.read_text())
+
+
+# --- other migration tools (tests/tools/) -----------------------------------------------------
+
 # The user's own earlier migration, versioned by a timestamp, and the table it creates.
 USER_VERSION = "20250101120000"
 USER_TABLE = "shop_orders"
@@ -222,6 +225,13 @@ def without(snapshot: Snapshot, tables: tuple[str, ...]) -> Snapshot:
         return not any(name.startswith(table.lstrip("_")) for table in tables)
 
     return {kind: [row for row in rows if ours(row)] for kind, rows in snapshot.items()}
+
+
+def assert_catalog(
+    conn: psycopg.Connection, expected: Snapshot, message: str, *, besides: tuple[str, ...] = ()
+) -> None:
+    """The catalog is `expected`, but for the rows about the tables `besides` (a tool's bookkeeping)."""
+    assert without(catalog_snapshot(conn), besides) == expected, message
 
 
 def require(program: str) -> str:

@@ -1,6 +1,7 @@
 """Write the migrations into a folder, named the way a migration tool expects.
 
     python3 -m tooling.export TOOL DEST [--after NEWEST]      (make export TOOL=... DEST=...)
+    python3 -m tooling.export --tools                          the tools, for make export's usage line
 
 TOOL is one of:
 
@@ -28,10 +29,11 @@ TOOL is one of:
 liquibase (changelog order), sqitch (plan order) and graphile-migrate (hash chain) do
 not order by version and take no --after.
 
-The SQL text of every migration is copied unchanged. Only sqitch gets more: it runs
-each script with psql outside any transaction, so its deploy and revert scripts wrap
-the file in BEGIN/COMMIT (sqitch's own convention), and its verify scripts, which
-are new, fail when an object the change creates is missing.
+The migrations are every pair of sql/ (tooling.migrations), in order. The SQL text of
+every migration is copied unchanged. Only sqitch gets more: it runs each script with
+psql outside any transaction, so its deploy and revert scripts wrap the file in
+BEGIN/COMMIT (sqitch's own convention), and its verify scripts, which are new, fail
+when an object the change creates is missing (045 and 046; see SQITCH_VERIFY).
 
 Nothing is overwritten: if a file to write already exists with other content, the
 command names it and exits with status 1 before writing anything. A file that
@@ -48,10 +50,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tooling import SQL_DIR, UP_FILES
-
-UP_NAME = re.compile(r"^(?P<version>\d+)_(?P<name>[a-z0-9_]+)\.sql$")
-MIGRATED = frozenset(path.name for path in UP_FILES)
+from tooling import SQL_DIR
+from tooling import migrations as migration_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,16 +73,10 @@ class Migration:
 
 
 def migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
-    """Every NNN_name.sql of sql_dir that `make migrate` applies (UP_FILES) with its
-    NNN_name.down.sql, in version order. The optional 047 is not exported yet."""
-    found = []
-    for path in sorted(sql_dir.glob("*.sql")):
-        match = UP_NAME.match(path.name)
-        if match is None or path.name.endswith(".down.sql") or path.name not in MIGRATED:
-            continue
-        down = path.with_name(f"{match['version']}_{match['name']}.down.sql")
-        found.append(Migration(match["version"], match["name"], path.read_text(), down.read_text()))
-    return sorted(found, key=lambda m: int(m.version))
+    """Every migration of sql_dir with its SQL, in the order they are applied (tooling.migrations)."""
+    return [
+        Migration(m.number, m.name, m.up.read_text(), m.down.read_text()) for m in migration_files.migrations(sql_dir)
+    ]
 
 
 Files = dict[str, str]  # relative path -> content
@@ -164,11 +158,19 @@ SQITCH_PROJECT = "idempotency_records"
 # so exporting again is a no-op.
 SQITCH_PLANNED = "2026-01-01T00:00:00Z idempotency-records <idempotency-records@example.com>"
 
-# What each change must leave behind; the verify script fails if any is missing.
+# What each change must leave behind; the verify script fails if any is missing. A migration with
+# no entry here gets no verify script: sqitch says so and goes on (a verify script is optional).
 SQITCH_VERIFY: dict[str, str] = {
     "create_idempotency_records": """\
--- Fails unless idempotency_records has its six columns, check constraint and two indexes.
-SELECT request_id, operation, result_payload, status_code, created_at, expires_at
+-- Fails unless idempotency_records has its six columns, its check
+-- constraint and its two indexes.
+SELECT
+    request_id,
+    operation,
+    result_payload,
+    status_code,
+    created_at,
+    expires_at
 FROM idempotency_records
 WHERE FALSE;
 
@@ -191,7 +193,8 @@ END
 $verify$;
 """,
     "create_idempotency_cleanup_job": """\
--- Fails unless cleanup_expired_idempotency_records() exists (the cast raises an error otherwise).
+-- Fails unless cleanup_expired_idempotency_records() exists (the cast
+-- raises an error otherwise).
 SELECT 'cleanup_expired_idempotency_records()'::regprocedure;
 """,
 }
@@ -216,8 +219,9 @@ def for_sqitch(request: Request) -> Files:
         lines.append(f"{change}{requires} {SQITCH_PLANNED} # {m.title}")
         files[f"deploy/{change}.sql"] = in_transaction(m.up)
         files[f"revert/{change}.sql"] = in_transaction(m.down)
-        verify = SQITCH_VERIFY[m.name]
-        files[f"verify/{change}.sql"] = f"BEGIN;\n\n{verify.rstrip()}\n\nROLLBACK;\n"
+        verify = SQITCH_VERIFY.get(m.name)
+        if verify is not None:
+            files[f"verify/{change}.sql"] = f"BEGIN;\n\n{verify.rstrip()}\n\nROLLBACK;\n"
         previous = change
     return {"sqitch.plan": "\n".join(lines) + "\n", **files}
 
@@ -467,8 +471,20 @@ def export(tool: str, dest: Path, sql_dir: Path = SQL_DIR, *, after: str | None 
     return results
 
 
+class ListTools(argparse.Action):
+    """--tools: print the tools, space-separated (make export's usage line), and exit."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the tools and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(" ".join(TOOLS))
+        parser.exit()
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python3 -m tooling.export", description="Write the migrations for TOOL.")
+    parser.add_argument("--tools", action=ListTools)
     parser.add_argument("tool", choices=list(TOOLS), metavar="TOOL", help="|".join(TOOLS))
     parser.add_argument("dest", type=Path, metavar="DEST", help="folder to write into")
     parser.add_argument("--after", metavar="NEWEST", help="your newest migration: the files sort after it")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.protocol.library import apply_protocol
+from tests.protocol_calls import apply_protocol
 from tooling.servers import Server
 
 

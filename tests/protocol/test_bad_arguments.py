@@ -9,7 +9,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.protocol.library import CASES, HASH, KNOWN, Bad, claim, sqlstate_and_diagnostics
+from tests.protocol_calls import CASES, HASH, KNOWN, Bad, claim, sqlstate_and_diagnostics
 
 
 def _table(conn: psycopg.Connection) -> list[tuple[object, ...]]:

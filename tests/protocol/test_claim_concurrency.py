@@ -18,10 +18,11 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 
-from tests.helpers import REPORT_SAVE
-from tests.patterns import CLAIM as RECIPE_CLAIM
-from tests.patterns import RECORD_RESULT, results, together
-from tests.protocol.library import HASH, Claim, claim, complete, expire, release, stored
+from tests.protocol_calls import HASH, Claim, claim, complete, expire, release, stored
+from tests.sessions import results, together
+from tests.statements import CLAIM as RECIPE_CLAIM
+from tests.statements import RECORD_RESULT, REPORT_SAVE
+from tooling.records import save_params
 from tooling.servers import Server
 
 CLAIMERS = 32
@@ -132,7 +133,7 @@ def _hold_release(conn: psycopg.Connection, key: uuid.UUID) -> None:
 
 
 def _hold_report_save(conn: psycopg.Connection, key: uuid.UUID) -> None:
-    conn.execute(REPORT_SAVE, (key, "payment", '{"payment_id": 6}', 201, 24))
+    conn.execute(REPORT_SAVE, save_params(key, "payment", '{"payment_id": 6}', 201, 24))
 
 
 def _hold_recipe_claim(conn: psycopg.Connection, key: uuid.UUID) -> None:

@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from tests import reliability
+from tests import figures
 from tests.helpers import UP_FILES, apply_all
-from tests.protocol.library import Claim, apply_protocol, claim, complete, stored
+from tests.protocol_calls import Claim, apply_protocol, claim, complete, stored
 from tooling.servers import FAST_SETTINGS, LocalServer, Server, throwaway_datadir
 
 
@@ -63,7 +63,7 @@ def test_a_holder_terminated_mid_operation_loses_only_its_lease(
         pg_server.connect(protocol_database, autocommit=True, application_name=name) as holder,
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
-        reliability.add("sessions")
+        figures.add("sessions")
         token = claim(holder, key, lease=dt.timedelta(seconds=1)).token
         operating = pool.submit(holder.execute, "SELECT pg_sleep(60)")  # the call to the other system
         deadline = time.monotonic() + 30
@@ -76,15 +76,15 @@ def test_a_holder_terminated_mid_operation_loses_only_its_lease(
             time.sleep(0.01)
         with pytest.raises(psycopg.OperationalError):
             operating.result(timeout=30)
-    reliability.add("faults_injected")
+    figures.add("faults_injected")
     record = stored(pconn, key)
     assert record is not None and record.lease_token == token, "the lease survives its holder"
     taken = claims_until_taken_over(pconn, key, record.expires_at)
     assert taken.token != token
     assert complete(pconn, key, token) is False, "the dead holder's token is fenced off"
     assert claim(pconn, kept) == Claim("replay", None, '{"payment_id": "kept"}', 201), "nothing else is lost"
-    reliability.add("rows_checked", 2)
-    reliability.add("faults_survived")
+    figures.add("rows_checked", 2)
+    figures.add("faults_survived")
 
 
 def test_a_holder_terminated_before_its_claim_committed_leaves_the_key_free(
@@ -92,15 +92,15 @@ def test_a_holder_terminated_before_its_claim_committed_leaves_the_key_free(
 ) -> None:
     key = uuid.uuid4()
     with pg_server.connect(protocol_database) as holder:  # not autocommit: the claim stays open
-        reliability.add("sessions")
+        figures.add("sessions")
         assert claim(holder, key).outcome == "claimed"
         pconn.execute("SELECT pg_terminate_backend(%s)", (holder.info.backend_pid,))
-        reliability.add("faults_injected")
+        figures.add("faults_injected")
         with pytest.raises(psycopg.OperationalError):
             holder.execute("SELECT 1")
     assert stored(pconn, key) is None, "the uncommitted claim is gone with its session"
     assert claim(pconn, key).outcome == "claimed", "and the key is free at once"
-    reliability.add("faults_survived")
+    figures.add("faults_survived")
 
 
 def test_a_server_crash_keeps_what_was_committed_and_every_lease_ends_on_time() -> None:
@@ -124,13 +124,13 @@ def test_a_server_crash_keeps_what_was_committed_and_every_lease_ends_on_time() 
             assert claim(claimer, open_claim).outcome == "claimed"
             assert complete(completer, open_completion, completing_token)
             local.stop("immediate")
-            reliability.add("faults_injected")
+            figures.add("faults_injected")
         finally:
             claimer.close()
             completer.close()
         local.start()
         with server.connect(autocommit=True) as after:
-            reliability.add("sessions", 2)
+            figures.add("sessions", 2)
             assert claim(after, done) == Claim("replay", None, '{"payment_id": "done"}', 201), "a result survives"
             assert claim(after, open_claim).outcome == "claimed", "an uncommitted claim is gone: the key is free"
             for key in (leased, open_completion):
@@ -139,8 +139,8 @@ def test_a_server_crash_keeps_what_was_committed_and_every_lease_ends_on_time() 
             assert complete(after, leased, leased_token), "a holder that reconnects still completes with its token"
             taken = claims_until_taken_over(after, open_completion, leases[open_completion])
             assert taken.token != completing_token, "the lease whose completion was lost ends on time"
-            reliability.add("rows_checked", 4)
+            figures.add("rows_checked", 4)
     finally:
         local.stop("immediate")
         shutil.rmtree(datadir.parent, ignore_errors=True)
-    reliability.add("faults_survived")
+    figures.add("faults_survived")

@@ -24,9 +24,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests import reliability
+from tests import figures
 from tests.helpers import ROOT
-from tests.protocol.library import PAGE, stored
+from tests.protocol_calls import PAGE, stored
 from tooling.servers import Server
 
 EXAMPLE = ROOT / "docs" / "examples" / "payment_client.py"
@@ -72,7 +72,7 @@ def test_every_payment_is_charged_exactly_once_through_failures_and_crashes(
     )
     assert client.exactly_once(provider, answers) == [], "every payment charged once and answered one way"
     assert provider.calls > len(answers), f"the provider failed and was called again: {provider.calls} calls"
-    reliability.add("operations", provider.calls)
+    figures.add("operations", provider.calls)
     for client_key in answers:
         key = pconn.execute("SELECT idempotency_key(%s::TEXT, %s::TEXT)", (f"tenant-{seed}", client_key)).fetchone()
         assert key is not None

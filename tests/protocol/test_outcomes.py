@@ -12,7 +12,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.protocol.library import (
+from tests.protocol_calls import (
     HASH,
     IN_PROGRESS_PAYLOAD,
     IN_PROGRESS_STATUS,

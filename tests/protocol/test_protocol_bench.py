@@ -13,7 +13,7 @@ import psycopg
 from bench import protocol
 from bench.config import KEY_BASE, KEY_MODULUS, KEY_PREFIX, KEY_STEP, key_variables
 from bench.database import read_sql
-from tests.protocol.library import stored
+from tests.protocol_calls import stored
 
 
 def bound(name: str, row: int) -> tuple[list[str], dict[str, object]]:

@@ -27,11 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from tests import reliability
-from tests.helpers import REPORT_SAVE
-from tests.patterns import CLAIM as RECIPE_CLAIM
-from tests.patterns import CLEANUP_BATCH, RECORD_RESULT
-from tests.protocol.library import claim, complete, digest, release, stored
+from tests import figures
+from tests.protocol_calls import claim, complete, digest, release, stored
+from tests.statements import CLAIM as RECIPE_CLAIM
+from tests.statements import CLEANUP_BATCH, RECORD_RESULT, REPORT_SAVE
+from tooling.records import save_params
 from tooling.servers import Server
 
 KEYS = [uuid.UUID(int=n + 1) for n in range(6)]
@@ -124,7 +124,7 @@ def recipe_step(conn: psycopg.Connection, chance: random.Random) -> None:
 
 
 def save_step(conn: psycopg.Connection, chance: random.Random) -> None:
-    conn.execute(REPORT_SAVE, (chance.choice(KEYS), "payment", '{"saved": true}', 201, 0.00003))  # 0.108 s
+    conn.execute(REPORT_SAVE, save_params(chance.choice(KEYS), "payment", '{"saved": true}', 201, 0.00003))  # 0.108 s
     RUN_COUNTS("save")
     time.sleep(chance.uniform(0.02, 0.08))
 
@@ -163,9 +163,9 @@ def mixed_run(pg_server: Server, database: str, conn: psycopg.Connection, second
                 future.result(timeout=seconds + 120)
     finally:
         _current.pop()
-    reliability.add("sessions", len(STEPS))
-    reliability.add("operations", sum(run.counts.values()))
-    reliability.add("deadlocks", sum("40P01" in error for error in run.errors))
+    figures.add("sessions", len(STEPS))
+    figures.add("operations", sum(run.counts.values()))
+    figures.add("deadlocks", sum("40P01" in error for error in run.errors))
     assert not run.errors, "sessions failed:\n" + "\n".join(run.errors[:20])
     for outcome in ("claimed", "in_progress", "replay", "completed", "released", "recipe 1", "cleanups"):
         assert run.counts[outcome] > 0, f"the run never saw {outcome}: {dict(run.counts)}"

@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from tests.helpers import apply, catalog_snapshot
-from tests.protocol.library import FIXTURES, PROTOCOL_UP, load_fixture, sqlstate_and_diagnostics
+from tests.protocol_calls import FIXTURES, PROTOCOL_UP, load_fixture, sqlstate_and_diagnostics
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,61 +1,24 @@
-"""What 047 and its down file lock on idempotency_records, as docs/protocol.md's lock table says:
-read from pg_locks inside each file's own transaction (locks are held to the commit). A first
-apply waits at most lock_timeout and then changes nothing; applying a complete 047 again, or
-its down file where there is nothing left to drop, takes no lock at all.
+"""How long 047 and its down file wait for the locks they take (the guide's Lock impact table,
+which tests/deploy/test_lock_impact.py measures, says which): a first apply waits at most
+lock_timeout and then changes nothing; applying a complete 047 again, or its down file where
+there is nothing left to drop, takes no lock at all.
 
-"No lock" is asserted exactly, as tests/test_reapply_locks.py does: the file runs with a
+"No lock" is asserted exactly, as tests/deploy/test_reapply_locks.py does: the file runs with a
 lock_timeout of 1 ms while an application transaction holds a row lock and another has written
 and stays open, so any lock it asked for that conflicts with theirs would fail it with 55P03."""
 
 from __future__ import annotations
 
-import re
 import uuid
 
 import psycopg
 import pytest
 
-from tests.helpers import REPORT_SAVE, catalog_snapshot
-from tests.protocol.library import PAGE, PROTOCOL_DOWN, PROTOCOL_UP, apply_protocol, claim
-from tests.test_lock_impact import MODES, RELATIONS
+from tests.helpers import catalog_snapshot
+from tests.protocol_calls import PROTOCOL_DOWN, PROTOCOL_UP, apply_protocol, claim
+from tests.statements import REPORT_SAVE
+from tooling.records import save_params
 from tooling.servers import Server
-
-
-def locks_taken(conn: psycopg.Connection, text: str) -> set[str]:
-    """The lock modes a file takes on the table's relations that existed before it ran."""
-    relations = [row[0] for row in conn.execute(RELATIONS) if row[0]]
-    with conn.transaction():
-        conn.execute(text)
-        rows = conn.execute(
-            "SELECT mode FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'relation' AND relation = ANY(%s)",
-            (relations,),
-        ).fetchall()
-    return {MODES[mode] for (mode,) in rows}
-
-
-def page_table() -> dict[tuple[str, str], set[str]]:
-    """The rows of docs/protocol.md's lock table: (file, run) -> lock modes in the locks cell."""
-    section = PAGE.read_text().split("### Lock impact\n", 1)[1].split("\n#", 1)[0]
-    rows: dict[tuple[str, str], set[str]] = {}
-    for line in section.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0].startswith("`"):
-            rows[(cells[0].strip("`"), cells[1])] = set(
-                re.findall(r"`(ACCESS EXCLUSIVE|SHARE UPDATE EXCLUSIVE|SHARE|ROW EXCLUSIVE|ACCESS SHARE)`", cells[2])
-            )
-    return rows
-
-
-def test_the_page_states_what_each_run_locks(conn: psycopg.Connection) -> None:
-    measured = {
-        ("047", "first apply"): locks_taken(conn, PROTOCOL_UP.read_text()),
-        ("047", "again, complete"): locks_taken(conn, PROTOCOL_UP.read_text()),
-        ("047.down", "047 applied"): locks_taken(conn, PROTOCOL_DOWN.read_text()),
-        ("047.down", "again"): locks_taken(conn, PROTOCOL_DOWN.read_text()),
-    }
-    assert measured[("047", "first apply")] == {"ACCESS EXCLUSIVE", "SHARE UPDATE EXCLUSIVE"}
-    assert measured[("047", "again, complete")] == set()
-    assert page_table() == measured, "docs/protocol.md's lock table is what was measured"
 
 
 def test_the_file_sets_a_lock_timeout_only_where_none_is_set(conn: psycopg.Connection) -> None:
@@ -72,7 +35,7 @@ def test_a_first_apply_behind_an_open_transaction_fails_at_its_lock_timeout_and_
     pg_server: Server, database: str, conn: psycopg.Connection
 ) -> None:
     with pg_server.connect(database) as application:
-        application.execute(REPORT_SAVE, (uuid.uuid4(), "payment", "{}", 201, 24))  # open, uncommitted
+        application.execute(REPORT_SAVE, save_params(uuid.uuid4(), "payment", "{}", 201, 24))  # open, uncommitted
         before = catalog_snapshot(conn)
         conn.execute("SET lock_timeout = '100ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable), conn.transaction():
@@ -92,8 +55,8 @@ def test_a_run_with_nothing_to_do_waits_for_no_application_transaction_and_block
     if path == PROTOCOL_DOWN:
         conn.execute(PROTOCOL_DOWN.read_text())
     held, kept = uuid.uuid4(), uuid.uuid4()
-    conn.execute(REPORT_SAVE, (held, "payment", "{}", 201, 24))
-    conn.execute(REPORT_SAVE, (kept, "payment", "{}", 201, 24))
+    conn.execute(REPORT_SAVE, save_params(held, "payment", "{}", 201, 24))
+    conn.execute(REPORT_SAVE, save_params(kept, "payment", "{}", 201, 24))
     with (
         pg_server.connect(database) as row_locker,
         pg_server.connect(database) as writer,
@@ -101,7 +64,7 @@ def test_a_run_with_nothing_to_do_waits_for_no_application_transaction_and_block
         pg_server.connect(database, autocommit=True) as saver,
     ):
         row_locker.execute("SELECT 1 FROM idempotency_records WHERE request_id = %s FOR UPDATE", (held,))
-        writer.execute(REPORT_SAVE, (uuid.uuid4(), "payment", "{}", 201, 24))
+        writer.execute(REPORT_SAVE, save_params(uuid.uuid4(), "payment", "{}", 201, 24))
         runner.execute("SET lock_timeout = '1ms'")
         runner.execute(path.read_text())  # type: ignore[attr-defined]
         held_by_runner = conn.execute(
@@ -111,8 +74,8 @@ def test_a_run_with_nothing_to_do_waits_for_no_application_transaction_and_block
             (runner.info.backend_pid,),
         ).fetchall()
         saver.execute("SET lock_timeout = '1ms'")
-        saver.execute(REPORT_SAVE, (uuid.uuid4(), "payment", "{}", 201, 24))
-        saver.execute(REPORT_SAVE, (kept, "payment", "{}", 200, 24))
+        saver.execute(REPORT_SAVE, save_params(uuid.uuid4(), "payment", "{}", 201, 24))
+        saver.execute(REPORT_SAVE, save_params(kept, "payment", "{}", 200, 24))
         runner.commit()
         writer.commit()
         row_locker.commit()

@@ -2,7 +2,7 @@
 before them, with records in every state, and cut off part way.
 
 Catalog snapshots are compared as tests/helpers.py takes them, each column numbered by its
-position (tests/protocol/library.py: a dropped column keeps its attribute number for good)."""
+position (tests/protocol_calls.py: a dropped column keeps its attribute number for good)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ import psycopg
 import pytest
 
 from tests import verification
-from tests.helpers import DOWN_FILES, REPORT_GET, UP_FILES, apply, apply_all, catalog_snapshot, split_statements
-from tests.patterns import wait_for_waiters
-from tests.protocol.library import (
+from tests.helpers import DOWN_FILES, UP_FILES, apply, apply_all, catalog_snapshot, split_statements
+from tests.protocol_calls import (
     HASH,
     IN_PROGRESS_PAYLOAD,
     PROTOCOL_DOWN,
@@ -27,6 +26,8 @@ from tests.protocol.library import (
     complete,
     snapshot,
 )
+from tests.sessions import wait_for_waiters
+from tests.statements import REPORT_GET
 from tooling.servers import Server
 
 FUNCTIONS = {
@@ -141,7 +142,7 @@ def test_047_down_keeps_every_record_and_a_record_in_progress_answers_409_until_
     apply(pconn, PROTOCOL_DOWN)
     rows = pconn.execute("SELECT request_id, result_payload, status_code FROM idempotency_records").fetchall()
     assert sorted(rows) == sorted([(running, IN_PROGRESS_PAYLOAD, 409), (done, '{"payment_id": 1}', 201)])
-    got = pconn.execute(REPORT_GET, (running,)).fetchone()
+    got = pconn.execute(REPORT_GET, {"request_id": running}).fetchone()
     assert got is not None and (got[2], got[3]) == (IN_PROGRESS_PAYLOAD, 409), "the get answers 409 for it"
     apply_protocol(pconn)
     assert claim(pconn, done).outcome == "replay", "after 047 again, a completed record replays"

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.docblocks import parse_blocks
 from tests.helpers import sqlstate_of
-from tests.protocol.library import HASH, OTHER_HASH, PAGE, Claim, claim, complete, expire, release
-from tests.test_docs import parse_blocks
+from tests.protocol_calls import HASH, OTHER_HASH, PAGE, Claim, claim, complete, expire, release
 
 DOCUMENTED_ROLE = "jive_protocol_client"
 INSERTED = ("request_id", "operation", "result_payload", "status_code", "expires_at", "request_hash", "lease_token")

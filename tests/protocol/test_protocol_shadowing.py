@@ -6,7 +6,7 @@ four functions (CVE-2018-1058), proven two ways:
   functions would make without their casts, each proven armed by a probe of that naive form),
   047 is applied, applied again and rolled back, and every function is called: no trap runs;
 - the server's own analysis of every statement and expression the functions run
-  (debug_print_parse, read by tests/shadowable.py as tests/test_docs_under_traps.py does for the
+  (debug_print_parse, read by tests/shadowable.py as tests/security/test_docs_under_traps.py does for the
   docs) finds no call whose argument types differ from the built-in's it resolved to, and each
   of the functions' SQL statements, conditions, assignments and RAISEs was read (the one that
   needs a race to run is named)."""
@@ -23,7 +23,7 @@ import pytest
 
 from tests import shadowable
 from tests.helpers import ROOT, UP_FILES, apply
-from tests.protocol.library import (
+from tests.protocol_calls import (
     CASES,
     FIXTURES,
     HASH,
@@ -35,7 +35,6 @@ from tests.protocol.library import (
     expire,
     release,
 )
-from tests.test_docs_under_traps import SPI_QUERY, Recording, Tracer
 from tooling.servers import Server
 
 TRAPS = (ROOT / "tests" / "fixtures" / "hostile_shadowing_traps.sql", FIXTURES / "shadowing_traps.sql")
@@ -139,8 +138,8 @@ def body_statements(conn: psycopg.Connection, name: str) -> dict[int, str]:
 def test_no_call_in_the_functions_can_be_captured_and_every_statement_was_read(
     pg_server: Server, protocol_database: str, pconn: psycopg.Connection
 ) -> None:
-    recording = Recording(pconn)
-    tracer = Tracer(recording)
+    recording = shadowable.Recording(pconn)
+    tracer = shadowable.Tracer(recording)
     exercise(pg_server, protocol_database, recording)  # type: ignore[arg-type]
     pconn.execute("RESET client_min_messages")
     catalog = shadowable.Catalog(pconn)
@@ -148,7 +147,7 @@ def test_no_call_in_the_functions_can_be_captured_and_every_statement_was_read(
     captured, calls = [], 0
     for analyzed in tracer.take():
         where = FUNCTION_LINE.search(analyzed.context)
-        query = SPI_QUERY.match(analyzed.context)
+        query = shadowable.SPI_QUERY.match(analyzed.context)
         if where is None or query is None:
             continue
         read[where["name"]].add(int(where["line"]))

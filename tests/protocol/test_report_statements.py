@@ -21,10 +21,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.helpers import REPORT_GET, REPORT_SAVE
-from tests.patterns import CLAIM as RECIPE_CLAIM
-from tests.patterns import QUERIES, RECORD_RESULT
-from tests.protocol.library import (
+from tests.docblocks import QUERIES
+from tests.protocol_calls import (
     HASH,
     IN_PROGRESS_PAYLOAD,
     OTHER_HASH,
@@ -35,6 +33,9 @@ from tests.protocol.library import (
     release,
     stored,
 )
+from tests.statements import CLAIM as RECIPE_CLAIM
+from tests.statements import RECORD_RESULT, REPORT_GET, REPORT_SAVE
+from tooling.records import save_params
 
 CLEANUP = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
 
@@ -72,7 +73,7 @@ def test_the_repositorys_statements_work_with_047_applied(repository: psycopg.Co
     expire(conn, key)
     assert conn.execute("EXECUTE idempotency_cleanup").rowcount == 1, "cleanup deletes the expired record"
     record_of_save = uuid.uuid4()
-    conn.execute(REPORT_SAVE, (record_of_save, "payment", "{}", 201, 24))
+    conn.execute(REPORT_SAVE, save_params(record_of_save, "payment", "{}", 201, 24))
     row = stored(conn, record_of_save)
     assert row is not None and (row.request_hash, row.lease_token) == (None, None), "the save leaves 047's NULL"
 
@@ -80,7 +81,7 @@ def test_the_repositorys_statements_work_with_047_applied(repository: psycopg.Co
 def test_the_get_reads_a_record_in_progress_as_409_with_a_problem_document(pconn: psycopg.Connection) -> None:
     key = uuid.uuid4()
     claim(pconn, key)
-    got = pconn.execute(REPORT_GET, (key,)).fetchone()
+    got = pconn.execute(REPORT_GET, {"request_id": key}).fetchone()
     assert got is not None and (got[2], got[3]) == (IN_PROGRESS_PAYLOAD, 409)
     problem = json.loads(got[2])
     assert (problem["status"], problem["title"], problem["type"]) == (409, "Conflict", "about:blank"), problem
@@ -90,9 +91,11 @@ def test_the_get_reads_an_expired_lease_as_nothing_and_a_completed_key_as_its_re
     running, done = uuid.uuid4(), uuid.uuid4()
     claim(pconn, running)
     expire(pconn, running)
-    assert pconn.execute(REPORT_GET, (running,)).fetchone() is None, "an expired lease is an expired record"
+    assert pconn.execute(REPORT_GET, {"request_id": running}).fetchone() is None, (
+        "an expired lease is an expired record"
+    )
     assert complete(pconn, done, claim(pconn, done).token, '{"payment_id": 4}', 201)
-    got = pconn.execute(REPORT_GET, (done,)).fetchone()
+    got = pconn.execute(REPORT_GET, {"request_id": done}).fetchone()
     assert got is not None and (got[2], got[3]) == ('{"payment_id": 4}', 201)
 
 
@@ -113,11 +116,11 @@ def test_the_cleanup_never_deletes_a_live_lease_and_deletes_expired_ones(pconn: 
 def test_a_save_over_a_record_in_progress_ends_its_lease_and_its_result_is_replayed(pconn: psycopg.Connection) -> None:
     key = uuid.uuid4()
     token = claim(pconn, key, operation="payment").token
-    pconn.execute(REPORT_SAVE, (key, "payment", '{"payment_id": "saved"}', 201, 24))
+    pconn.execute(REPORT_SAVE, save_params(key, "payment", '{"payment_id": "saved"}', 201, 24))
     assert claim(pconn, key) == Claim("replay", None, '{"payment_id": "saved"}', 201), "the stored result is final"
     assert complete(pconn, key, token, '{"payment_id": "holder"}', 201) is False, "the holder's result is refused"
     assert release(pconn, key, token) is False, "and it cannot delete the saved result"
-    assert pconn.execute(REPORT_GET, (key,)).fetchone()[2] == '{"payment_id": "saved"}'  # type: ignore[index]
+    assert pconn.execute(REPORT_GET, {"request_id": key}).fetchone()[2] == '{"payment_id": "saved"}'  # type: ignore[index]
 
 
 def test_recipe_1s_claim_of_an_expired_lease_fences_the_stale_holder(pconn: psycopg.Connection) -> None:
@@ -134,6 +137,6 @@ def test_recipe_1s_claim_of_an_expired_lease_fences_the_stale_holder(pconn: psyc
 @pytest.mark.parametrize("request_hash", [HASH, OTHER_HASH], ids=["one hash", "another hash"])
 def test_a_record_of_the_save_is_matched_on_its_operation_alone(pconn: psycopg.Connection, request_hash: bytes) -> None:
     key = uuid.uuid4()
-    pconn.execute(REPORT_SAVE, (key, "payment", '{"payment_id": 2}', 201, 24))
+    pconn.execute(REPORT_SAVE, save_params(key, "payment", '{"payment_id": 2}', 201, 24))
     assert claim(pconn, key, "payment", request_hash) == Claim("replay", None, '{"payment_id": 2}', 201)
     assert claim(pconn, key, "refund", request_hash) == Claim("mismatch", None, None, None)

@@ -2,7 +2,7 @@
 per scope, the same on every server and in every database encoding, and the one the test vectors
 published in docs/protocol.md give (compared here on whichever major the suite runs: 15, 16, 18).
 
-An independent implementation in Python (tests/protocol/library.py, reference_key) gives the
+An independent implementation in Python (tests/protocol_calls.py, reference_key) gives the
 same UUID for every pair hypothesis generates."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from tests.helpers import UP_FILES, apply
-from tests.protocol.library import KEY, PAGE, apply_protocol, reference_key
+from tests.protocol_calls import KEY, PAGE, apply_protocol, reference_key
 from tooling.servers import Server
 
 VECTOR = re.compile(r"^\| `(?P<scope>[^`]*)` \| `(?P<client_key>[^`]*)` \| `(?P<key>[0-9a-f-]{36})` \|$")

@@ -17,7 +17,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.protocol.library import Claim, claim, complete, expire, stored
+from tests.protocol_calls import Claim, claim, complete, expire, stored
 from tooling.servers import Server
 
 

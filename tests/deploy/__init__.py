@@ -1,0 +1,1 @@
+"""Tests of applying the files as deployments do."""

@@ -1,0 +1,167 @@
+"""The files keep no object of another role, act only on the install, and start no second copy
+of it: each such state is refused with its SQLSTATE, a message naming the object, a DETAIL with
+what was found and what was expected, and a HINT, and the install is left exactly as it was
+(catalog snapshot and every catalog row's version).
+
+The states are fixture files, tests/fixtures/deploy_states/<state>.sql. Each file is applied as
+a runner does (its whole text, one transaction); tests/deploy/test_plain_psql_guards.py applies the same
+states with plain psql.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests import deployers
+from tests.helpers import DOWN_045, DOWN_046, UP_045, UP_046, apply, catalog_snapshot, fixture_sql
+from tooling.servers import Server
+
+USER = "{user}"  # stands for the role that applies the files
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    state: str  # tests/fixtures/deploy_states/<state>.sql
+    path: Path  # the file applied, and refused
+    sqlstate: str
+    names: tuple[str, ...]  # what the message names (first) and its DETAIL (the rest)
+    migrated: bool = True  # the state starts from a migrated database, else from an empty one
+    session: bool = False  # a state of the session: loaded in the session that applies the file
+    user_schema: bool = False  # the state adds a schema named after the user: compare it too
+
+    def __str__(self) -> str:
+        return f"{self.path.name}-{self.state}"
+
+
+REFUSALS = [
+    # A function of that name made by another role is neither kept nor replaced.
+    Refusal(
+        "function_owned_by_another_role",
+        UP_046,
+        "42501",
+        ("public.cleanup_expired_idempotency_records()", f"owner {deployers.PLANTER}"),
+    ),
+    Refusal(
+        "function_overload_owned_by_another_role",
+        UP_046,
+        "42501",
+        ("public.cleanup_expired_idempotency_records(integer)", f"owner {deployers.PLANTER}"),
+    ),
+    Refusal("table_planted_with_a_trap_trigger", UP_045, "42501", ("public.idempotency_records",), migrated=False),
+    Refusal("table_planted_with_a_trap_trigger", UP_046, "55000", ("public.idempotency_records",), migrated=False),
+    # A temporary table of that name never stands in for the install, up or down.
+    Refusal("temporary_table_in_the_session", DOWN_045, "3F000", ("temporary table",), session=True),
+    Refusal("temporary_table_in_the_session", UP_045, "3F000", ("temporary schema",), session=True),
+    Refusal("temporary_table_in_the_session", UP_046, "3F000", ("permanent schema",), session=True),
+    # A schema named after the user, first on the default search_path: no second copy.
+    Refusal(
+        "schema_named_after_the_user",
+        UP_045,
+        "42P07",
+        (f"installed in another schema than {USER}", "public.idempotency_records", f"schema {USER}"),
+        user_schema=True,
+    ),
+    Refusal(
+        "schema_named_after_the_user",
+        UP_046,
+        "3F000",
+        (f"installed in another schema than {USER}", "public.idempotency_records", f"schema {USER}"),
+        user_schema=True,
+    ),
+    Refusal(
+        "schema_named_after_the_user_with_a_second_table",
+        UP_046,
+        "42723",
+        (
+            f"cleanup_expired_idempotency_records() is installed in another schema than {USER}",
+            "public.cleanup_expired_idempotency_records()",
+            f"schema {USER}",
+        ),
+        user_schema=True,
+    ),
+    # What is not 045's is not removed by 045.down.
+    Refusal("table_of_another_shape", DOWN_045, "55000", ("public.idempotency_records",), migrated=False),
+    Refusal("index_name_on_another_table", DOWN_045, "55000", ("public.idx_idempotency_operation", "audit_log")),
+    Refusal("table_of_another_shape", UP_045, "42P07", ("public.idempotency_records",), migrated=False),
+    Refusal("index_name_on_another_table", UP_045, "42P07", ("public.idx_idempotency_operation",)),
+]
+
+
+def test_every_fixture_file_is_used() -> None:
+    used = {refusal.state for refusal in REFUSALS} | {"cron_schema_planted_without_pg_cron"}
+    used |= {"cleanup_function_without_isolation_check", "cleanup_role_with_the_reports_grants"}
+    files = {path.stem for path in deployers.STATES.glob("*.sql")}
+    assert files == used, f"one fixture file per state, each used: files {sorted(files)}, used {sorted(used)}"
+
+
+@pytest.mark.parametrize("refusal", REFUSALS, ids=str)
+def test_a_refused_state_is_named_and_left_as_it_was(
+    pg_server: Server, request: pytest.FixtureRequest, refusal: Refusal
+) -> None:
+    dbname = request.getfixturevalue("database" if refusal.migrated else "empty_database")
+    with pg_server.connect(dbname, autocommit=True) as conn, deployers.planter_role(conn):
+        if refusal.session:
+            conn.execute(fixture_sql(deployers.state_path(refusal.state)))
+        else:
+            deployers.load_state(conn, refusal.state)
+        user = conn.info.user
+        schemas = ("public", user) if refusal.user_schema else ("public",)
+        before = [catalog_snapshot(conn, schema) for schema in schemas], deployers.catalog_versions(conn, *schemas)
+
+        with pytest.raises(psycopg.Error) as raised:
+            apply(conn, refusal.path)
+
+        error = raised.value
+        names = [name.replace(USER, user) for name in refusal.names]
+        message, detail = error.diag.message_primary or "", error.diag.message_detail or ""
+        assert error.sqlstate == refusal.sqlstate, f"{refusal}: SQLSTATE {refusal.sqlstate}, got {error!r}"
+        assert names[0] in message, f"{refusal}: the message names {names[0]!r}: {message}"
+        assert "found" in detail and "expected" in detail, f"{refusal}: DETAIL gives found and expected: {detail}"
+        for name in names[1:]:
+            assert name in f"{message} {detail}", f"{refusal}: message or DETAIL names {name!r}: {message} / {detail}"
+        assert error.diag.message_hint, f"{refusal}: a HINT says what to do"
+        after = [catalog_snapshot(conn, schema) for schema in schemas], deployers.catalog_versions(conn, *schemas)
+        assert after == before, f"{refusal}: the refused file changed nothing"
+        if refusal.session:
+            assert conn.execute("SELECT count(*) FROM pg_temp.idempotency_records").fetchone() == (0,)
+
+
+def test_046_down_never_reads_or_calls_a_cron_schema_pg_cron_did_not_make(
+    pg_server: Server, database: str, conn: psycopg.Connection
+) -> None:
+    """Without pg_cron in this database, a schema named cron is another role's: 046.down drops
+    the function without reading its job table or calling its unschedule."""
+    trap_ran: list[str] = []
+    conn.add_notice_handler(lambda notice: trap_ran.append(notice.message_primary or ""))
+    with deployers.planter_role(conn):
+        deployers.load_state(conn, "cron_schema_planted_without_pg_cron")
+        apply(conn, DOWN_046)
+        left = conn.execute("SELECT count(*) FROM cron.job").fetchone()
+        assert conn.execute("SELECT to_regprocedure('cleanup_expired_idempotency_records()')").fetchone() == (None,)
+    assert [text for text in trap_ran if "TRAP" in text] == [], f"046.down ran the planted code: {trap_ran}"
+    assert left == (1,), "the planted job table is untouched"
+
+
+def test_the_planted_function_never_runs_for_a_superuser_after_046(
+    pg_server: Server, database: str, conn: psycopg.Connection
+) -> None:
+    """The report's case: 046 applied anyway kept the planted function, and the next call by a
+    superuser ran its body. Now 046 stops, and once the function is dropped it installs its own."""
+    warnings: list[str] = []
+    conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary or ""))
+    with deployers.planter_role(conn):
+        deployers.load_state(conn, "function_owned_by_another_role")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            apply(conn, UP_046)
+        conn.execute("DROP FUNCTION cleanup_expired_idempotency_records()")
+        apply(conn, UP_046)
+        owner = conn.execute(
+            "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = 'cleanup_expired_idempotency_records()'::regprocedure"
+        ).fetchone()
+        conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchall()
+    assert owner == (conn.info.user,), f"the function 046 installs belongs to the role applying it: {owner}"
+    assert [text for text in warnings if "TRAP" in text] == [], f"a planted body ran: {warnings}"

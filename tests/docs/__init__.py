@@ -1,0 +1,1 @@
+"""Tests of the docs: every block runs, every claim holds."""

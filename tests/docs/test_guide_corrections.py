@@ -1,0 +1,217 @@
+"""The guide's operational claims, each proven on a real server: what REINDEX blocks, how an invalid
+index shows, what pg_stat_reset() costs autovacuum, what the new-keys alert cannot see, what a
+delete leaves behind, what holds back vacuum, and the tenant-key migration's steps."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.docblocks import GUIDE, QUERIES, Block, parse_blocks, run_block
+from tests.helpers import ROOT, fixture_sql
+from tooling import records
+from tooling.records import DAY
+from tooling.servers import Server
+
+STATES = ROOT / "tests" / "fixtures" / "states"
+
+
+def live(conn: psycopg.Connection, rows: int) -> None:
+    records.insert_many(conn, rows, records.live(lifetime=DAY))
+
+
+def expired(conn: psycopg.Connection, rows: int, payload: str = "{}") -> None:
+    records.insert_many(conn, rows, records.expired(result_payload=payload))
+
+
+COUNTERS = """
+    SELECT n_dead_tup, n_mod_since_analyze, n_tup_ins, n_tup_upd
+    FROM pg_stat_user_tables WHERE relid = 'idempotency_records'::regclass
+"""
+
+
+def guide_block(snippet: str) -> Block:
+    """The one sql block of the guide that contains `snippet`."""
+    found = [block for block in parse_blocks(GUIDE) if snippet in block.text]
+    assert len(found) == 1, f"the guide has exactly one sql block containing {snippet!r}, found {len(found)}"
+    return found[0]
+
+
+def counters(conn: psycopg.Connection, until: str = "TRUE") -> dict[str, int]:
+    """The table's statistics counters, once this session's pending counts are flushed and
+    `until` (a condition on them) holds: the counters arrive asynchronously, no time is assumed."""
+    for _ in range(1000):
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(f"SELECT *, {until} FROM ({COUNTERS}) AS c").fetchone()
+        assert row is not None
+        if row[-1]:
+            return dict(zip(("n_dead_tup", "n_mod_since_analyze", "n_tup_ins", "n_tup_upd"), row[:-1], strict=True))
+        conn.execute("SELECT pg_sleep(0.01)")
+    raise AssertionError(f"the statistics never showed {until}")
+
+
+def test_reindex_table_blocks_reads_of_the_table_until_it_ends(
+    pg_server: Server, database: str, conn: psycopg.Connection
+) -> None:
+    live(conn, 10)
+    with pg_server.connect(database) as reindex:
+        reindex.execute("REINDEX TABLE idempotency_records")  # its transaction stays open
+        try:
+            with pg_server.connect(database, autocommit=True) as reader:
+                reader.execute("SET lock_timeout = '50ms'")
+                with pytest.raises(psycopg.errors.LockNotAvailable):
+                    reader.execute(guide_block("AND expires_at > now();\n-- returns:").text)
+        finally:
+            reindex.rollback()
+    run_block(conn, guide_block("REINDEX TABLE CONCURRENTLY"))
+    run_block(conn, guide_block("REINDEX INDEX CONCURRENTLY"))
+
+
+REBUILD = (
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_idempotency_expires ON idempotency_records USING btree (expires_at);"
+)
+
+
+def test_an_invalid_index_is_listed_invalid_and_the_guide_repairs_it(conn: psycopg.Connection) -> None:
+    diagnosis = guide_block("i.indisvalid AS valid")
+    (rebuild,) = [block for block in parse_blocks(GUIDE) if block.text.strip() == REBUILD]
+    conn.execute(fixture_sql(STATES / "expires_index_invalid.sql"))
+    listed = {row[0]: row[1] for row in conn.execute(diagnosis.text)}
+    assert listed["idx_idempotency_expires"] is False, "the invalid index is listed, with valid = f"
+    with pytest.raises(AssertionError, match="rows"):
+        run_block(conn, diagnosis)  # not the result the guide prints (every index valid)
+    run_block(conn, rebuild)
+    with pytest.raises(AssertionError, match="rows"):
+        run_block(conn, diagnosis)  # IF NOT EXISTS took the invalid index for present
+    run_block(conn, guide_block("DROP INDEX CONCURRENTLY IF EXISTS idx_idempotency_expires"))
+    run_block(conn, rebuild)
+    run_block(conn, diagnosis)  # now the guide's result: three valid indexes, their definitions
+
+
+def test_a_runner_transaction_refuses_create_index_concurrently(conn: psycopg.Connection) -> None:
+    conn.execute("DROP INDEX idx_idempotency_expires")
+    with pytest.raises(psycopg.errors.ActiveSqlTransaction), conn.transaction():  # SQLSTATE 25001
+        conn.execute(REBUILD)
+
+
+def test_pg_stat_reset_zeroes_what_autovacuum_reads(conn: psycopg.Connection) -> None:
+    expired(conn, 100)
+    conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()")
+    before = counters(conn, "n_dead_tup >= 100")
+    assert before["n_mod_since_analyze"] >= 100
+    conn.execute("SELECT pg_stat_reset()")
+    after = counters(conn)
+    assert (after["n_dead_tup"], after["n_mod_since_analyze"]) == (0, 0), (
+        f"pg_stat_reset() zeroes the counts autovacuum decides by: {before} -> {after}"
+    )
+    assert conn.execute("SELECT count(*) FROM idempotency_records").fetchone() == (0,), "the rows were deleted"
+
+
+def test_the_new_keys_alert_does_not_see_retries_and_n_tup_upd_does(conn: psycopg.Connection) -> None:
+    (alert,) = [block for block in parse_blocks(QUERIES) if "AS inserts_per_minute" in block.text]
+    (upsert,) = [block for block in parse_blocks(QUERIES) if "PREPARE idempotency_save (UUID" in block.text]
+    run_block(conn, upsert)
+    before = counters(conn)
+    for _ in range(10):  # one request, then nine retries of the same key
+        conn.execute("EXECUTE idempotency_save('3d6f1a2b-0c4e-4f8a-9b7d-1e2f3a4b5c6d', 'payment', '{}', 201, 24)")
+    assert conn.execute(alert.text).fetchone() == (1,), "the alert counts the key once, not its nine retries"
+    after = counters(conn, f"n_tup_upd >= {before['n_tup_upd'] + 9}")
+    assert after["n_tup_ins"] - before["n_tup_ins"] == 1
+    assert after["n_tup_upd"] - before["n_tup_upd"] == 9, "each retry of the upsert is an update"
+
+
+def test_a_deleted_payload_stays_in_the_table_file_until_vacuum_full(conn: psycopg.Connection) -> None:
+    marker = "payload-that-was-deleted-4711"
+    live(conn, 50)
+    expired(conn, 1, marker)
+
+    def in_file() -> bool:
+        conn.execute("CHECKPOINT")  # the table's pages, written to its file
+        row = conn.execute("SELECT pg_read_binary_file(pg_relation_filepath('idempotency_records'))").fetchone()
+        assert row is not None
+        return marker.encode() in row[0]
+
+    assert in_file()
+    assert conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchone() == (1,)
+    assert in_file(), "after the cleanup: a dead row"
+    conn.execute("VACUUM idempotency_records")
+    assert in_file(), "after VACUUM: free space, not overwritten"
+    conn.execute("VACUUM FULL idempotency_records")
+    assert not in_file(), "VACUUM FULL writes a new file without it"
+
+
+def test_an_open_transaction_holds_back_vacuum_and_the_guide_lists_it(
+    pg_server: Server, database: str, conn: psycopg.Connection
+) -> None:
+    holders = guide_block("FROM pg_prepared_xacts")
+    with pg_server.connect(database) as report:
+        report.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        report.execute("SELECT count(*) FROM idempotency_records")  # its snapshot stays open
+        expired(conn, 100)
+        conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()")
+        conn.execute("VACUUM idempotency_records")
+        assert counters(conn)["n_dead_tup"] >= 100, "vacuum could not remove the rows the open snapshot may see"
+        listed = conn.execute(holders.text).fetchall()
+        assert ("session", str(report.info.backend_pid)) in {(row[0], row[1]) for row in listed}, listed
+        report.rollback()
+    conn.execute("VACUUM idempotency_records")
+    assert counters(conn, "n_dead_tup = 0")["n_dead_tup"] == 0, "once it ended, vacuum removed them"
+
+
+TENANT_STEPS = (
+    "ALTER TABLE idempotency_records ADD COLUMN tenant_id UUID",
+    "UPDATE idempotency_records SET tenant_id = '00000000-0000-0000-0000-00000000000a'",
+    "ALTER TABLE idempotency_records ADD CONSTRAINT chk_tenant_id_not_null CHECK (tenant_id IS NOT NULL) NOT VALID",
+    "ALTER TABLE idempotency_records VALIDATE CONSTRAINT chk_tenant_id_not_null",
+)
+SAVE = """
+    INSERT INTO idempotency_records (tenant_id, request_id, operation, result_payload, expires_at)
+    VALUES ('00000000-0000-0000-0000-00000000000a', '6e7f8a9b-0c1d-4e2f-8a3b-4c5d6e7f8a9b', 'payment', '{}',
+            now() + INTERVAL '1 day')
+    ON CONFLICT ARBITER DO UPDATE SET result_payload = EXCLUDED.result_payload
+"""
+
+
+def test_the_tenant_key_migration_steps(conn: psycopg.Connection) -> None:
+    live(conn, 20)
+    for step in TENANT_STEPS:
+        conn.execute(step)
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diagnostic: notices.append(diagnostic.message_primary or ""))
+    conn.execute("SET client_min_messages = debug1")
+    conn.execute("ALTER TABLE idempotency_records ALTER COLUMN tenant_id SET NOT NULL")
+    conn.execute("RESET client_min_messages")
+    assert any("sufficient to prove that it does not contain nulls" in n for n in notices), (
+        f"SET NOT NULL used the validated check instead of scanning the table: {notices}"
+    )
+    conn.execute(
+        "CREATE UNIQUE INDEX CONCURRENTLY idempotency_records_tenant_pkey ON idempotency_records (tenant_id, request_id)"
+    )
+    conn.execute(SAVE.replace("ARBITER", "(tenant_id, request_id)"))  # works once the index exists
+    with conn.transaction():
+        conn.execute("ALTER TABLE idempotency_records DROP CONSTRAINT idempotency_records_pkey")
+        conn.execute(
+            "ALTER TABLE idempotency_records ADD CONSTRAINT idempotency_records_tenant_pkey "
+            "PRIMARY KEY USING INDEX idempotency_records_tenant_pkey"
+        )
+    conn.execute(SAVE.replace("ARBITER", "(tenant_id, request_id)"))
+    with pytest.raises(psycopg.errors.InvalidColumnReference):  # 42P10
+        conn.execute(SAVE.replace("ARBITER", "(request_id)"))
+
+
+def test_a_single_delete_writes_its_wal_as_it_goes_not_at_commit(pg_server: Server, database: str) -> None:
+    """The WAL the DELETE statement itself wrote (EXPLAIN's WAL counters, this statement only),
+    read inside its transaction, before the commit."""
+    with pg_server.connect(database) as conn:
+        expired(conn, 5000)
+        conn.commit()
+        row = conn.execute(
+            "EXPLAIN (ANALYZE, WAL, FORMAT JSON) DELETE FROM idempotency_records WHERE expires_at <= now()"
+        ).fetchone()
+        assert row is not None
+        plan = row[0][0]["Plan"]
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS, "not committed yet"
+        conn.commit()
+    assert plan["WAL Records"] >= 5000, f"one WAL record per deleted row, before the commit: {plan['WAL Records']}"
+    assert plan["WAL Bytes"] >= 5000 * 50, f"{plan['WAL Bytes']} bytes of WAL for 5,000 rows, before the commit"

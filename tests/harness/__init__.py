@@ -1,0 +1,1 @@
+"""Tests of the harness itself: host safety, the docs runner, the record factory."""

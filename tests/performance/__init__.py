@@ -1,0 +1,1 @@
+"""Tests of plans, storage and the benchmark."""

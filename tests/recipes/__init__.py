@@ -1,0 +1,1 @@
+"""Tests of the recipes of docs/patterns.md, and scaling."""

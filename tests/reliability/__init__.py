@@ -1,0 +1,1 @@
+"""Tests of concurrency and faults."""

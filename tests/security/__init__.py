@@ -1,0 +1,1 @@
+"""Tests of other roles: grants, and code another role plants."""

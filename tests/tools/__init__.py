@@ -1,0 +1,1 @@
+"""Tests of other migration tools and the export layouts."""

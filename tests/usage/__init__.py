@@ -1,0 +1,1 @@
+"""Tests of using the table: get, save, cleanup, and scheduling it."""

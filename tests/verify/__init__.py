@@ -1,0 +1,1 @@
+"""Tests of the verification script, tests/test_idempotency_migrations.sql."""

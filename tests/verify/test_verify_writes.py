@@ -1,0 +1,115 @@
+"""What one run of the verification script writes on a production-like table of 100,000 records,
+on a server of its own with full_page_writes on (as in production) and autovacuum off (so that
+nothing else writes WAL): a full run inserts two records and updates one (three row versions, dead
+after its rollback, which the next vacuum removes), uses one transaction id and four
+subtransaction ids, and writes about 15 kB of WAL, 70 kB right after a checkpoint (full-page
+images); a catalog_only run writes no row and takes no transaction id. The figures the guide gives
+(Verification) are these; run with -s to print them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests import verification
+from tests.helpers import UP_FILES, apply
+from tests.verification import PASSING
+from tooling import servers
+
+DBNAME = "idempotency_test_writes"
+SETTINGS = {**servers.FAST_SETTINGS, "full_page_writes": "on", "autovacuum": "off"}
+
+
+@dataclass(frozen=True)
+class Counters:
+    wal: int  # pg_current_wal_insert_lsn(), in bytes
+    next_xid: int
+    inserted: int
+    updated: int
+    deleted: int
+    dead: int
+
+
+@pytest.fixture(scope="module")
+def production() -> Iterator[servers.Server]:
+    """A server of its own holding the migrated table with 100,000 live records, analyzed."""
+    with servers.throwaway_server("idempotency-writes-", settings=SETTINGS) as server:
+        with server.connect(autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DBNAME)))
+        with server.connect(DBNAME, autocommit=True) as conn:
+            for path in UP_FILES:
+                apply(conn, path)
+            verification.load_fixture(conn, "live_100k", PASSING)
+            conn.execute("VACUUM ANALYZE idempotency_records")
+        yield server
+
+
+def counters(conn: psycopg.Connection) -> Counters:
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::BIGINT, "
+        "pg_snapshot_xmax(pg_current_snapshot())::TEXT::BIGINT, "
+        "n_tup_ins, n_tup_upd, n_tup_del, n_dead_tup "
+        "FROM pg_stat_user_tables WHERE relid = 'idempotency_records'::regclass"
+    ).fetchone()
+    assert row is not None
+    return Counters(*(int(value) for value in row))
+
+
+def after_run(conn: psycopg.Connection, before: Counters, *, wrote: bool) -> Counters:
+    """The counters once the script's session has ended and flushed its statistics."""
+    deadline = time.monotonic() + 10
+    now = counters(conn)
+    while wrote and now.inserted == before.inserted and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = counters(conn)
+    return now
+
+
+def measure(server: servers.Server, *variables: str, checkpoint: bool) -> tuple[verification.Run, dict[str, int]]:
+    with server.connect(DBNAME, autocommit=True) as conn:
+        if checkpoint:
+            conn.execute("CHECKPOINT")
+        before = counters(conn)
+        run = verification.run_script(server, DBNAME, *variables)
+        after = after_run(conn, before, wrote=not variables)
+        wal_of_measuring = counters(conn).wal - after.wal  # reading the counters writes nothing
+    figures = {
+        "rows inserted": after.inserted - before.inserted,
+        "rows updated": after.updated - before.updated,
+        "rows deleted": after.deleted - before.deleted,
+        "dead row versions": after.dead - before.dead,
+        "transaction ids": after.next_xid - before.next_xid,
+        "WAL bytes": after.wal - before.wal - wal_of_measuring,
+    }
+    print(f"\n{'full' if not variables else ' '.join(variables)}, checkpoint first: {checkpoint}: {figures}")
+    return run, figures
+
+
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["after a checkpoint", "again"])
+def test_what_a_full_run_writes_on_100k_records(production: servers.Server, checkpoint: bool) -> None:
+    run, figures = measure(production, checkpoint=checkpoint)
+    verification.assert_passes(run)
+    assert run.skipped == [], "every behaviour test ran, the cleanup's too"
+    assert {name: figures[name] for name in ("rows inserted", "rows updated", "rows deleted")} == {
+        "rows inserted": 2,  # the live record and the expired one (test 10's is refused before)
+        "rows updated": 1,  # the second save of the live record
+        "rows deleted": 1,  # the cleanup's, of the expired record
+    }, figures
+    assert figures["dead row versions"] == 3, figures
+    assert figures["transaction ids"] == 5, "one transaction, and a subtransaction for each test that writes"
+    # Measured: about 72 kB after a checkpoint (full-page images of each page written first), 15 kB
+    # again (the random key's leaf page of the primary key is written whole the first time).
+    assert 0 < figures["WAL bytes"] < (160 if checkpoint else 48) * 1024, figures
+
+
+def test_a_catalog_only_run_writes_nothing(production: servers.Server) -> None:
+    run, figures = measure(production, "catalog_only=1", checkpoint=False)
+    verification.assert_passes(run, behaviour=False)
+    assert figures["transaction ids"] == 0 and figures["rows inserted"] == 0, figures
+    assert figures["WAL bytes"] == 0, figures
