@@ -71,8 +71,12 @@ SNAPSHOT_QUERIES: dict[str, str] = {
         FROM pg_class AS c
         WHERE c.relnamespace = %(schema)s::regnamespace
         ORDER BY 1""",
+    # Each column numbered by its position among the table's live columns, not by attnum: a
+    # dropped column keeps its number for good (047.down then 047 adds its two columns again
+    # with new numbers), and nothing else about the table differs.
     "columns": """
-        SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+        SELECT c.relname, row_number() OVER (PARTITION BY c.relname ORDER BY a.attnum), a.attname,
+               format_type(a.atttypid, a.atttypmod),
                a.attnotnull, pg_get_expr(d.adbin, d.adrelid), col_description(c.oid, a.attnum)
         FROM pg_attribute AS a
         JOIN pg_class AS c ON c.oid = a.attrelid
@@ -182,17 +186,17 @@ def split_statements(text: str) -> list[str]:
 Snapshot = dict[str, list[tuple[Any, ...]]]
 
 
-def migration_states(conn: psycopg.Connection, schema: str = "public") -> tuple[Snapshot, Snapshot, Snapshot]:
-    """Catalog snapshots of the three states the files move between, taken on an
-    empty database (left empty again): nothing, 045 applied, 045 and 046 applied."""
-    empty = catalog_snapshot(conn, schema)
-    apply(conn, UP_045)
-    table_only = catalog_snapshot(conn, schema)
-    apply(conn, UP_046)
-    migrated = catalog_snapshot(conn, schema)
-    apply_all(conn, (DOWN_046, DOWN_045))
-    assert catalog_snapshot(conn, schema) == empty, "the down files must leave the database as it was"
-    return empty, table_only, migrated
+def migration_states(conn: psycopg.Connection, schema: str = "public") -> tuple[Snapshot, ...]:
+    """Catalog snapshots of the states the files move between, taken on an empty database (left
+    empty again): states[i] after the first i up files, so states[0] is nothing, states[1] 045
+    applied, states[2] 045 and 046, states[-1] a fresh migrate."""
+    states = [catalog_snapshot(conn, schema)]
+    for path in UP_FILES:
+        apply(conn, path)
+        states.append(catalog_snapshot(conn, schema))
+    apply_all(conn, DOWN_FILES)
+    assert catalog_snapshot(conn, schema) == states[0], "the down files must leave the database as it was"
+    return tuple(states)
 
 
 # --- fixture files (tests/fixtures/) -----------------------------------------------------------
