@@ -1,6 +1,6 @@
 """What the protocol's tests share: the 047 files, calls of the four functions, records built
-from explicit timestamps, the reference implementation of idempotency_key() and catalog
-snapshots that ignore the attribute numbers a dropped column uses up, and the table of bad arguments."""
+from explicit timestamps, the reference implementation of idempotency_key(), and the table of
+bad arguments."""
 
 from __future__ import annotations
 
@@ -9,22 +9,16 @@ import datetime as dt
 import hashlib
 import json
 import uuid
-from typing import Any
 
 import psycopg
 
-from tests.helpers import ROOT, SQL_DIR, Snapshot, apply, catalog_snapshot
+from tests.helpers import DOWN_047, ROOT, UP_047, apply
 
-PROTOCOL_UP = SQL_DIR / "047_create_idempotency_protocol.sql"
-PROTOCOL_DOWN = SQL_DIR / "047_create_idempotency_protocol.down.sql"
-FIXTURES = ROOT / "tests" / "fixtures" / "protocol"
+PROTOCOL_UP, PROTOCOL_DOWN = UP_047, DOWN_047
 PAGE = ROOT / "docs" / "protocol.md"
 
 # What a reader of the table sees of a record in progress (the repository's get).
-IN_PROGRESS_PAYLOAD = (
-    '{"type":"about:blank","title":"Conflict","status":409,'
-    '"detail":"A request with this idempotency key is in progress; retry it later."}'
-)
+IN_PROGRESS_PAYLOAD = '{"title":"Conflict","status":409,"detail":"A request with this key is in progress."}'
 IN_PROGRESS_STATUS = 409
 LEASE = dt.timedelta(seconds=30)
 TTL = dt.timedelta(hours=24)
@@ -138,30 +132,6 @@ def reference_key(scope: str, client_key: str) -> uuid.UUID:
     return uuid.UUID(bytes=bytes(head))
 
 
-def load_fixture(conn: psycopg.Connection, name: str, **identifiers: str) -> None:
-    """A state of tests/fixtures/protocol/, in one transaction; {name} placeholders are
-    replaced by the identifiers given (role names the test created)."""
-    text = (FIXTURES / f"{name}.sql").read_text()
-    for placeholder, value in identifiers.items():
-        text = text.replace("{" + placeholder + "}", value)
-    with conn.transaction():
-        conn.execute(text)
-
-
-def snapshot(conn: psycopg.Connection, schema: str = "public") -> Snapshot:
-    """The catalog snapshot of tests/helpers.py, each column numbered by its position among the
-    table's live columns: a dropped column keeps its attribute number for good, so a column
-    dropped and added again has a new one, and nothing else may differ."""
-    taken = catalog_snapshot(conn, schema)
-    counted: dict[Any, int] = {}
-    renumbered = []
-    for row in taken["columns"]:  # ordered by relation, then attribute number
-        counted[row[0]] = counted.get(row[0], 0) + 1
-        renumbered.append((row[0], counted[row[0]], *row[2:]))
-    taken["columns"] = renumbered
-    return taken
-
-
 def sqlstate_and_diagnostics(error: psycopg.Error) -> tuple[str | None, str, str, str]:
     diag = error.diag
     return (error.sqlstate, diag.message_primary or "", diag.message_detail or "", diag.message_hint or "")
@@ -208,13 +178,13 @@ CASES = [
     Bad(*_claim(request_hash=b"\x01" * 15), "22023", "idempotency_claim: request_hash is not a digest"),
     Bad(*_claim(request_hash=b"\x01" * 65), "22023", "idempotency_claim: request_hash is not a digest"),
     Bad(*_claim(request_hash=b'{"amount": 1500}' * 8), "22023", "idempotency_claim: request_hash is not a digest"),
-    Bad(*_claim(lease=None), "22004", "idempotency_claim: lease is not a positive, finite interval"),
+    Bad(*_claim(lease=None), "22004", "idempotency_claim: lease is NULL"),
     Bad(*_claim(lease=dt.timedelta(0)), "22023", "idempotency_claim: lease is not a positive, finite interval"),
     Bad(*_claim(lease=dt.timedelta(seconds=-1)), "22023", "idempotency_claim: lease is not a positive"),
     Bad(*_complete(key=None), "22004", "idempotency_complete: request_id is NULL"),
     Bad(*_complete(token=None), "22004", "idempotency_complete: token is NULL"),
     Bad(*_complete(payload=None), "22004", "idempotency_complete: result_payload is NULL"),
-    Bad(*_complete(ttl=None), "22004", "idempotency_complete: ttl is not a positive, finite interval"),
+    Bad(*_complete(ttl=None), "22004", "idempotency_complete: ttl is NULL"),
     Bad(*_complete(ttl=dt.timedelta(0)), "22023", "idempotency_complete: ttl is not a positive, finite interval"),
     Bad(*_complete(ttl=dt.timedelta(hours=-24)), "22023", "idempotency_complete: ttl is not a positive"),
     Bad(*_complete(payload=IN_PROGRESS_PAYLOAD, status=409), "22023", "idempotency_complete: the result is the in"),

@@ -2,7 +2,7 @@
 four functions (CVE-2018-1058), proven two ways:
 
 - with traps planted by a role that can CREATE in public (tests/fixtures/hostile_shadowing_traps.sql,
-  the migrations' traps, and tests/fixtures/protocol/shadowing_traps.sql, for the calls the
+  the migrations' traps, and tests/fixtures/protocol_shadowing_traps.sql, for the calls the
   functions would make without their casts, each proven armed by a probe of that naive form),
   047 is applied, applied again and rolled back, and every function is called: no trap runs;
 - the server's own analysis of every statement and expression the functions run
@@ -22,10 +22,9 @@ import psycopg
 import pytest
 
 from tests import shadowable
-from tests.helpers import ROOT, UP_FILES, apply
+from tests.helpers import FIXTURES, UP_FILES, apply
 from tests.protocol_calls import (
     CASES,
-    FIXTURES,
     HASH,
     OTHER_HASH,
     PROTOCOL_DOWN,
@@ -37,7 +36,7 @@ from tests.protocol_calls import (
 )
 from tooling.servers import Server
 
-TRAPS = (ROOT / "tests" / "fixtures" / "hostile_shadowing_traps.sql", FIXTURES / "shadowing_traps.sql")
+TRAPS = (FIXTURES / "hostile_shadowing_traps.sql", FIXTURES / "protocol_shadowing_traps.sql")
 TRAP_RAN = "shadowing trap ran"
 PROBES = {
     "char_length(character varying)": "SELECT char_length('payment'::VARCHAR)",

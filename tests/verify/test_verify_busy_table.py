@@ -1,7 +1,9 @@
 """No application statement waits on the verification script. While the script runs again and
 again in full mode, application sessions store records that are already expired, save over them
 (the report's upsert, which locks the row), delete them and run the cleanup: exactly the rows the
-script's cleanup test would lock if it ran the cleanup in a snapshot that holds them. A monitor
+script's cleanup test would lock if it ran the cleanup in a snapshot that holds them. A protocol
+client (047) meanwhile claims keys, takes expired leases over, completes and releases them, while
+the script's own 047 tests claim and complete a key of their own. A monitor
 polls pg_blocking_pids() of every application session and records each blocker's pid with the
 pids of the script's sessions: the two sets never meet, every run passes, and the cleanup test
 does run in some of them."""
@@ -16,6 +18,7 @@ from collections.abc import Callable
 import psycopg
 
 from tests import verification
+from tests.protocol_calls import claim, complete, expire, release
 from tests.statements import REPORT_SAVE
 from tooling import records
 from tooling.records import save_params
@@ -69,6 +72,17 @@ def application(conn: psycopg.Connection, iteration: int) -> None:
     time.sleep(0.002)
 
 
+def protocol_client(conn: psycopg.Connection, iteration: int) -> None:
+    """A key claimed, its lease run out and taken over, then completed or released."""
+    key = uuid.uuid4()
+    claim(conn, key)
+    expire(conn, key)
+    token = claim(conn, key).token
+    assert token is not None, "an expired lease is taken over"
+    assert complete(conn, key, token) if iteration % 2 else release(conn, key, token)
+    time.sleep(0.002)
+
+
 class Monitor(Loop):
     def __init__(self, server: Server, dbname: str) -> None:
         super().__init__(server, dbname, "idempotency-monitor", self.observe)
@@ -84,7 +98,7 @@ class Monitor(Loop):
 
 def test_no_application_statement_waits_on_the_script(pg_server: Server, database: str) -> None:
     monitor = Monitor(pg_server, database)
-    apps = [Loop(pg_server, database, APP, application) for _ in range(2)]
+    apps = [Loop(pg_server, database, APP, step) for step in (application, application, protocol_client)]
     for thread in (monitor, *apps):
         thread.start()
     runs = []
