@@ -7,10 +7,10 @@
 -- idempotency_records it reaches. Every record stays: a key still in
 -- progress keeps its 409 until its lease ends (docs/protocol.md, "Rolling
 -- back").
--- Reverse of: 047_create_idempotency_protocol.sql (apply it before 046's
---             and 045's down files)
--- Apply:      psql -v ON_ERROR_STOP=1 --no-psqlrc -1
---             -f sql/047_create_idempotency_protocol.down.sql
+-- Reverse of: 047_create_idempotency_protocol.sql
+-- Run it before 046's and 045's down files.
+-- Apply:   PGOPTIONS='-c lock_timeout=2s' psql -v ON_ERROR_STOP=1 \
+--          --no-psqlrc -1 -f sql/047_create_idempotency_protocol.down.sql
 --
 -- It refuses a temporary table of that name. A column of those names with
 -- another definition (another type, NOT NULL, a default) is not 047's: it
@@ -58,7 +58,8 @@ DECLARE
     col TEXT;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
-    -- One deployer at a time, waiting at most lock_timeout (rule 1).
+    -- One deployer at a time (rule 1). Every lock waits at most
+    -- lock_timeout: the session's, else 2s, set here for this transaction.
     IF current_setting('lock_timeout') IN ('0', '0ms') THEN
         PERFORM set_config('lock_timeout', '2s', TRUE);
     END IF;

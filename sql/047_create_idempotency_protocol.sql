@@ -3,16 +3,15 @@
 -- Optional. Creates the protocol of docs/protocol.md on 045's table: the
 -- columns request_hash and lease_token, and the functions idempotency_claim,
 -- idempotency_complete, idempotency_release and idempotency_key.
--- Reverse:  047_create_idempotency_protocol.down.sql
--- Requires: 045_create_idempotency_records.sql, with the same search_path.
--- Apply:    psql -v ON_ERROR_STOP=1 --no-psqlrc -1
---           -f sql/047_create_idempotency_protocol.sql
+-- Reverse: 047_create_idempotency_protocol.down.sql
+-- Requires: 045 applied, with the same search_path.
+-- Apply:   PGOPTIONS='-c lock_timeout=2s' psql -v ON_ERROR_STOP=1 \
+--          --no-psqlrc -1 -f sql/047_create_idempotency_protocol.sql
 --
 -- Re-runnable by design (pipelines apply files again): it adds what is
 -- missing (a complete install, no lock on the table) and replaces the
--- functions. Two statements, under the three rules of docs/reliability.md,
--- "How the files are built". The bodies, run under their pinned search_path,
--- call only built-ins whose argument types match exactly.
+-- functions. Two statements: docs/reliability.md, "How the files are built".
+-- The bodies call only built-ins whose argument types match exactly.
 
 -- 1. Marks this file's checks as not passed in this session (rule 2).
 DO $mark$
@@ -71,7 +70,8 @@ DECLARE
     signature TEXT;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
-    -- One deployer at a time, waiting at most lock_timeout (rule 1).
+    -- One deployer at a time (rule 1). Every lock waits at most
+    -- lock_timeout: the session's, else 2s, set here for this transaction.
     IF current_setting('lock_timeout') IN ('0', '0ms') THEN
         PERFORM set_config('lock_timeout', '2s', TRUE);
     END IF;
@@ -159,8 +159,7 @@ BEGIN
 
     -- The checks, in order: the first that fails stops the file.
     SELECT v.* INTO refused FROM (VALUES
-        -- Under REPEATABLE READ or SERIALIZABLE, a snapshot taken before the
-        -- wait for the lock misses what the previous deployer did.
+        -- A snapshot taken before the lock misses the last deployer's work.
         (1, resolved IS NOT NULL AND visible IS NULL, '40001',
             'idempotency_records changed after this transaction''s snapshot',
             'transaction_isolation ' || current_setting(
@@ -200,8 +199,8 @@ BEGIN
             refused.expected), HINT = refused.hint;
     END IF;
 
-    -- Each column where missing: nullable, no default, a change of the
-    -- catalog only (ACCESS EXCLUSIVE lock). Each comment where it differs.
+    -- Each column where missing (nullable, no default: the catalog only),
+    -- each comment where it differs.
     FOREACH col SLICE 1 IN ARRAY columns LOOP
         IF NOT EXISTS (SELECT FROM pg_attribute AS a WHERE a.attrelid = tbl
             AND a.attname = col[1] AND NOT a.attisdropped) THEN
@@ -367,9 +366,8 @@ END
 $body$;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', TRUE);
 
-    -- Each search_path pinned to this schema (where pg_temp was first on the
-    -- search_path, the functions went there: the ALTER fails, undoing them),
-    -- and each comment.
+    -- Each search_path pinned to this schema (functions made in pg_temp fail
+    -- here, undoing all), and each comment.
     FOREACH col SLICE 1 IN ARRAY functions LOOP
         signature := format('%I.%s)', target, split_part(col[1], ') ', 1));
         EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, '

@@ -32,8 +32,9 @@ def test_the_file_sets_a_lock_timeout_only_where_none_is_set(conn: psycopg.Conne
 
 
 def test_a_first_apply_behind_an_open_transaction_fails_at_its_lock_timeout_and_changes_nothing(
-    pg_server: Server, database: str, conn: psycopg.Connection
+    pg_server: Server, database: str, contract_conn: psycopg.Connection
 ) -> None:
+    conn = contract_conn  # 045 and 046 only: 047 adds its columns
     with pg_server.connect(database) as application:
         application.execute(REPORT_SAVE, save_params(uuid.uuid4(), "payment", "{}", 201, 24))  # open, uncommitted
         before = catalog_snapshot(conn)
