@@ -28,6 +28,9 @@ _BY_NUMBER = {m.number: m for m in migrations.migrations() if m.number in ("045"
 UP_045, DOWN_045 = _BY_NUMBER["045"].up, _BY_NUMBER["045"].down
 UP_046, DOWN_046 = _BY_NUMBER["046"].up, _BY_NUMBER["046"].down
 UP_047, DOWN_047 = _BY_NUMBER["047"].up, _BY_NUMBER["047"].down
+# Every migration's number and stem (NNN_name), in order: what the other tools record.
+NUMBERS = tuple(m.number for m in migrations.migrations())
+STEMS = tuple(m.stem for m in migrations.migrations())
 
 
 def apply(conn: psycopg.Connection, path: Path) -> None:
