@@ -119,6 +119,8 @@ DAMAGES = [
     # 047, the optional protocol, where it is installed
     Damage("protocol_claim_body_changed", "function idempotency_claim of 047", REPAIRED),
     Damage("protocol_release_missing", "installed whole, or not at all", REPAIRED),
+    Damage("protocol_columns_without_functions", "installed whole, or not at all", REPAIRED),
+    Damage("protocol_functions_without_columns", "installed whole, or not at all", REPAIRED),
     Damage("protocol_request_hash_of_type_text", "column request_hash of 047", "42701"),
     Damage("protocol_lease_token_with_a_default", "column lease_token of 047", "42701"),
     Damage(
