@@ -37,6 +37,13 @@ SELECT
         FROM pg_stat_activity AS a
         CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS blocker
         WHERE a.application_name = %(app)s
+    ),
+    ARRAY(
+        SELECT DISTINCT format('%%s waited on %%s (%%s %%s): %%s', a.pid, blocker, a.wait_event_type, a.wait_event,
+            left(a.query, 80))
+        FROM pg_stat_activity AS a
+        CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS blocker
+        WHERE a.application_name = %(app)s
     )
 """
 
@@ -88,12 +95,14 @@ class Monitor(Loop):
         super().__init__(server, dbname, "idempotency-monitor", self.observe)
         self.script_pids: set[int] = set()
         self.blockers: set[int] = set()
+        self.waits: set[str] = set()  # what each wait was, for the failure message
 
     def observe(self, conn: psycopg.Connection, _: int) -> None:
         row = conn.execute(OBSERVE, {"script": SCRIPT, "app": APP}).fetchone()
         assert row is not None
         self.script_pids.update(row[0])
         self.blockers.update(row[1])
+        self.waits.update(row[2])
 
 
 def test_no_application_statement_waits_on_the_script(pg_server: Server, database: str) -> None:
@@ -116,7 +125,8 @@ def test_no_application_statement_waits_on_the_script(pg_server: Server, databas
     assert monitor.iterations > RUNS, "the monitor polled throughout"
     assert len(monitor.script_pids) > 0, "the monitor saw the script's sessions"
     assert monitor.script_pids.isdisjoint(monitor.blockers), (
-        f"an application session waited on the script: blockers {monitor.blockers}, script {monitor.script_pids}"
+        f"an application session waited on the script: blockers {monitor.blockers}, script {monitor.script_pids}; "
+        f"waits seen: {sorted(monitor.waits)}"
     )
     for run in runs:
         verification.assert_passes(run)
