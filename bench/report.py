@@ -255,6 +255,27 @@ def study_lines(samples: Samples, config: Config) -> list[str]:
     return lines
 
 
+def protocol_lines(samples: Samples, config: Config) -> list[str]:
+    """The protocol's paths (047) against the report's statements they replace, on one table."""
+    rows = config.save_rows
+    median = samples.median
+    lines = [f"protocol (047), on one table of {rows:,} completed records:"]
+    for workload, anchor, label in (
+        ("protocol-claim-complete", "protocol-save-new", "claim + complete of a new key vs the report's save"),
+        ("protocol-replay", "protocol-lookup", "a replaying claim vs the plain lookup"),
+    ):
+        lines.append(
+            f"  {label}: throughput {samples.spread('protocol', workload, rows, 'throughput_ratio_to_anchor')}"
+            f" the report's, server time {samples.spread('protocol', workload, rows, 'server_time_ratio_to_anchor')}"
+            " the report's;"
+            f" p50 {fmt(median('protocol', workload, rows, 'latency_p50'))} ms"
+            f" vs {fmt(median('protocol', anchor, rows, 'latency_p50'))} ms;"
+            f" WAL per request {fmt(median('protocol', workload, rows, 'wal_bytes_per_request'))} B"
+            f" vs {fmt(median('protocol', anchor, rows, 'wal_bytes_per_request'))} B"
+        )
+    return lines
+
+
 def control_lines(samples: Samples, config: Config) -> list[str]:
     """What the controls show about the method: the fixed-cost script's ratio by each
     measure, and the do-nothing cleanup's p99 spread (the noise a p99 verdict must beat)."""
@@ -367,6 +388,8 @@ def report(samples: Samples, config: Config, meta: dict[str, Any], notes: dict[s
     print("\n".join(control_lines(samples, config)))
     print()
     print("\n".join(study_lines(samples, config)))
+    print()
+    print("\n".join(protocol_lines(samples, config)))
     print()
     for item in targets:
         verdict = "MET   " if item["met"] else "MISSED" if item["decided"] else "UNDECIDED"

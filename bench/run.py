@@ -16,6 +16,9 @@ several clients, the prepared protocol and a fixed seed, keys bound by the clien
     floor   the same expired rows removed in bulk                   by  TRUNCATE / dropping a partition
     storage bytes per row of the table and each index at payloads of 50 B, 200 B and 2 KB (md5
             digits, and JSON that compresses), and the report's 40,000-row scenario
+    protocol claim + complete of a new key (047)     vs  the report's save of a new key; the
+            a claim that replays a stored result         plain lookup; on one table (throughput,
+                                                         server time, WAL per request)
 
 Contenders alternate inside each round and every round repeats them all (10 rounds of
 2-second runs decide a verdict; fewer decide none and say so), so that a noisy neighbour
@@ -34,7 +37,7 @@ Writes DIR/bench.csv, DIR/bench.json and DIR/bench.png (default bench/results).
 
 The parts: bench/pgbench.py (the pgbench driver), bench/database.py (server, scratch
 database, loading, WAL, statistics), one module per phase (bench/lookup.py, save.py,
-cleanup.py, floor.py, storage.py), bench/report.py and bench/plot.py.
+cleanup.py, floor.py, storage.py, protocol.py), bench/report.py and bench/plot.py.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ if not __package__:  # `python bench/run.py`: import the bench package from the 
 
 import psycopg
 
-from bench import cleanup, floor, lookup, save, storage
+from bench import cleanup, floor, lookup, protocol, save, storage
 from bench.config import Config, parse_config
 from bench.context import Context, progress
 from bench.database import apply_migrations, bench_database, bench_server, checkpoint, reset_statements
@@ -62,7 +65,14 @@ from bench.pgbench import Pgbench
 from bench.report import machine, report, server_settings
 from bench.samples import Samples
 
-PHASES: tuple[Callable[[Context], None], ...] = (lookup.run, save.run, cleanup.run, floor.run, storage.run)
+PHASES: tuple[Callable[[Context], None], ...] = (
+    lookup.run,
+    save.run,
+    cleanup.run,
+    floor.run,
+    storage.run,
+    protocol.run,
+)
 
 
 def describe(argv: Sequence[str], config: Config, settings: dict[str, str]) -> dict[str, Any]:

@@ -77,6 +77,7 @@ PAGES = (
     ROOT / "docs" / "migration-tools.md",
     MANAGED,
     TEST_MAP,
+    ROOT / "docs" / "protocol.md",
 )
 DOCUMENTS = (GUIDE, ROOT / "README.md", ROOT / "CONTRIBUTING.md", *PAGES)
 DATA = ROOT / "tests" / "fixtures" / "data"

@@ -20,12 +20,17 @@ from tooling.plans import describe_plan, plan_nodes
 __all__ = ["ROOT", "SQL_DIR", "describe_plan", "plan_nodes"]
 
 # Every migration of sql/, read by tooling.migrations: up files in the order they are applied,
-# down files in theirs. The contract's own two by name, for the tests about those two.
+# down files in theirs. The contract's own two by name, for the tests about those two, and the
+# optional protocol's, 047, for the tests about it.
 UP_FILES = migrations.up_files()
 DOWN_FILES = migrations.down_files()
-_CONTRACT = {m.number: m for m in migrations.migrations() if m.number in ("045", "046")}
-UP_045, DOWN_045 = _CONTRACT["045"].up, _CONTRACT["045"].down
-UP_046, DOWN_046 = _CONTRACT["046"].up, _CONTRACT["046"].down
+_BY_NUMBER = {m.number: m for m in migrations.migrations() if m.number in ("045", "046", "047")}
+UP_045, DOWN_045 = _BY_NUMBER["045"].up, _BY_NUMBER["045"].down
+UP_046, DOWN_046 = _BY_NUMBER["046"].up, _BY_NUMBER["046"].down
+UP_047, DOWN_047 = _BY_NUMBER["047"].up, _BY_NUMBER["047"].down
+# Every migration's number and stem (NNN_name), in order: what the other tools record.
+NUMBERS = tuple(m.number for m in migrations.migrations())
+STEMS = tuple(m.stem for m in migrations.migrations())
 
 
 def apply(conn: psycopg.Connection, path: Path) -> None:
@@ -69,8 +74,12 @@ SNAPSHOT_QUERIES: dict[str, str] = {
         FROM pg_class AS c
         WHERE c.relnamespace = %(schema)s::regnamespace
         ORDER BY 1""",
+    # Each column numbered by its position among the table's live columns, not by attnum: a
+    # dropped column keeps its number for good (047.down then 047 adds its two columns again
+    # with new numbers), and nothing else about the table differs.
     "columns": """
-        SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+        SELECT c.relname, row_number() OVER (PARTITION BY c.relname ORDER BY a.attnum), a.attname,
+               format_type(a.atttypid, a.atttypmod),
                a.attnotnull, pg_get_expr(d.adbin, d.adrelid), col_description(c.oid, a.attnum)
         FROM pg_attribute AS a
         JOIN pg_class AS c ON c.oid = a.attrelid
@@ -180,17 +189,17 @@ def split_statements(text: str) -> list[str]:
 Snapshot = dict[str, list[tuple[Any, ...]]]
 
 
-def migration_states(conn: psycopg.Connection, schema: str = "public") -> tuple[Snapshot, Snapshot, Snapshot]:
-    """Catalog snapshots of the three states the files move between, taken on an
-    empty database (left empty again): nothing, 045 applied, 045 and 046 applied."""
-    empty = catalog_snapshot(conn, schema)
-    apply(conn, UP_045)
-    table_only = catalog_snapshot(conn, schema)
-    apply(conn, UP_046)
-    migrated = catalog_snapshot(conn, schema)
-    apply_all(conn, (DOWN_046, DOWN_045))
-    assert catalog_snapshot(conn, schema) == empty, "the down files must leave the database as it was"
-    return empty, table_only, migrated
+def migration_states(conn: psycopg.Connection, schema: str = "public") -> tuple[Snapshot, ...]:
+    """Catalog snapshots of the states the files move between, taken on an empty database (left
+    empty again): states[i] after the first i up files, so states[0] is nothing, states[1] 045
+    applied, states[2] 045 and 046, states[-1] a fresh migrate."""
+    states = [catalog_snapshot(conn, schema)]
+    for path in UP_FILES:
+        apply(conn, path)
+        states.append(catalog_snapshot(conn, schema))
+    apply_all(conn, DOWN_FILES)
+    assert catalog_snapshot(conn, schema) == states[0], "the down files must leave the database as it was"
+    return tuple(states)
 
 
 # --- fixture files (tests/fixtures/) -----------------------------------------------------------

@@ -477,3 +477,64 @@ QUALIFIED = re.compile(rb'\s*(?:OPERATOR\s*\(\s*)?"?pg_catalog"?\s*\.', re.I)
 def _qualified(source: bytes, location: int) -> bool:
     """Whether the call at `location` is written pg_catalog.name( or OPERATOR(pg_catalog.op)."""
     return location >= 0 and QUALIFIED.match(source, location) is not None
+
+
+# --- tracing what the server analyzes for one connection -----------------------------------
+# The docs' test (tests/security/test_docs_under_traps.py) and the protocol's
+# (tests/protocol/test_protocol_shadowing.py) read every statement a connection makes the server
+# analyze, with the text it ran.
+
+
+class Recording:
+    """A connection that remembers the text it is running, for the statements the server
+    reports while it runs; everything else goes to the connection."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        object.__setattr__(self, "conn", conn)
+        object.__setattr__(self, "running", "")
+
+    def execute(self, query: object, *args: object, **kwargs: object) -> psycopg.Cursor:
+        object.__setattr__(self, "running", query if isinstance(query, str) else "")
+        return self.conn.execute(query, *args, **kwargs)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        setattr(self.conn, name, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Analyzed:
+    """One statement the server analyzed, as debug_print_parse reported it."""
+
+    tree: str
+    context: str
+    running: str  # the text the client sent, which a top-level statement's locations point into
+
+
+class Tracer:
+    """The parse trees of every statement the server analyzes for one connection."""
+
+    def __init__(self, conn: Recording) -> None:
+        self.conn = conn
+        self.analyzed: list[Analyzed] = []
+        conn.add_notice_handler(self._notice)
+        conn.execute("SET debug_print_parse = on")
+        conn.execute("SET debug_pretty_print = off")
+        conn.execute("SET client_min_messages = log")
+
+    def _notice(self, diagnostic: psycopg.errors.Diagnostic) -> None:
+        if diagnostic.severity_nonlocalized == "LOG" and diagnostic.message_primary == "parse tree:":
+            self.analyzed.append(Analyzed(diagnostic.message_detail or "", diagnostic.context or "", self.conn.running))
+
+    def take(self) -> list[Analyzed]:
+        taken, self.analyzed = self.analyzed, []
+        return taken
+
+
+# The statement plpgsql was running (innermost context line).
+SPI_QUERY = re.compile(
+    r'^(?:SQL statement|SQL expression|PL/pgSQL expression|PL/pgSQL assignment) "(?P<query>.*?)"(?:\n(?:PL/pgSQL|SQL) function |$)',
+    re.S,
+)

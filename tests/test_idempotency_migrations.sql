@@ -1,5 +1,5 @@
 -- test_idempotency_migrations.sql: does this database hold what migrations 045 and 046 promise,
--- and nothing that changes it?
+-- and nothing that changes it? And, where it is installed, all of the optional 047 as it ships?
 --
 -- Run it with psql against any database, as a DBA:
 --
@@ -23,7 +23,9 @@
 -- The rule. A check fails on anything that changes what the contract promises: which rows are
 -- unique, which values are accepted, which rows the cleanup deletes, who sees which rows, what code
 -- runs when the table is written or the function called, how the function behaves (its body, every
--- setting and attribute). Project additions that change none of it are noted ("# note:") and pass:
+-- setting and attribute). 047, the optional protocol, is all there or not at all: where any of it is,
+-- its two columns and four functions are checked as the function is, and its own tests run; where
+-- none of it is, they print "# SKIP". Project additions that change none of it are noted ("# note:") and pass:
 -- an extra column the save can leave out (nullable, or with a built-in default), an extra non-unique
 -- index on the table's own values, storage parameters, statistics targets. docs/README_IDEMPOTENCY.md
 -- ("Verification") lists every case.
@@ -64,6 +66,14 @@
 --   function_settings     its settings (pg_proc.proconfig), sorted, joined by '; '; %1$I is the schema
 \set function_body_sha256 9292f5cf221024caf5fc55c2d18e7dad3008b543558dfc03524a891a4238be22
 \set function_settings 'search_path=pg_catalog, %1$I, pg_temp'
+-- What 047 creates, compared where it is installed, checked by the same test: the sha256 of each
+-- function's body, and the settings of the three that wait for locks (idempotency_key's are
+-- function_settings).
+\set claim_body_sha256 6bc91391e6607d319871164e490b32ef5e5e7b6d0bc5048aed012390f7fb934e
+\set complete_body_sha256 d4c964d250459e9e283ee3bd7243efc73ffe20cb2ca85852737c3a1347faf7bb
+\set release_body_sha256 7046d4218cdc437236f4370c42fb0e0757a4fe0411a0b4e60f56c0399ebe50d4
+\set key_body_sha256 041bf46fe86bba3a1daf6e29f09c763f3dc22a56fe29a0587703283babdd29e8
+\set protocol_settings 'lock_timeout=100ms; search_path=pg_catalog, %1$I, pg_temp'
 
 SELECT
     pg_catalog.current_setting('search_path') AS saved_search_path,
@@ -135,6 +145,53 @@ FROM (
         ON p.pronamespace = n.oid AND p.proname = 'cleanup_expired_idempotency_records' AND p.pronargs = 0
 ) AS w \gset
 
+-- Whether 047 is there (any of its columns or functions), and whether its tests can run: the
+-- protocol client's grants of docs/protocol.md.
+SELECT
+    w.installed AS protocol_installed,
+    CASE
+        WHEN NOT w.installed THEN '047, the optional protocol, is not installed'
+        ELSE coalesce(
+            'role ' || current_user::TEXT || ' lacks ' || nullif(w.lacking, '')
+            || ': the protocol''s tests need the grants of docs/protocol.md',
+            ''
+        )
+    END AS protocol_skip_reason
+FROM (
+    SELECT
+        EXISTS (
+            SELECT FROM pg_proc AS p
+            WHERE p.pronamespace = n.oid AND p.proname IN ('idempotency_claim', 'idempotency_complete', 'idempotency_release', 'idempotency_key')
+        )
+        OR EXISTS (
+            SELECT FROM pg_attribute AS a
+            WHERE a.attrelid = c.oid AND a.attname IN ('request_hash', 'lease_token') AND NOT a.attisdropped
+        ) AS installed,
+        concat_ws(
+            ', ',
+            (
+                SELECT 'UPDATE (' || string_agg(a.attname::TEXT, ', ' ORDER BY a.attnum) || ')'
+                FROM pg_attribute AS a
+                WHERE
+                    a.attrelid = c.oid
+                    AND a.attname IN ('created_at', 'request_hash', 'lease_token')
+                    AND NOT a.attisdropped
+                    AND NOT has_column_privilege(c.oid, a.attnum, 'UPDATE')
+            ),
+            (
+                SELECT 'EXECUTE on ' || string_agg(p.proname::TEXT, ', ' ORDER BY p.proname)
+                FROM pg_proc AS p
+                WHERE
+                    p.pronamespace = n.oid
+                    AND p.proname IN ('idempotency_claim', 'idempotency_complete')
+                    AND NOT has_function_privilege(p.oid, 'EXECUTE')
+            )
+        ) AS lacking
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN pg_namespace AS n ON n.nspname = :'schema'
+    LEFT JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = 'idempotency_records'
+) AS w \gset
+
 -- One transaction for the catalog checks and the behaviour tests, rolled back at the end. The lock
 -- comes first: a REPEATABLE READ transaction takes its snapshot at its first query, so the catalog
 -- the checks read is the one the lock then keeps from changing.
@@ -194,6 +251,40 @@ contract_indexes (ord, name, col, uniq) AS (
     (3, 'idx_idempotency_operation', 'operation', '')
 ),
 
+-- what 047 creates where it is installed: its columns, and its functions with their arguments as
+-- pg_get_function_arguments prints them, result, attributes, settings and the sha256 of their body
+protocol_columns (ord, name, expected) AS (
+    VALUES
+    (1, 'request_hash', 'bytea null'),
+    (2, 'lease_token', 'uuid null')
+),
+
+protocol_functions (ord, name, arguments, expected, settings, sha) AS (
+    VALUES
+    (
+        1, 'idempotency_claim',
+        'request_id uuid, operation character varying, request_hash bytea, lease interval, OUT outcome text, '
+        || 'OUT token uuid, OUT result_payload text, OUT status_code integer',
+        'returns record, plpgsql, security invoker, volatile, not strict, parallel unsafe',
+        :'protocol_settings', :'claim_body_sha256'
+    ),
+    (
+        2, 'idempotency_complete', 'request_id uuid, token uuid, result_payload text, status_code integer, ttl interval',
+        'returns boolean, plpgsql, security invoker, volatile, not strict, parallel unsafe',
+        :'protocol_settings', :'complete_body_sha256'
+    ),
+    (
+        3, 'idempotency_release', 'request_id uuid, token uuid',
+        'returns boolean, plpgsql, security invoker, volatile, not strict, parallel unsafe',
+        :'protocol_settings', :'release_body_sha256'
+    ),
+    (
+        4, 'idempotency_key', 'scope text, client_key text',
+        'returns uuid, plpgsql, security invoker, immutable, not strict, parallel safe',
+        :'function_settings', :'key_body_sha256'
+    )
+),
+
 -- every column of the table: how 045 would print it, and what in it is another role's code
 columns AS (
     SELECT
@@ -247,7 +338,7 @@ column_types (root, typ) AS (
         c.atttypid,
         c.atttypid
     FROM columns AS c
-    WHERE c.name NOT IN (SELECT cc.name FROM contract_columns AS cc)
+    WHERE c.name NOT IN (SELECT cc.name FROM contract_columns AS cc UNION ALL SELECT pc.name FROM protocol_columns AS pc)
     UNION
     SELECT
         ct.root,
@@ -299,7 +390,7 @@ extra_columns AS (
         ) AS problem
     FROM columns AS c
     LEFT JOIN type_code AS tc ON c.atttypid = tc.root
-    WHERE c.name NOT IN (SELECT cc.name FROM contract_columns AS cc)
+    WHERE c.name NOT IN (SELECT cc.name FROM contract_columns AS cc UNION ALL SELECT pc.name FROM protocol_columns AS pc)
 ),
 
 extra_indexes AS (
@@ -768,6 +859,150 @@ function_checks (sort, name, found, expected, hint) AS (
     ) AS v (sort, name, found, expected, hint)
 ),
 
+-- 047 where it is there: all of it, each column and function as 047 ships it, nothing else of its
+-- names; each check printed "# SKIP" where none of it is
+protocol_parts (name, present) AS (
+    SELECT
+        pc.name,
+        EXISTS (SELECT FROM columns AS c WHERE c.name = pc.name)
+    FROM protocol_columns AS pc
+    UNION ALL
+    SELECT
+        pf.name,
+        EXISTS (SELECT FROM target AS t INNER JOIN pg_proc AS p ON t.nsp = p.pronamespace AND p.proname = pf.name)
+    FROM protocol_functions AS pf
+),
+
+protocol_state AS (
+    SELECT CASE WHEN bool_or(pp.present) THEN NULL ELSE '047, the optional protocol, is not installed' END AS skip
+    FROM protocol_parts AS pp
+),
+
+protocol_checks (sort, name, found, expected, hint, skip) AS (
+    SELECT
+        33,
+        '047, the optional protocol: installed whole, or not at all',
+        CASE
+            WHEN bool_and(pp.present) OR NOT bool_or(pp.present) THEN 'all or none'
+            ELSE format(
+                'only %s, without %s',
+                string_agg(pp.name, ', ') FILTER (WHERE pp.present), string_agg(pp.name, ', ') FILTER (WHERE NOT pp.present)
+            )
+        END,
+        'all or none',
+        'Apply sql/047_create_idempotency_protocol.sql again to complete it, or its down file to remove it.',
+        NULL::TEXT
+    FROM protocol_parts AS pp
+    UNION ALL
+    SELECT
+        33 + pc.ord,
+        format('column %s of 047', pc.name),
+        coalesce(c.shape, 'no column'),
+        pc.expected,
+        'A column of that name that is not 047''s: rename it, then apply 047 again.',
+        ps.skip
+    FROM protocol_columns AS pc
+    CROSS JOIN protocol_state AS ps
+    LEFT JOIN columns AS c ON pc.name = c.name
+    UNION ALL
+    SELECT
+        35 + pf.ord,
+        format('function %s of 047: its result, attributes, settings, owner and body', pf.name),
+        CASE
+            WHEN p.oid IS NOT NULL
+                THEN format(
+                    'returns %s, %s, security %s, %s, %s, parallel %s, settings %s, owner %s, %s',
+                    pg_get_function_result(p.oid),
+                    l.lanname,
+                    CASE WHEN p.prosecdef THEN 'definer' ELSE 'invoker' END,
+                    CASE p.provolatile WHEN 'v' THEN 'volatile' WHEN 's' THEN 'stable' WHEN 'i' THEN 'immutable' END,
+                    CASE WHEN p.proisstrict THEN 'strict' ELSE 'not strict' END,
+                    CASE p.proparallel WHEN 'u' THEN 'unsafe' WHEN 'r' THEN 'restricted' WHEN 's' THEN 'safe' END,
+                    coalesce(
+                        (SELECT string_agg(x.setting, '; ' ORDER BY x.setting) FROM unnest(p.proconfig) AS x (setting)),
+                        'none'
+                    ),
+                    pg_get_userbyid(p.proowner),
+                    CASE
+                        WHEN encode(sha256(convert_to(replace(p.prosrc, E'\r\n', E'\n'), 'UTF8')), 'hex') = pf.sha
+                            THEN 'the body 047 ships'
+                        ELSE format(
+                            'another body (sha256 %s)',
+                            left(encode(sha256(convert_to(replace(p.prosrc, E'\r\n', E'\n'), 'UTF8')), 'hex'), 16)
+                        )
+                    END
+                )
+            ELSE format('no function %s(%s)', pf.name, pf.arguments)
+        END,
+        format(
+            '%s, settings %s, owner %s, the body 047 ships',
+            pf.expected, format(pf.settings, t.nsp_name), coalesce(pg_get_userbyid(c.relowner)::TEXT, 'absent')
+        ),
+        'Apply sql/047_create_idempotency_protocol.sql again, as the owner of the table: it replaces the function '
+        || '(its grants stay), or names what stops it.',
+        ps.skip
+    FROM target AS t
+    CROSS JOIN protocol_functions AS pf
+    CROSS JOIN protocol_state AS ps
+    LEFT JOIN pg_class AS c ON t.tbl = c.oid
+    LEFT JOIN pg_proc AS p
+        ON t.nsp = p.pronamespace AND pf.name = p.proname AND pg_get_function_arguments(p.oid) = pf.arguments
+    LEFT JOIN pg_language AS l ON p.prolang = l.oid
+    UNION ALL
+    SELECT
+        40,
+        'no other function of 047''s names (an overload can capture the calls)',
+        coalesce(
+            (
+                SELECT string_agg(format('%s(%s)', p.proname, pg_get_function_arguments(p.oid)), ', ' ORDER BY p.proname)
+                FROM pg_proc AS p
+                WHERE
+                    p.pronamespace = t.nsp
+                    AND p.proname IN (SELECT pf.name FROM protocol_functions AS pf)
+                    AND NOT EXISTS (
+                        SELECT FROM protocol_functions AS pf
+                        WHERE pf.name = p.proname AND pf.arguments = pg_get_function_arguments(p.oid)
+                    )
+            ),
+            'none'
+        ),
+        'none',
+        'Drop it (DROP FUNCTION name(argument types)) after checking what it is and whose.',
+        ps.skip
+    FROM target AS t
+    CROSS JOIN protocol_state AS ps
+    UNION ALL
+    SELECT
+        41,
+        'comments on 047''s columns and functions',
+        coalesce(
+            nullif(
+                concat_ws(
+                    ', ',
+                    (
+                        SELECT string_agg(pc.name, ', ' ORDER BY pc.ord)
+                        FROM protocol_columns AS pc
+                        INNER JOIN columns AS c ON pc.name = c.name
+                        WHERE col_description(t.tbl, c.attnum) IS NULL
+                    ),
+                    (
+                        SELECT string_agg(pf.name, ', ' ORDER BY pf.ord)
+                        FROM protocol_functions AS pf
+                        INNER JOIN pg_proc AS p ON t.nsp = p.pronamespace AND pf.name = p.proname
+                        WHERE obj_description(p.oid, 'pg_proc') IS NULL
+                    )
+                ),
+                ''
+            ),
+            'none missing'
+        ),
+        'none missing',
+        'Apply 047 again: it sets the comments that are missing.',
+        ps.skip
+    FROM target AS t
+    CROSS JOIN protocol_state AS ps
+),
+
 -- project additions that change nothing the contract promises: printed, never failing
 notes (sort, text) AS (
     SELECT
@@ -861,13 +1096,15 @@ notes (sort, text) AS (
 ),
 
 checks AS (
-    SELECT * FROM table_checks
+    SELECT *, NULL::TEXT AS skip FROM table_checks
     UNION ALL
-    SELECT * FROM column_checks
+    SELECT *, NULL::TEXT AS skip FROM column_checks
     UNION ALL
-    SELECT * FROM index_checks
+    SELECT *, NULL::TEXT AS skip FROM index_checks
     UNION ALL
-    SELECT * FROM function_checks
+    SELECT *, NULL::TEXT AS skip FROM function_checks
+    UNION ALL
+    SELECT * FROM protocol_checks
 ),
 
 numbered AS (
@@ -879,7 +1116,8 @@ numbered AS (
         replace(regexp_replace(c.found, '\s+', ' ', 'g'), '#', '\#') AS found,
         replace(regexp_replace(c.expected, '\s+', ' ', 'g'), '#', '\#') AS expected,
         c.hint,
-        c.found IS NOT DISTINCT FROM c.expected AS ok
+        c.skip,
+        c.skip IS NOT NULL OR c.found IS NOT DISTINCT FROM c.expected AS ok
     FROM checks AS c
 )
 
@@ -890,6 +1128,7 @@ SELECT
         concat_ws(
             E'\n',
             CASE
+                WHEN n.skip IS NOT NULL THEN format('ok %s - %s # SKIP %s', n.n, n.name, n.skip)
                 WHEN n.ok THEN format('ok %s - %s', n.n, n.name)
                 ELSE format('not ok %s - %s: found %s, expected %s', n.n, n.name, n.found, n.expected)
             END,
@@ -948,9 +1187,12 @@ SELECT
 \if :behaviour_runs
 SELECT
     set_config('idempotency_verify.table', :'target_table', TRUE) AS behaviour_table,
-    set_config('idempotency_verify.function', :'target_function', TRUE) AS behaviour_function \gset
+    set_config('idempotency_verify.function', :'target_function', TRUE) AS behaviour_function,
+    set_config('idempotency_verify.protocol', format('%I.idempotency_', :'schema'::TEXT), TRUE) AS behaviour_protocol,
+    set_config('idempotency_verify.protocol_skip', :'protocol_skip_reason', TRUE) AS behaviour_protocol_skip \gset
 
--- The report's tests 3 to 10, in the transaction the catalog checks ran in (rolled back below). A DO
+-- The report's tests 3 to 10, then 047's (11 to 13) where it is installed, in the transaction the
+-- catalog checks ran in (rolled back below), on fresh random keys. A DO
 -- block, not a function (no DDL): each test catches its own error, so a failed test never stops the
 -- script, and the results come back as JSON in a transaction-local setting. The table is named by
 -- schema in every statement, hence EXECUTE.
@@ -959,6 +1201,16 @@ DECLARE
     tbl CONSTANT TEXT := current_setting('idempotency_verify.table');
     cleanup CONSTANT TEXT := current_setting('idempotency_verify.function');
     table_oid CONSTANT OID := tbl::REGCLASS::OID;
+    -- 047's functions, named by schema; why its tests are skipped ('' when they run)
+    protocol CONSTANT TEXT := current_setting('idempotency_verify.protocol');
+    protocol_skip CONSTANT TEXT := current_setting('idempotency_verify.protocol_skip');
+    claim CONSTANT TEXT := 'SELECT c.outcome, c.token, c.result_payload, c.status_code FROM ' || protocol
+        || 'claim($1, $2, $3, $4) AS c';
+    claim_key CONSTANT UUID := gen_random_uuid();
+    request_hash CONSTANT BYTEA := sha256(uuid_send(claim_key));
+    claimed RECORD;
+    answer RECORD;
+    completed BOOLEAN;
     live_key CONSTANT UUID := gen_random_uuid();
     expired_key CONSTANT UUID := gen_random_uuid();
     -- the report's save query (IdempotencyRepository::save); $5 is the lifetime in hours
@@ -982,7 +1234,7 @@ DECLARE
     failed_constraint TEXT;
     probe RECORD;
 BEGIN
-    FOR test IN 3..10 LOOP
+    FOR test IN 3..13 LOOP
         passed := FALSE;
         skipped := FALSE;
         detail := NULL;
@@ -1119,6 +1371,35 @@ BEGIN
                 );
                 passed := FALSE;
                 detail := 'found the row stored, expected check_violation (23514) on chk_expires_at';
+            WHEN 11, 12, 13 THEN
+                IF protocol_skip <> '' THEN
+                    skipped := TRUE;
+                    passed := TRUE;
+                    detail := protocol_skip;
+                ELSIF test = 11 THEN
+                    EXECUTE claim INTO claimed USING claim_key, 'verify'::VARCHAR, request_hash, INTERVAL '1 minute';
+                    EXECUTE claim INTO answer USING claim_key, 'verify'::VARCHAR, request_hash, INTERVAL '1 minute';
+                    passed := (claimed.outcome, claimed.token IS NOT NULL, answer.outcome)
+                        IS NOT DISTINCT FROM ('claimed'::TEXT, TRUE, 'in_progress'::TEXT);
+                    detail := format(
+                        'found %s then %s, expected claimed (with a token) then in_progress', claimed.outcome, answer.outcome
+                    );
+                ELSIF test = 12 THEN
+                    EXECUTE format('SELECT %scomplete($1, $2, $3, $4, $5)', protocol)
+                    INTO completed USING claim_key, claimed.token, '{"n": 3}'::TEXT, 201, INTERVAL '1 minute';
+                    EXECUTE claim INTO answer USING claim_key, 'verify'::VARCHAR, request_hash, INTERVAL '1 minute';
+                    passed := (completed, answer.outcome, answer.result_payload, answer.status_code)
+                        IS NOT DISTINCT FROM (TRUE, 'replay'::TEXT, '{"n": 3}'::TEXT, 201);
+                    detail := format(
+                        'found %s, expected replay of {"n": 3} 201 after the completion', concat_ws(' ', answer.outcome,
+                            answer.result_payload, answer.status_code)
+                    );
+                ELSE
+                    EXECUTE claim INTO answer USING claim_key, 'verify'::VARCHAR, sha256(uuid_send(gen_random_uuid())),
+                        INTERVAL '1 minute';
+                    passed := (answer.outcome, answer.result_payload) IS NOT DISTINCT FROM ('mismatch'::TEXT, NULL::TEXT);
+                    detail := format('found %s, expected mismatch and no stored result', answer.outcome);
+                END IF;
             END CASE;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS failed_constraint = CONSTRAINT_NAME;
@@ -1173,7 +1454,10 @@ FROM (
     (7, 'report test 7: the get query returns the live record and not the expired one'),
     (8, 'report test 8: the cleanup deletes the expired record, keeps the live one, counts 1'),
     (9, 'report test 9: each index can serve its query (the get, the cleanup, counts by operation)'),
-    (10, 'report test 10: chk_expires_at refuses expires_at not after created_at')
+    (10, 'report test 10: chk_expires_at refuses expires_at not after created_at'),
+    (11, '047: a claim of a new key is claimed, a second claim of it is in_progress'),
+    (12, '047: once completed, the key replays its result'),
+    (13, '047: a claim with another request hash is a mismatch, and gets nothing of the result')
 ) AS t (test, name)
 LEFT JOIN jsonb_array_elements(:'behaviour_results'::JSONB) AS r (result) ON (r.result ->> 'test')::INTEGER = t.test
 \gset

@@ -22,9 +22,12 @@ SCRIPT = ROOT / "tests" / "test_idempotency_migrations.sql"
 FIXTURES = ROOT / "tests" / "fixtures" / "states"
 PASSING = ROOT / "tests" / "fixtures" / "verify_passes"
 
-CATALOG_CHECKS = 32
-BEHAVIOUR_TESTS = 8  # the report's tests 3 to 10 (1 and 2 are catalog checks)
+CATALOG_CHECKS = 41
+BEHAVIOUR_TESTS = 11  # the report's tests 3 to 10 (1 and 2 are catalog checks), then 047's three
 PLANNED = CATALOG_CHECKS + BEHAVIOUR_TESTS  # every run prints every test, skipped or not
+# The checks and tests of 047, the optional protocol: skipped where none of it is installed.
+PROTOCOL_CHECKS = 8  # its columns, functions, their names and comments (whether it is whole always runs)
+PROTOCOL_TESTS = 3
 
 TAP_LINE = re.compile(r"^(?P<not>not )?ok (?P<n>\d+) - (?P<text>.*)$")
 SKIP = " # SKIP "
@@ -66,6 +69,11 @@ class Run:
         return [text for ok, text in self.results if ok and SKIP in text]
 
     @property
+    def behaviour_skipped(self) -> list[str]:
+        """The skipped lines among the behaviour tests (the last BEHAVIOUR_TESTS)."""
+        return [text for ok, text in self.results[CATALOG_CHECKS:] if ok and SKIP in text]
+
+    @property
     def ran(self) -> list[str]:
         """The text of every test that ran: neither skipped nor not ok."""
         return [text for ok, text in self.results if ok and SKIP not in text]
@@ -85,20 +93,29 @@ class Run:
         return f"exit {self.returncode}\n{self.stdout}{self.stderr}"
 
 
-def assert_passes(run: Run, *, behaviour: bool = True) -> None:
+def assert_passes(run: Run, *, behaviour: bool = True, protocol: bool = True) -> None:
     """Exit 0, every planned test printed and ok; with `behaviour`, the behaviour tests ran (the
-    cleanup test may skip: the table holds expired records of the application's)."""
+    cleanup test may skip: the table holds expired records of the application's); with
+    `protocol`, 047 is installed and its checks ran, else they are skipped, saying it is not."""
     assert run.returncode == 0, f"the script must exit 0\n{run.describe()}"
     assert run.plan == PLANNED, f"plan 1..{PLANNED} expected\n{run.describe()}"
     assert len(run.results) == PLANNED, f"every planned test prints one line\n{run.describe()}"
     assert run.not_ok == [], f"every check must be ok\n{run.describe()}"
-    catalog = [text for _, text in run.results[:CATALOG_CHECKS]]
-    assert all(SKIP not in text for text in catalog), f"no catalog check is skipped\n{run.describe()}"
-    behaviour_skips = [text for text in run.skipped if "report test 8" not in text]
-    if behaviour:
-        assert behaviour_skips == [], f"the behaviour tests must run\n{run.describe()}"
+    catalog_skips = [text for _, text in run.results[:CATALOG_CHECKS] if SKIP in text]
+    if protocol:
+        assert catalog_skips == [], f"no catalog check is skipped\n{run.describe()}"
     else:
-        assert len(run.skipped) == BEHAVIOUR_TESTS, f"the behaviour tests must be skipped\n{run.describe()}"
+        assert len(catalog_skips) == PROTOCOL_CHECKS, f"047's checks are skipped\n{run.describe()}"
+        assert all("047, the optional protocol, is not installed" in text for text in catalog_skips)
+    behaviour_skips = [text for text in run.behaviour_skipped if "report test 8" not in text]
+    if behaviour:
+        protocol_skips = [text for text in behaviour_skips if text.startswith("047: ")]
+        assert behaviour_skips == protocol_skips, f"the report's behaviour tests must run\n{run.describe()}"
+        assert len(protocol_skips) == (0 if protocol else PROTOCOL_TESTS), (
+            f"047's tests run where it is installed, else are skipped\n{run.describe()}"
+        )
+    else:
+        assert len(run.behaviour_skipped) == BEHAVIOUR_TESTS, f"the behaviour tests must be skipped\n{run.describe()}"
 
 
 def client_env(server: Server, options: str | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:

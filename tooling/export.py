@@ -33,7 +33,7 @@ The migrations are every pair of sql/ (tooling.migrations), in order. The SQL te
 every migration is copied unchanged. Only sqitch gets more: it runs each script with
 psql outside any transaction, so its deploy and revert scripts wrap the file in
 BEGIN/COMMIT (sqitch's own convention), and its verify scripts, which are new, fail
-when an object the change creates is missing (045 and 046; see SQITCH_VERIFY).
+when an object the change creates is missing (045, 046 and 047; see SQITCH_VERIFY).
 
 Nothing is overwritten: if a file to write already exists with other content, the
 command names it and exits with status 1 before writing anything. A file that
@@ -197,6 +197,21 @@ $verify$;
 -- raises an error otherwise).
 SELECT 'cleanup_expired_idempotency_records()'::regprocedure;
 """,
+    "create_idempotency_protocol": """\
+-- Fails unless idempotency_records has the protocol's two columns and its
+-- four functions exist (each cast raises an error otherwise).
+SELECT
+    request_hash,
+    lease_token
+FROM idempotency_records
+WHERE FALSE;
+
+SELECT
+    'idempotency_claim(uuid, varchar, bytea, interval)'::regprocedure,
+    'idempotency_complete(uuid, uuid, text, integer, interval)'::regprocedure,
+    'idempotency_release(uuid, uuid)'::regprocedure,
+    'idempotency_key(text, text)'::regprocedure;
+""",
 }
 
 
@@ -209,7 +224,7 @@ def in_transaction(text: str) -> str:
 
 
 def for_sqitch(request: Request) -> Files:
-    no_after("sqitch", request, "it orders changes by sqitch.plan: append the two change lines to yours")
+    no_after("sqitch", request, "it orders changes by sqitch.plan: append the change lines to yours")
     lines = ["%syntax-version=1.0.0", f"%project={SQITCH_PROJECT}", ""]
     files: Files = {}
     previous: str | None = None
@@ -362,12 +377,19 @@ depends_on = None
 SQL = Path(__file__).resolve().parent / "sql"
 
 
+# To the driver as it is: op.execute would read ":409" in 047's text as a bind
+# parameter, and a driver given parameters would read "%s" in format() calls.
+RAW = {{"no_parameters": True}}
+
+
 def upgrade() -> None:
-    op.execute((SQL / "{stem}.sql").read_text())
+    sql = (SQL / "{stem}.sql").read_text()
+    op.get_bind().exec_driver_sql(sql, execution_options=RAW)
 
 
 def downgrade() -> None:
-    op.execute((SQL / "{stem}.down.sql").read_text())
+    sql = (SQL / "{stem}.down.sql").read_text()
+    op.get_bind().exec_driver_sql(sql, execution_options=RAW)
 '''
 
 

@@ -52,9 +52,16 @@ class Record:
     status_code: int | None = None
     created_at: Stamp = dt.timedelta(0)
     expires_at: Stamp = LIFETIME
+    # The optional protocol's (047), nullable without a default: a record of the report's
+    # statements holds NULL in both.
+    request_hash: bytes | None = None
+    lease_token: uuid.UUID | None = None
 
 
 COLUMNS = tuple(field.name for field in dataclasses.fields(Record))
+# Named in an INSERT only when a record holds a value there: the records then store on a table
+# without 047 too, and hold what they would hold on one with it.
+PROTOCOL_COLUMNS = ("request_hash", "lease_token")
 
 
 def live(
@@ -89,8 +96,13 @@ def _stamp(value: Stamp, now: sql.Composable) -> sql.Composable:
     return sql.SQL("{}::timestamptz").format(sql.Literal(value))
 
 
-def _columns() -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(column) for column in COLUMNS)
+def _columns(columns: Sequence[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(column) for column in columns)
+
+
+def _named(*values: dict[str, object]) -> tuple[str, ...]:
+    """The columns an INSERT names: all but those of 047 that hold no value in any record."""
+    return tuple(c for c in COLUMNS if c not in PROTOCOL_COLUMNS or any(v.get(c) is not None for v in values))
 
 
 def _table(schema: str | None) -> sql.Identifier:
@@ -103,11 +115,12 @@ def insert(
     """Store the records in one statement, into the table the search_path finds or the one of
     `schema`; return their keys, in order."""
     instant = _instant(now)
+    columns = _named(*(dataclasses.asdict(record) for record in records))
     rows = []
     params: list[object] = []
     for record in records:
         values = []
-        for column in COLUMNS:
+        for column in columns:
             value = getattr(record, column)
             if column in STAMPS:
                 values.append(_stamp(value, instant))
@@ -116,7 +129,7 @@ def insert(
                 params.append(value)
         rows.append(sql.SQL("({})").format(sql.SQL(", ").join(values)))
     query = sql.SQL("INSERT INTO {} ({}) VALUES {} RETURNING request_id").format(
-        _table(schema), _columns(), sql.SQL(", ").join(rows)
+        _table(schema), _columns(columns), sql.SQL(", ").join(rows)
     )
     keys = [row[0] for row in conn.execute(query, params).fetchall()]
     assert len(keys) == len(records), f"stored {len(keys)} of {len(records)} records"
@@ -172,6 +185,7 @@ def insert_many(
     else:
         values["expires_at"] = sql.Composed([_stamp(like.expires_at, NOW), later])
     values.update(expressions)
+    columns = _named(dataclasses.asdict(like), {column: values[column] for column in expressions})
     query = sql.SQL(
         "INSERT INTO {table} ({columns})\n"
         "SELECT {values}\n"
@@ -182,8 +196,8 @@ def insert_many(
         "{returning}"
     ).format(
         table=_table(schema),
-        columns=_columns(),
-        values=sql.SQL(", ").join(values[column] for column in COLUMNS),
+        columns=_columns(columns),
+        values=sql.SQL(", ").join(values[column] for column in columns),
         first=sql.Literal(first),
         last=sql.Literal(first + count - 1),
         instant=_instant(now),

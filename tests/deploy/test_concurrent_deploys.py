@@ -8,7 +8,8 @@ lock the test holds until all of them wait on it), then releases them together: 
 `-v ON_ERROR_STOP=1 --single-transaction` as the guide runs the files, and plain (no -1, no
 ON_ERROR_STOP: every statement its own transaction) as the report's `psql -f` does. The
 deployers set a generous lock_timeout of their own, so that a slow machine cannot turn a turn
-into a timeout; the default wait and its error are proven separately. Before the lock, 4
+into a timeout; the default wait and its error are proven separately. 047 and its down file
+take the same lock: 047 on 045 and 046, on a complete install, and racing 047.down. Before the lock, 4
 deployers of 045 on a fresh database failed 60 runs in 80 with 23505 on pg_type, and of 046 on
 a complete install 44 in 80 with XX000 "tuple concurrently updated".
 """
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests import deployers, helpers
+from tests import deployers, helpers, sessions
 from tooling.servers import Server
 
 OPTIONS = "-c lock_timeout=60s"
@@ -31,7 +33,7 @@ OPTIONS = "-c lock_timeout=60s"
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     name: str
-    start: int  # the state every round starts from: 0 nothing, 1 045 applied, 2 045 and 046
+    start: int  # the state every round starts from: 0 nothing, 1 045 applied, 2 045 and 046, 3 and 047
     plan: Callable[[int], tuple[Path, ...]]  # the files deployer i applies
     ends: tuple[int, ...]  # the states a round may end in
     damage: str | None = None  # run after reaching `start`
@@ -42,11 +44,14 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("045-on-a-fresh-database", 0, lambda i: (helpers.UP_045,), (1,)),
-    Scenario("046-on-a-complete-install", 2, lambda i: (helpers.UP_046,), (2,)),
-    Scenario("045-with-an-index-missing", 2, lambda i: (helpers.UP_045,), (2,), "DROP INDEX idx_idempotency_operation"),
+    Scenario("046-on-a-complete-install", 3, lambda i: (helpers.UP_046,), (3,)),
+    Scenario("045-with-an-index-missing", 3, lambda i: (helpers.UP_045,), (3,), "DROP INDEX idx_idempotency_operation"),
+    Scenario("047-on-045-and-046", 2, lambda i: (helpers.UP_047,), (3,)),
+    Scenario("047-on-a-complete-install", 3, lambda i: (helpers.UP_047,), (3,)),
     # Up racing down: whichever commits last decides, and either end is whole.
     Scenario("045-racing-045.down", 1, lambda i: (helpers.UP_045,) if i % 2 == 0 else (helpers.DOWN_045,), (0, 1)),
     Scenario("046-racing-046.down", 2, lambda i: (helpers.UP_046,) if i % 2 == 0 else (helpers.DOWN_046,), (1, 2)),
+    Scenario("047-racing-047.down", 3, lambda i: (helpers.UP_047,) if i % 2 == 0 else (helpers.DOWN_047,), (2, 3)),
 ]
 
 
@@ -78,7 +83,7 @@ def run_rounds(
         ended = end_state(helpers.catalog_snapshot(conn), states, scenario.ends)
         assert ended is not None, (
             f"{scenario}, {mode}, round {round_number}: the catalog is none of states {scenario.ends} "
-            "(0 nothing, 1 045, 2 045 and 046)"
+            "(0 nothing, 1 045, 2 045 and 046, 3 and 047)"
         )
 
 
@@ -120,6 +125,28 @@ def test_under_repeatable_read_a_deployer_that_waited_stops_with_40001(
     assert helpers.catalog_snapshot(target.conn) == states[1]
 
 
+def test_047_waits_for_a_deployer_of_045_and_then_reads_what_it_left(target: deployers.Target) -> None:
+    """047 shares the files' lock: run while another session applies 045 and 046 in one open
+    transaction, it waits, then finds the table they created and completes the install (without
+    the wait it stops with 42P01: the table is not committed yet)."""
+    states = helpers.migration_states(target.conn)
+    with (
+        target.server.connect(target.dbname) as holder,
+        target.server.connect(target.dbname, autocommit=True) as other,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        for path in (helpers.UP_045, helpers.UP_046):
+            holder.execute(path.read_text())  # its transaction stays open, holding the deploy lock
+        other.execute("SET lock_timeout = '60s'")
+        waiting = pool.submit(helpers.apply, other, helpers.UP_047)
+        try:
+            sessions.wait_for_waiters(target.conn, "advisory", 1)
+        finally:
+            holder.commit()
+        waiting.result(timeout=60)
+    assert helpers.catalog_snapshot(target.conn) == states[3], "047 applied on what 045 and 046 left"
+
+
 @pytest.mark.parametrize("lock_timeout", ["100ms", None], ids=["deployer's lock_timeout", "none set: 2s"])
 def test_a_deployer_behind_another_waits_at_most_lock_timeout_and_names_it(
     target: deployers.Target, lock_timeout: str | None
@@ -140,13 +167,16 @@ def test_a_deployer_behind_another_waits_at_most_lock_timeout_and_names_it(
     assert helpers.catalog_snapshot(target.conn) == states[0], "the deployer that timed out applied nothing"
 
 
-def test_an_up_file_and_a_down_file_share_the_lock(pg_server: Server, database: str, conn: psycopg.Connection) -> None:
-    """046.down waits while a deployer of 045 holds the lock: the four files take turns."""
+@pytest.mark.parametrize("path", [helpers.DOWN_046, helpers.UP_047, helpers.DOWN_047], ids=lambda p: p.name)
+def test_every_file_waits_for_a_deployer_of_another(
+    pg_server: Server, database: str, conn: psycopg.Connection, path: Path
+) -> None:
+    """046.down, 047 and 047.down wait while a deployer of 045 holds the lock: the files take turns."""
     with pg_server.connect(database) as holder, pg_server.connect(database, autocommit=True) as other:
         pid = holder.info.backend_pid
         holder.execute(helpers.UP_045.read_text())
         other.execute("SET lock_timeout = '100ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable) as raised:
-            helpers.apply(other, helpers.DOWN_046)
+            helpers.apply(other, path)
         holder.rollback()
     assert f"held by pid {pid}" in (raised.value.diag.message_detail or ""), raised.value

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tests import deployers
-from tests.helpers import DOWN_045, DOWN_046, UP_045, UP_046, apply, catalog_snapshot, fixture_sql
+from tests.helpers import DOWN_045, DOWN_046, DOWN_047, UP_045, UP_046, UP_047, apply, catalog_snapshot, fixture_sql
 from tooling.servers import Server
 
 USER = "{user}"  # stands for the role that applies the files
@@ -81,6 +81,24 @@ REFUSALS = [
             "public.cleanup_expired_idempotency_records()",
             f"schema {USER}",
         ),
+        user_schema=True,
+    ),
+    # 047 keeps no function of its names made by another role, acts on the install only, in no
+    # temporary schema, and starts no second copy.
+    Refusal(
+        "protocol_function_owned_by_another_role",
+        UP_047,
+        "42723",
+        ("schema public holds a function of 047's names", f"owned by {deployers.PLANTER}"),
+    ),
+    Refusal("table_planted_with_a_trap_trigger", UP_047, "55000", ("public.idempotency_records",), migrated=False),
+    Refusal("temporary_table_in_the_session", UP_047, "3F000", ("permanent schema",), session=True),
+    Refusal("temporary_table_in_the_session", DOWN_047, "3F000", ("temporary table",), session=True),
+    Refusal(
+        "schema_named_after_the_user",
+        UP_047,
+        "3F000",
+        (f"installed in another schema than {USER}", "public.idempotency_records", f"schema {USER}"),
         user_schema=True,
     ),
     # What is not 045's is not removed by 045.down.
@@ -164,4 +182,25 @@ def test_the_planted_function_never_runs_for_a_superuser_after_046(
         ).fetchone()
         conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchall()
     assert owner == (conn.info.user,), f"the function 046 installs belongs to the role applying it: {owner}"
+    assert [text for text in warnings if "TRAP" in text] == [], f"a planted body ran: {warnings}"
+
+
+def test_the_planted_protocol_function_never_runs_for_a_superuser_after_047(
+    pg_server: Server, database: str, conn: psycopg.Connection
+) -> None:
+    """A superuser's CREATE OR REPLACE keeps a function's owner, who can change its body later: 047
+    stops instead, and once the planted function is dropped it installs its own."""
+    warnings: list[str] = []
+    conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary or ""))
+    with deployers.planter_role(conn):
+        deployers.load_state(conn, "protocol_function_owned_by_another_role")
+        with pytest.raises(psycopg.errors.DuplicateFunction):
+            apply(conn, UP_047)
+        conn.execute("DROP FUNCTION idempotency_key(TEXT, TEXT)")
+        apply(conn, UP_047)
+        owners = conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(proowner) FROM pg_proc WHERE proname LIKE 'idempotency\\_%'"
+        ).fetchall()
+        conn.execute("SELECT idempotency_key('tenant-a', 'order-1')").fetchall()
+    assert owners == [(conn.info.user,)], f"the functions 047 installs belong to the role applying it: {owners}"
     assert [text for text in warnings if "TRAP" in text] == [], f"a planted body ran: {warnings}"

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.helpers import DOWN_045, DOWN_046, ROOT, UP_045, UP_046
+from tests.helpers import DOWN_045, DOWN_046, DOWN_047, ROOT, UP_045, UP_046, UP_047
 from tooling.servers import Server
 
 GUIDE = ROOT / "docs" / "README_IDEMPOTENCY.md"
@@ -89,6 +89,10 @@ def measured(empty_conn: psycopg.Connection) -> Iterator[dict[tuple[str, str], s
     found[("045", "again, an index missing")] = locks_taken(conn, UP_045.read_text())
     found[("046", "first apply")] = locks_taken(conn, UP_046.read_text())
     found[("046", "again")] = locks_taken(conn, UP_046.read_text())
+    found[("047", "first apply")] = locks_taken(conn, UP_047.read_text())
+    found[("047", "again, complete")] = locks_taken(conn, UP_047.read_text())
+    found[("047.down", "047 applied")] = locks_taken(conn, DOWN_047.read_text())
+    found[("047.down", "again")] = locks_taken(conn, DOWN_047.read_text())
     found[("046.down", "any")] = locks_taken(conn, DOWN_046.read_text())
     found[("045.down", "any")] = locks_taken(conn, DOWN_045.read_text())
     yield found

@@ -22,9 +22,11 @@ import pytest
 from tests import deployers, verification
 from tests.helpers import (
     DOWN_045,
+    DOWN_047,
     DOWN_FILES,
     UP_045,
     UP_046,
+    UP_047,
     UP_FILES,
     catalog_snapshot,
     fixture_sql,
@@ -66,7 +68,18 @@ CASES = [
     Case("function_overload_owned_by_another_role", (UP_046,), "42501"),
     Case("schema_named_after_the_user", (UP_046,), "3F000", user_schema=True),
     Case("table_absent", (UP_046,), "42P01", damaged=True),
+    # 047's checks, each state it refuses; and after 046's refusal, 047 in the same run stops too.
+    Case("temporary_table_in_the_session", (UP_047,), "3F000", session=True),
+    Case("schema_named_after_the_user", (UP_047,), "3F000", user_schema=True),
+    Case("table_absent", (UP_047,), "42P01", damaged=True),
+    Case("statement_trigger", (UP_047,), "55000", damaged=True),
+    Case("protocol_function_owned_by_another_role", (UP_047,), "42723"),
+    Case("protocol_overload_of_claim", (UP_047,), "42723", damaged=True),
+    Case("protocol_request_hash_of_type_text", (UP_047,), "42701", damaged=True),
+    Case("function_owned_by_another_role", (UP_046, UP_047), "42501"),
     # The down files' checks; 046.down's, where pg_cron is installed: tests/usage/test_pg_cron.py.
+    Case("temporary_table_in_the_session", (DOWN_047,), "3F000", session=True),
+    Case("temporary_table_in_the_session", (DOWN_047, DOWN_045), "3F000", session=True),
     Case("temporary_table_in_the_session", (DOWN_045,), "3F000", session=True),
     Case("table_of_another_shape", (DOWN_045,), "55000", migrated=False),
     Case("index_name_on_another_table", (DOWN_045,), "55000"),

@@ -1,6 +1,7 @@
 """The files through the real psql binary: up, down, re-run, and runs cut off part way.
 
-States the files move between: nothing (S0), 045 applied (S1), 045 and 046 applied (S2).
+States the files move between: nothing (S0), 045 applied (S1), 045 and 046 applied (S2), and 047
+too (S3).
 Every catalog is compared with the one the same files leave when a driver applies them
 (helpers.migration_states), so psql and a migration runner provably build the same thing.
 
@@ -47,6 +48,8 @@ class Step:
 STEPS = (
     Step(helpers.UP_045, (), 0, 1),
     Step(helpers.UP_046, (helpers.UP_045,), 1, 2),
+    Step(helpers.UP_047, (helpers.UP_045, helpers.UP_046), 2, 3),
+    Step(helpers.DOWN_047, (helpers.UP_045, helpers.UP_046, helpers.UP_047), 3, 2),
     Step(helpers.DOWN_046, (helpers.UP_045, helpers.UP_046), 2, 1),
     Step(helpers.DOWN_045, (helpers.UP_045,), 1, 0),
 )
@@ -110,9 +113,9 @@ def test_up_then_down_through_psql_builds_and_removes_the_schema(
         up = wrapper(tmp_path, "up.sql", helpers.UP_FILES)
         down = wrapper(tmp_path, "down.sql", helpers.DOWN_FILES)
         assert_ok(run_psql(target.server, target.dbname, "-f", str(up)), "wrapper of the up files")
-        assert helpers.catalog_snapshot(target.conn) == states[2], "the up wrapper must build 045 and 046"
+        assert helpers.catalog_snapshot(target.conn) == states[-1], "the up wrapper must build every migration"
         assert_ok(run_psql(target.server, target.dbname, "-f", str(up)), "wrapper of the up files, again")
-        assert helpers.catalog_snapshot(target.conn) == states[2], "the up wrapper run again must change nothing"
+        assert helpers.catalog_snapshot(target.conn) == states[-1], "the up wrapper run again must change nothing"
         assert_ok(run_psql(target.server, target.dbname, "-f", str(down)), "wrapper of the down files")
         assert helpers.catalog_snapshot(target.conn) == states[0], "the down wrapper must remove everything"
         return

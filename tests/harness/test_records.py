@@ -9,6 +9,7 @@ import uuid
 import psycopg
 from psycopg import sql
 
+from tests.helpers import DOWN_047 as DOWN_047
 from tests.statements import GUARDED_SAVE, PLACEHOLDER, REPORT_SAVE
 from tooling import records
 
@@ -92,3 +93,21 @@ def test_one_builder_fills_every_save() -> None:
     for name, statement in (("REPORT_SAVE", REPORT_SAVE), ("GUARDED_SAVE", GUARDED_SAVE)):
         wanted = set(PLACEHOLDER.findall(statement))
         assert wanted == set(records.save_params("k")), f"{name} takes {sorted(wanted)}"
+
+
+def test_the_protocols_columns_are_named_only_where_a_record_holds_a_value(conn: psycopg.Connection) -> None:
+    """047's two columns: a record holding a hash or a token stores it; records that hold none
+    store on a table without them (047 rolled back) as well."""
+    token, digest = uuid.uuid4(), b"\x01" * 32
+    key = records.insert(conn, records.live(request_hash=digest, lease_token=token))[0]
+    stored = conn.execute(
+        "SELECT request_hash, lease_token FROM idempotency_records WHERE request_id = %s", (key,)
+    ).fetchone()
+    assert stored == (digest, token)
+    records.insert_many(conn, 2, records.live(), lease_token=sql.Literal(token))
+    assert conn.execute("SELECT count(*) FROM idempotency_records WHERE lease_token = %s", (token,)).fetchone() == (3,)
+    conn.execute("DELETE FROM idempotency_records")
+    conn.execute(DOWN_047.read_text())
+    records.insert(conn, records.live(), records.expired())
+    records.insert_many(conn, 3, records.live())
+    assert conn.execute("SELECT count(*) FROM idempotency_records").fetchone() == (5,)

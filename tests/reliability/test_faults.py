@@ -176,6 +176,21 @@ CUTS = [
         statements_through(helpers.DOWN_045, "$mark$"),
         1000,
     ),
+    # 047 adds its columns, and 047.down drops them, on a table holding 1000 rows.
+    Cut(
+        "047-up-after-its-first-statement-on-1000-rows",
+        helpers.UP_047,
+        (helpers.UP_045, helpers.UP_046),
+        statements_through(helpers.UP_047, "$mark$"),
+        1000,
+    ),
+    Cut(
+        "047-down-after-its-first-statement-on-1000-rows",
+        helpers.DOWN_047,
+        (helpers.UP_045, helpers.UP_046, helpers.UP_047),
+        statements_through(helpers.DOWN_047, "$mark$"),
+        1000,
+    ),
 ]
 
 
@@ -231,8 +246,9 @@ def test_a_migration_terminated_mid_file_is_undone_or_completable_and_keeps_ever
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, cut: Cut, single: bool
 ) -> None:
     states = helpers.migration_states(empty_conn)
-    by_files = {(): states[0], (helpers.UP_045,): states[1]}
-    after = states[0] if cut.path == helpers.DOWN_045 else states[1]
+    by_files = {tuple(helpers.UP_FILES[:n]): states[n] for n in range(len(states))}
+    # A down file undoes the last of the files applied before it; an up file adds itself.
+    after = by_files[cut.setup[:-1] if cut.path in helpers.DOWN_FILES else (*cut.setup, cut.path)]
     helpers.apply_all(empty_conn, cut.setup)
     if cut.rows:
         kept = records.live(operation="kept", lifetime=DAY)

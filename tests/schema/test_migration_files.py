@@ -115,17 +115,16 @@ def test_every_export_carries_a_new_pair_last(checkout: Path, tmp_path: Path, to
         assert any(sql_text.strip() in text for text in texts), f"{tool}: {sql_text.strip()!r} is not carried"
     order = {
         "sqitch": lambda: (
-            (dest / "sqitch.plan")
-            .read_text()
-            .splitlines()[-1]
-            .startswith("999_probe [046_create_idempotency_cleanup_job] ")
+            (dest / "sqitch.plan").read_text().splitlines()[-1].startswith(f"999_probe [{helpers.STEMS[-1]}] ")
         ),
-        "graphile-migrate": lambda: (dest / "committed" / "000003-probe.sql").is_file(),
+        "graphile-migrate": lambda: (dest / "committed" / f"{len(helpers.STEMS) + 1:06d}-probe.sql").is_file(),
         "liquibase": lambda: (
             re.findall(r'<changeSet id="([^"]+)"', (dest / "changelog.xml").read_text())[-1] == "999_probe"
         ),
-        "alembic": lambda: "down_revision = 'idempotency_046'" in (dest / "999_probe.py").read_text(),
-        "django": lambda: "[('shop', '046_create_idempotency_cleanup_job')]" in (dest / "999_probe.py").read_text(),
+        "alembic": lambda: (
+            f"down_revision = 'idempotency_{helpers.NUMBERS[-1]}'" in (dest / "999_probe.py").read_text()
+        ),
+        "django": lambda: f"[('shop', '{helpers.STEMS[-1]}')]" in (dest / "999_probe.py").read_text(),
     }
     if tool in order:
-        assert order[tool](), f"{tool}: 999_probe comes after 046"
+        assert order[tool](), f"{tool}: 999_probe comes after {helpers.NUMBERS[-1]}, the newest"

@@ -1,5 +1,5 @@
-"""plpgsql_check finds nothing in cleanup_expired_idempotency_records(), with the extra,
-performance, security and compatibility warnings on.
+"""plpgsql_check finds nothing in cleanup_expired_idempotency_records() nor in the four functions
+of 047, with the extra, performance, security and compatibility warnings on.
 
 plpgsql_check is packaged here only for Debian's PostgreSQL 15 (postgresql-15-plpgsql-check),
 so this module starts its own PostgreSQL 15 server, whatever major the suite runs on.
@@ -58,11 +58,21 @@ def findings(conn: psycopg.Connection, function: str) -> list[str]:
     return [row[0] for row in conn.execute(CHECK, [function])]
 
 
-def test_cleanup_function_has_no_findings(checked_conn: psycopg.Connection) -> None:
+FUNCTIONS = (
+    "cleanup_expired_idempotency_records()",
+    "idempotency_claim(uuid, character varying, bytea, interval)",
+    "idempotency_complete(uuid, uuid, text, integer, interval)",
+    "idempotency_release(uuid, uuid)",
+    "idempotency_key(text, text)",
+)
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_the_functions_have_no_findings(checked_conn: psycopg.Connection, function: str) -> None:
     version = checked_conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'plpgsql_check'").fetchone()
     assert version is not None and version[0].startswith("2."), f"expected plpgsql_check 2.x, got {version}"
-    found = findings(checked_conn, "cleanup_expired_idempotency_records()")
-    assert found == [], "plpgsql_check reported:\n" + "\n".join(found)
+    found = findings(checked_conn, function)
+    assert found == [], f"plpgsql_check reported in {function}:\n" + "\n".join(found)
 
 
 def test_the_checker_reports_a_broken_function(checked_conn: psycopg.Connection) -> None:

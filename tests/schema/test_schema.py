@@ -21,6 +21,12 @@ EXPECTED_COLUMNS = {
     "expires_at": ("timestamp with time zone", True, None),
 }
 
+# The optional 047's columns: a fresh migrate applies every pair in sql/, 047 included.
+PROTOCOL_COLUMNS = {
+    "request_hash": ("bytea", False, None),
+    "lease_token": ("uuid", False, None),
+}
+
 # index: (columns, access method, unique, primary)
 EXPECTED_INDEXES = {
     "idempotency_records_pkey": (["request_id"], "btree", True, True),
@@ -51,7 +57,12 @@ def _columns(conn: psycopg.Connection) -> dict[str, tuple[str, bool, str | None]
 
 
 def test_no_column_is_missing_or_extra(conn: psycopg.Connection) -> None:
-    assert sorted(_columns(conn)) == sorted(EXPECTED_COLUMNS)
+    assert sorted(_columns(conn)) == sorted({**EXPECTED_COLUMNS, **PROTOCOL_COLUMNS}), "the report's six and 047's two"
+
+
+@pytest.mark.parametrize("column", PROTOCOL_COLUMNS)
+def test_047s_columns_are_nullable_without_default(conn: psycopg.Connection, column: str) -> None:
+    assert _columns(conn)[column] == PROTOCOL_COLUMNS[column], f"column {column} of 047"
 
 
 @pytest.mark.parametrize("column", EXPECTED_COLUMNS)

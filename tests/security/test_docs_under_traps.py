@@ -156,73 +156,17 @@ PROBES: dict[str, tuple[str, str]] = {
 UNCHECKED: dict[str, str] = {}
 
 
-# --- tracing what the server analyzes ------------------------------------------------------
-
-
-class Recording:
-    """A connection that remembers the text it is running, for the statements the server
-    reports while it runs; everything else goes to the connection."""
-
-    def __init__(self, conn: psycopg.Connection) -> None:
-        object.__setattr__(self, "conn", conn)
-        object.__setattr__(self, "running", "")
-
-    def execute(self, query: object, *args: object, **kwargs: object) -> psycopg.Cursor:
-        object.__setattr__(self, "running", query if isinstance(query, str) else "")
-        return self.conn.execute(query, *args, **kwargs)  # type: ignore[arg-type]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.conn, name)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        setattr(self.conn, name, value)
-
-
-@dataclasses.dataclass(frozen=True)
-class Analyzed:
-    """One statement the server analyzed, as debug_print_parse reported it."""
-
-    tree: str
-    context: str
-    running: str  # the text the client sent, which a top-level statement's locations point into
-
-
-class Tracer:
-    """The parse trees of every statement the server analyzes for one connection."""
-
-    def __init__(self, conn: Recording) -> None:
-        self.conn = conn
-        self.analyzed: list[Analyzed] = []
-        conn.add_notice_handler(self._notice)
-        conn.execute("SET debug_print_parse = on")
-        conn.execute("SET debug_pretty_print = off")
-        conn.execute("SET client_min_messages = log")
-
-    def _notice(self, diagnostic: psycopg.errors.Diagnostic) -> None:
-        if diagnostic.severity_nonlocalized == "LOG" and diagnostic.message_primary == "parse tree:":
-            self.analyzed.append(Analyzed(diagnostic.message_detail or "", diagnostic.context or "", self.conn.running))
-
-    def take(self) -> list[Analyzed]:
-        taken, self.analyzed = self.analyzed, []
-        return taken
-
-
-# The statement plpgsql was running (innermost context line), or the SQL function.
-SPI_QUERY = re.compile(
-    r'^(?:SQL statement|SQL expression|PL/pgSQL expression|PL/pgSQL assignment) "(?P<query>.*?)"(?:\n(?:PL/pgSQL|SQL) function |$)',
-    re.S,
-)
 SQL_FUNCTION = re.compile(
     r'^SQL function "(?P<name>[^"]+)"(?: statement \d+| during startup| during inlining)?(?:\n|$)'
 )
 
 
-def _sources(analyzed: Analyzed, catalog: shadowable.Catalog) -> list[str]:
+def _sources(analyzed: shadowable.Analyzed, catalog: shadowable.Catalog) -> list[str]:
     """The texts a statement's locations may point into: what the client sent, what plpgsql ran,
     or a SQL function's body."""
     if not analyzed.context:
         return [analyzed.running]
-    if (query := SPI_QUERY.match(analyzed.context)) is not None:
+    if (query := shadowable.SPI_QUERY.match(analyzed.context)) is not None:
         return [query.group("query")]
     if (function := SQL_FUNCTION.match(analyzed.context)) is not None:
         rows = catalog.conn.execute(
@@ -267,7 +211,7 @@ class Located:
 
 
 def locate(
-    analyzed: Analyzed, blocks: list[Block], catalog: shadowable.Catalog
+    analyzed: shadowable.Analyzed, blocks: list[Block], catalog: shadowable.Catalog
 ) -> tuple[list[str], list[Located]] | None:
     """The statements of one analyzed tree and their calls, placed in the docs; None if its text
     is not the docs' (the body of a function a block calls, a query of the runner, a prepared
@@ -320,10 +264,10 @@ def written(call: shadowable.Call, catalog: shadowable.Catalog) -> str:
 class Watch:
     """What a run of the docs looks at, on each database it uses."""
 
-    def start(self, conn: Recording) -> None:
+    def start(self, conn: shadowable.Recording) -> None:
         """On a new connection, before its first block."""
 
-    def after(self, conn: Recording, block: Block) -> None:
+    def after(self, conn: shadowable.Recording, block: Block) -> None:
         """After each block that ran on the connection's database (through psql too)."""
 
 
@@ -340,7 +284,7 @@ def run_documents(
     `watch` looking on. Returns the pg_cron blocks, which need a server of their own."""
     deferred = []
     with pg_server.connect(database, autocommit=True) as plain:
-        conn = Recording(plain)
+        conn = shadowable.Recording(plain)
         roles = _roles(plain)
         watch.start(conn)
         try:
@@ -368,7 +312,7 @@ def _run_fresh(pg_server: Server, dbname: str, block: Block, watch: Watch) -> No
         try:
             if block.data is not None:
                 load_data(plain, block.data)
-            conn = Recording(plain)
+            conn = shadowable.Recording(plain)
             watch.start(conn)
             run_block(conn, block)  # type: ignore[arg-type]
             watch.after(conn, block)
@@ -384,15 +328,15 @@ class Trace(Watch):
 
     def __init__(self, blocks: list[Block]) -> None:
         self.blocks = blocks
-        self.tracers: dict[int, Tracer] = {}
+        self.tracers: dict[int, shadowable.Tracer] = {}
         self.statements: set[tuple[str, str]] = set()  # (block, statement) analyzed
         self.calls: list[Located] = []
         self.shadowable: list[str] = []
 
-    def start(self, conn: Recording) -> None:
-        self.tracers[id(conn.conn)] = Tracer(conn)
+    def start(self, conn: shadowable.Recording) -> None:
+        self.tracers[id(conn.conn)] = shadowable.Tracer(conn)
 
-    def after(self, conn: Recording, block: Block) -> None:
+    def after(self, conn: shadowable.Recording, block: Block) -> None:
         catalog = shadowable.Catalog(conn.conn)
         for analyzed in self.tracers[id(conn.conn)].take():
             located = locate(analyzed, [block, *self.blocks], catalog)
@@ -433,14 +377,14 @@ class Traps(Watch):
         self.seen: dict[int, list[str]] = {}
         self.counted: dict[int, int] = {}
 
-    def start(self, conn: Recording) -> None:
+    def start(self, conn: shadowable.Recording) -> None:
         plant(conn.conn)
         seen: list[str] = []
         self.seen[id(conn.conn)] = seen
         self.counted[id(conn.conn)] = 0
         conn.conn.add_notice_handler(lambda d: _trap_notice(d, seen))
 
-    def after(self, conn: Recording, block: Block) -> None:
+    def after(self, conn: shadowable.Recording, block: Block) -> None:
         key = id(conn.conn)
         calls, seen = trap_calls(conn.conn), self.seen[key]
         if calls != self.counted[key] or seen:
@@ -575,7 +519,7 @@ def test_no_trap_runs_in_the_pg_cron_blocks(cron_server: Server) -> None:
         for path in UP_FILES:
             apply(plain, path)
         roles = _roles(plain)
-        conn = Recording(plain)
+        conn = shadowable.Recording(plain)
         traps, trace = Traps(), Trace(blocks)
         traps.start(conn)
         trace.start(conn)
@@ -623,8 +567,8 @@ def test_each_trap_runs_for_the_form_the_docs_had_and_not_for_theirs(conn: psyco
 def _derived(conn: psycopg.Connection, text: str) -> list[str]:
     """The planted signatures the derivation gives for the calls of `text` (its own statements,
     not those of the functions it calls)."""
-    recording = Recording(conn)
-    tracer = Tracer(recording)
+    recording = shadowable.Recording(conn)
+    tracer = shadowable.Tracer(recording)
     recording.execute(text)
     catalog = shadowable.Catalog(conn)
     found = []

@@ -54,19 +54,20 @@ def test_dbmate_up_rollback_up(
         return [row[0] for row in empty_conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
 
     helpers.run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[2], "dbmate up must build 045 and 046", besides=bookkeeping)
-    assert applied() == ["045", "046"], "dbmate must record both versions"
+    helpers.assert_catalog(empty_conn, states[-1], "dbmate up must build every migration", besides=bookkeeping)
+    assert applied() == list(helpers.NUMBERS), "dbmate must record every version"
 
-    helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[1], "dbmate rollback must undo 046 only", besides=bookkeeping)
-    assert applied() == ["045"]
-    helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[0], "a second rollback must undo 045", besides=bookkeeping)
-    assert applied() == []
+    for left in reversed(range(len(helpers.NUMBERS))):  # each rollback undoes the newest left
+        helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
+        undone = helpers.NUMBERS[left]
+        helpers.assert_catalog(
+            empty_conn, states[left], f"dbmate rollback must undo {undone} only", besides=bookkeeping
+        )
+        assert applied() == list(helpers.NUMBERS[:left])
 
     helpers.run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[2], "dbmate up again must rebuild both", besides=bookkeeping)
-    assert applied() == ["045", "046"]
+    helpers.assert_catalog(empty_conn, states[-1], "dbmate up again must rebuild everything", besides=bookkeeping)
+    assert applied() == list(helpers.NUMBERS)
     again = helpers.run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
     assert "Applying" not in again.stdout, f"nothing may be pending after up: {again.stdout}"
 
@@ -89,22 +90,23 @@ def dbmate_with_user_history(server: Server, db: str, tmp_path: Path) -> tuple[P
 def test_dbmate_next_to_a_timestamped_history(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    """With --after, 045/046 get the versions after the user's newest, so dbmate's rollback
-    (the newest version) undoes 046, then 045, and never the user's own migration."""
+    """With --after, the files get the versions after the user's newest, so dbmate's rollback
+    (the newest version) undoes 047, 046, then 045, and never the user's own migration."""
     states = helpers.migration_states(empty_conn)
     migrations_dir, dbmate_args, env = dbmate_with_user_history(pg_server, empty_database, tmp_path)
     bookkeeping = ("schema_migrations", helpers.USER_TABLE)
 
     export.export("dbmate", migrations_dir, after=helpers.USER_VERSION)
     helpers.run_tool([*dbmate_args, "up"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[2], "dbmate up must build 045 and 046", besides=bookkeeping)
+    helpers.assert_catalog(empty_conn, states[-1], "dbmate up must build every migration", besides=bookkeeping)
     applied = [row[0] for row in empty_conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
-    assert applied == [helpers.USER_VERSION, "20250101120001", "20250101120002"], applied
+    after = [str(int(helpers.USER_VERSION) + n) for n in range(1, len(helpers.NUMBERS) + 1)]
+    assert applied == [helpers.USER_VERSION, *after], applied
 
-    helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[1], "the first rollback must undo 046", besides=bookkeeping)
-    helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[0], "the second rollback must undo 045", besides=bookkeeping)
+    for left in reversed(range(len(helpers.NUMBERS))):
+        helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
+        undone = helpers.NUMBERS[left]
+        helpers.assert_catalog(empty_conn, states[left], f"the next rollback must undo {undone}", besides=bookkeeping)
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay applied"
 
 
@@ -121,7 +123,7 @@ def test_dbmate_rolls_back_the_users_migration_when_ours_keep_045(
     assert not helpers.has_table(empty_conn, helpers.USER_TABLE), (
         "dbmate rollback undoes the highest version: the user's"
     )
-    assert helpers.has_table(empty_conn, "idempotency_records"), "and leaves 045/046 applied"
+    assert helpers.has_table(empty_conn, "idempotency_records"), "and leaves the files' migrations applied"
 
 
 # --- sqitch -------------------------------------------------------------------------
@@ -171,7 +173,7 @@ def test_sqitch_deploy_revert_deploy_with_verify(
 
     # sqitch keeps its registry in its own schema (sqitch), so public holds only our objects.
     helpers.run_tool([sqitch, "deploy", "--verify", target], cwd=project, env=env)
-    assert helpers.catalog_snapshot(empty_conn) == states[2], "sqitch deploy must build 045 and 046"
+    assert helpers.catalog_snapshot(empty_conn) == states[-1], "sqitch deploy must build every migration"
     verified = helpers.run_tool([sqitch, "verify", target], cwd=project, env=env)
     assert "Verify successful" in verified.stdout, verified.stdout
     assert verify_scripts_fail() == [], "every verify script must pass on a deployed database"
@@ -183,7 +185,7 @@ def test_sqitch_deploy_revert_deploy_with_verify(
     )
 
     helpers.run_tool([sqitch, "deploy", target], cwd=project, env=env)
-    assert helpers.catalog_snapshot(empty_conn) == states[2], "sqitch deploy after revert must rebuild both"
+    assert helpers.catalog_snapshot(empty_conn) == states[-1], "sqitch deploy after revert must rebuild everything"
     again = helpers.run_tool([sqitch, "deploy", target], cwd=project, env=env)
     assert "Nothing to deploy" in again.stdout, again.stdout
 
@@ -206,7 +208,7 @@ def test_sqitch_next_to_a_project_of_its_own(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
     """The guide's recipe for an existing sqitch project: export into an empty folder, copy
-    the scripts, append the two change lines to the project's plan; revert --to steps back."""
+    the scripts, append the change lines to the project's plan; revert --to steps back."""
     sqitch = helpers.require("sqitch")
     states = helpers.migration_states(empty_conn)
     project = tmp_path / "shop"
@@ -227,11 +229,12 @@ def test_sqitch_next_to_a_project_of_its_own(
 
     helpers.run_tool([sqitch, "deploy", "--verify", target], cwd=project, env=env)
     bookkeeping = (helpers.USER_TABLE,)
-    helpers.assert_catalog(empty_conn, states[2], "deploy must build 045 and 046", besides=bookkeeping)
+    helpers.assert_catalog(empty_conn, states[-1], "deploy must build every migration", besides=bookkeeping)
     helpers.run_tool([sqitch, "revert", "-y", target, "--to", "@HEAD^"], cwd=project, env=env)
-    helpers.assert_catalog(empty_conn, states[1], "revert --to @HEAD^ must undo 046", besides=bookkeeping)
+    newest = helpers.NUMBERS[-1]
+    helpers.assert_catalog(empty_conn, states[-2], f"revert --to @HEAD^ must undo {newest}", besides=bookkeeping)
     helpers.run_tool([sqitch, "revert", "-y", target, "--to", user_change], cwd=project, env=env)
-    helpers.assert_catalog(empty_conn, states[0], "revert --to the user's change: 045 too", besides=bookkeeping)
+    helpers.assert_catalog(empty_conn, states[0], "revert --to the user's change: all of ours", besides=bookkeeping)
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own change must stay deployed"
 
 
@@ -340,6 +343,7 @@ def test_sqlx_emulation_parses_the_files_as_sqlx_does(tmp_path: Path) -> None:
     assert [(m.version, m.description) for m in parsed] == [
         (45, "create idempotency records"),
         (46, "create idempotency cleanup job"),
+        (47, "create idempotency protocol"),
     ]
     assert all(m.down is not None for m in parsed), "every version must have its down file"
 
@@ -350,21 +354,21 @@ def test_sqlx_emulation_run_revert_run(empty_conn: psycopg.Connection, tmp_path:
     sqlx = SqlxEmulation(empty_conn, tmp_path)
     bookkeeping = (SqlxEmulation.TABLE,)
 
-    assert sqlx.run() == [45, 46]
-    helpers.assert_catalog(empty_conn, states[2], "run must build 045 and 046", besides=bookkeeping)
-    assert sqlx.revert() == 46
-    helpers.assert_catalog(empty_conn, states[1], "the first revert must undo 046 only", besides=bookkeeping)
-    assert sqlx.revert() == 45
-    helpers.assert_catalog(empty_conn, states[0], "the second revert must undo 045", besides=bookkeeping)
+    versions = [int(number) for number in helpers.NUMBERS]
+    assert sqlx.run() == versions
+    helpers.assert_catalog(empty_conn, states[-1], "run must build every migration", besides=bookkeeping)
+    for left in reversed(range(len(versions))):
+        assert sqlx.revert() == versions[left]
+        helpers.assert_catalog(empty_conn, states[left], f"revert must undo {versions[left]} only", besides=bookkeeping)
     assert sqlx.revert() is None
-    assert sqlx.run() == [45, 46]
-    helpers.assert_catalog(empty_conn, states[2], "run after revert must rebuild both", besides=bookkeeping)
+    assert sqlx.run() == versions
+    helpers.assert_catalog(empty_conn, states[-1], "run after revert must rebuild everything", besides=bookkeeping)
     assert sqlx.run() == [], "nothing may be pending after run"
 
 
 def test_sqlx_emulation_refuses_a_changed_applied_file(empty_conn: psycopg.Connection, tmp_path: Path) -> None:
     export.export("sqlx", tmp_path)
-    assert SqlxEmulation(empty_conn, tmp_path).run() == [45, 46]
+    assert SqlxEmulation(empty_conn, tmp_path).run() == [int(number) for number in helpers.NUMBERS]
     changed = tmp_path / "045_create_idempotency_records.sql"
     changed.write_text(changed.read_text() + "\n-- edited after it was applied\n")
     with pytest.raises(RuntimeError, match="migration 45 was previously applied but has been modified"):

@@ -55,19 +55,19 @@ def test_liquibase_update_rollback_update(
     export.export("liquibase", tmp_path)
     env = liquibase_env(pg_server, empty_database)
     command = [launcher, "--changelog-file=changelog.xml"]
-    ours = ["045_create_idempotency_records", "046_create_idempotency_cleanup_job"]
+    ours = list(helpers.STEMS)
 
     helpers.run_tool([*command, "update"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[2], "update must build 045 and 046", besides=BOOKKEEPING)
+    helpers.assert_catalog(empty_conn, states[-1], "update must build every migration", besides=BOOKKEEPING)
     assert applied(empty_conn) == ours
-    helpers.run_tool([*command, "rollback-count", "--count=2"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[0], "rollback-count 2 must remove all", besides=BOOKKEEPING)
+    helpers.run_tool([*command, "rollback-count", f"--count={len(ours)}"], cwd=tmp_path, env=env)
+    helpers.assert_catalog(empty_conn, states[0], "rollback-count of all must remove all", besides=BOOKKEEPING)
     assert applied(empty_conn) == []
     helpers.run_tool([*command, "update"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[2], "update again must rebuild both", besides=BOOKKEEPING)
+    helpers.assert_catalog(empty_conn, states[-1], "update again must rebuild everything", besides=BOOKKEEPING)
     helpers.run_tool([*command, "update"], cwd=tmp_path, env=env)
     assert applied(empty_conn) == ours, "a second update must run nothing"
-    helpers.assert_catalog(empty_conn, states[2], "a second update must change nothing", besides=BOOKKEEPING)
+    helpers.assert_catalog(empty_conn, states[-1], "a second update must change nothing", besides=BOOKKEEPING)
 
 
 USER_CHANGELOG = """\
@@ -92,7 +92,7 @@ def test_liquibase_next_to_a_changelog_of_its_own(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
     """The guide's recipe: the user's master changelog includes ours after its own
-    changesets; rollback-count 1 undoes 046, the newest changeset."""
+    changesets; rollback-count 1 undoes the newest changeset, ours one at a time."""
     launcher = liquibase()
     states = helpers.migration_states(empty_conn)
     (tmp_path / "shop").mkdir()
@@ -108,9 +108,9 @@ def test_liquibase_next_to_a_changelog_of_its_own(
     master.write_text(USER_CHANGELOG.format(include=INCLUDE))
     helpers.run_tool([*command, "update"], cwd=tmp_path, env=env)
     bookkeeping = (*BOOKKEEPING, helpers.USER_TABLE)
-    helpers.assert_catalog(empty_conn, states[2], "update must build 045 and 046", besides=bookkeeping)
-    helpers.run_tool([*command, "rollback-count", "--count=1"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[1], "rollback-count 1 must undo 046", besides=bookkeeping)
-    helpers.run_tool([*command, "rollback-count", "--count=1"], cwd=tmp_path, env=env)
-    helpers.assert_catalog(empty_conn, states[0], "the next must undo 045", besides=bookkeeping)
+    helpers.assert_catalog(empty_conn, states[-1], "update must build every migration", besides=bookkeeping)
+    for left in reversed(range(len(helpers.STEMS))):
+        helpers.run_tool([*command, "rollback-count", "--count=1"], cwd=tmp_path, env=env)
+        undone = helpers.NUMBERS[left]
+        helpers.assert_catalog(empty_conn, states[left], f"rollback-count 1 must undo {undone}", besides=bookkeeping)
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own changeset must stay applied"

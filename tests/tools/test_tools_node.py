@@ -38,24 +38,24 @@ def test_node_pg_migrate_up_down_up(
     run = {"server": pg_server, "db": empty_database}
 
     node_pg_migrate(tmp_path, "up", **run)
-    helpers.assert_catalog(empty_conn, states[2], "up must build 045 and 046", besides=NPM_BOOKKEEPING)
-    node_pg_migrate(tmp_path, "down", **run)
-    helpers.assert_catalog(empty_conn, states[1], "down must undo 046 only", besides=NPM_BOOKKEEPING)
-    node_pg_migrate(tmp_path, "down", **run)
-    helpers.assert_catalog(empty_conn, states[0], "a second down must undo 045", besides=NPM_BOOKKEEPING)
+    helpers.assert_catalog(empty_conn, states[-1], "up must build every migration", besides=NPM_BOOKKEEPING)
+    for left in reversed(range(len(helpers.STEMS))):  # each down undoes the newest left
+        node_pg_migrate(tmp_path, "down", **run)
+        undone = helpers.NUMBERS[left]
+        helpers.assert_catalog(empty_conn, states[left], f"down must undo {undone} only", besides=NPM_BOOKKEEPING)
     assert npm_applied(empty_conn) == []
     node_pg_migrate(tmp_path, "up", **run)
-    helpers.assert_catalog(empty_conn, states[2], "up again must rebuild both", besides=NPM_BOOKKEEPING)
+    helpers.assert_catalog(empty_conn, states[-1], "up again must rebuild everything", besides=NPM_BOOKKEEPING)
     again = node_pg_migrate(tmp_path, "up", **run)
     assert "No migrations to run" in again, f"nothing may be pending after up: {again}"
-    assert npm_applied(empty_conn) == ["045_create_idempotency_records", "046_create_idempotency_cleanup_job"]
+    assert npm_applied(empty_conn) == list(helpers.STEMS)
 
 
 def test_node_pg_migrate_next_to_a_timestamped_history(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
     """node-pg-migrate refuses to run a migration that sorts before one already run, so the
-    files need --after; then `down` undoes 046, the newest."""
+    files need --after; then `down` undoes ours, the newest first."""
     states = helpers.migration_states(empty_conn)
     user = export.Migration(
         helpers.USER_VERSION, "create_shop_orders", helpers.USER_UP.read_text(), helpers.USER_DOWN.read_text()
@@ -67,11 +67,11 @@ def test_node_pg_migrate_next_to_a_timestamped_history(
     export.export("node-pg-migrate", tmp_path, after=helpers.USER_VERSION)
     node_pg_migrate(tmp_path, "up", **run)
     bookkeeping = (*NPM_BOOKKEEPING, helpers.USER_TABLE)
-    helpers.assert_catalog(empty_conn, states[2], "up must build 045 and 046", besides=bookkeeping)
-    node_pg_migrate(tmp_path, "down", **run)
-    helpers.assert_catalog(empty_conn, states[1], "down must undo 046", besides=bookkeeping)
-    node_pg_migrate(tmp_path, "down", **run)
-    helpers.assert_catalog(empty_conn, states[0], "the next down must undo 045", besides=bookkeeping)
+    helpers.assert_catalog(empty_conn, states[-1], "up must build every migration", besides=bookkeeping)
+    for left in reversed(range(len(helpers.STEMS))):
+        node_pg_migrate(tmp_path, "down", **run)
+        undone = helpers.NUMBERS[left]
+        helpers.assert_catalog(empty_conn, states[left], f"the next down must undo {undone}", besides=bookkeeping)
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay applied"
 
 
@@ -106,18 +106,18 @@ def test_graphile_migrate_migrate_then_nothing_pending(
     run = {"server": pg_server, "db": empty_database}
 
     graphile_migrate(tmp_path, **run)
-    assert helpers.catalog_snapshot(empty_conn) == states[2], "migrate must build 045 and 046"
-    assert graphile_applied(empty_conn) == ["000001.sql", "000002.sql"]
+    assert helpers.catalog_snapshot(empty_conn) == states[-1], "migrate must build every migration"
+    assert graphile_applied(empty_conn) == [f"{n:06}.sql" for n in range(1, len(helpers.STEMS) + 1)]
     again = graphile_migrate(tmp_path, **run)
     assert "Running migration" not in again, f"nothing may be pending: {again}"
-    assert helpers.catalog_snapshot(empty_conn) == states[2]
+    assert helpers.catalog_snapshot(empty_conn) == states[-1]
 
 
 def test_graphile_migrate_next_to_a_committed_history(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    """The export chains 045/046 after the user's committed migration; with no down in
-    graphile-migrate, the guide's removal is the down files, 046's first, with psql."""
+    """The export chains ours after the user's committed migration; with no down in
+    graphile-migrate, the guide's removal is the down files, the newest first, with psql."""
     states = helpers.migration_states(empty_conn)
     write_gmrc(tmp_path)
     committed = tmp_path / "migrations" / "committed"
@@ -130,11 +130,12 @@ def test_graphile_migrate_next_to_a_committed_history(
 
     export.export("graphile-migrate", tmp_path / "migrations")
     graphile_migrate(tmp_path, **run)
-    helpers.assert_catalog(empty_conn, states[2], "migrate must build 045 and 046", besides=(helpers.USER_TABLE,))
-    assert graphile_applied(empty_conn) == ["000001.sql", "000002.sql", "000003.sql"]
+    helpers.assert_catalog(empty_conn, states[-1], "migrate must build every migration", besides=(helpers.USER_TABLE,))
+    assert graphile_applied(empty_conn) == [f"{n:06}.sql" for n in range(1, len(helpers.STEMS) + 2)]
 
     down = tmp_path / "migrations" / "down"
-    for name in ("046_create_idempotency_cleanup_job.down.sql", "045_create_idempotency_records.down.sql"):
+    for stem in reversed(helpers.STEMS):
+        name = f"{stem}.down.sql"
         helpers.psql(pg_server, empty_database, "-v", "ON_ERROR_STOP=1", "-1", "-f", str(down / name), check=True)
-    helpers.assert_catalog(empty_conn, states[0], "the down files must remove both", besides=(helpers.USER_TABLE,))
+    helpers.assert_catalog(empty_conn, states[0], "the down files must remove all", besides=(helpers.USER_TABLE,))
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay"

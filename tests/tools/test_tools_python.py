@@ -61,24 +61,22 @@ def test_yoyo_apply_rollback_apply(
     export.export("yoyo", migrations)
 
     yoyo(tmp_path, "apply")
-    helpers.assert_catalog(empty_conn, states[2], "apply must build 045 and 046", besides=YOYO_BOOKKEEPING)
-    yoyo(tmp_path, "rollback")
-    helpers.assert_catalog(empty_conn, states[1], "rollback must undo 046 only", besides=YOYO_BOOKKEEPING)
-    yoyo(tmp_path, "rollback")
-    helpers.assert_catalog(empty_conn, states[0], "a second rollback must undo 045", besides=YOYO_BOOKKEEPING)
+    helpers.assert_catalog(empty_conn, states[-1], "apply must build every migration", besides=YOYO_BOOKKEEPING)
+    for left in reversed(range(len(helpers.STEMS))):  # each rollback undoes the newest left
+        yoyo(tmp_path, "rollback")
+        undone = helpers.NUMBERS[left]
+        helpers.assert_catalog(empty_conn, states[left], f"rollback must undo {undone} only", besides=YOYO_BOOKKEEPING)
     assert yoyo_applied(empty_conn) == []
     yoyo(tmp_path, "apply")
-    helpers.assert_catalog(empty_conn, states[2], "apply again must rebuild both", besides=YOYO_BOOKKEEPING)
+    helpers.assert_catalog(empty_conn, states[-1], "apply again must rebuild everything", besides=YOYO_BOOKKEEPING)
     yoyo(tmp_path, "apply")
-    assert yoyo_applied(empty_conn) == ["045_create_idempotency_records", "046_create_idempotency_cleanup_job"], (
-        "a second apply must apply nothing"
-    )
+    assert yoyo_applied(empty_conn) == list(helpers.STEMS), "a second apply must apply nothing"
 
 
 def test_yoyo_next_to_a_timestamped_history(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    """yoyo's batch rollback undoes the last migration in id order: with --after, 046."""
+    """yoyo's batch rollback undoes the last migration in id order: with --after, ours, newest first."""
     states = helpers.migration_states(empty_conn)
     migrations = yoyo_project(tmp_path, pg_server, empty_database)
     (migrations / f"{helpers.USER_VERSION}_create_shop_orders.sql").write_text(helpers.USER_UP.read_text())
@@ -88,11 +86,11 @@ def test_yoyo_next_to_a_timestamped_history(
     export.export("yoyo", migrations, after=helpers.USER_VERSION)
     yoyo(tmp_path, "apply")
     bookkeeping = (*YOYO_BOOKKEEPING, helpers.USER_TABLE)
-    helpers.assert_catalog(empty_conn, states[2], "apply must build 045 and 046", besides=bookkeeping)
-    yoyo(tmp_path, "rollback")
-    helpers.assert_catalog(empty_conn, states[1], "rollback must undo 046", besides=bookkeeping)
-    yoyo(tmp_path, "rollback")
-    helpers.assert_catalog(empty_conn, states[0], "the next rollback must undo 045", besides=bookkeeping)
+    helpers.assert_catalog(empty_conn, states[-1], "apply must build every migration", besides=bookkeeping)
+    for left in reversed(range(len(helpers.STEMS))):
+        yoyo(tmp_path, "rollback")
+        undone = helpers.NUMBERS[left]
+        helpers.assert_catalog(empty_conn, states[left], f"the next rollback must undo {undone}", besides=bookkeeping)
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay applied"
 
 
@@ -126,13 +124,14 @@ def test_alembic_upgrade_downgrade_upgrade(
     run = (tmp_path, pg_server, empty_database)
 
     alembic(*run, "upgrade", "head")
-    helpers.assert_catalog(empty_conn, states[2], "upgrade must build both", besides=ALEMBIC_BOOKKEEPING)
+    helpers.assert_catalog(empty_conn, states[-1], "upgrade must build everything", besides=ALEMBIC_BOOKKEEPING)
     alembic(*run, "downgrade", "-1")
-    helpers.assert_catalog(empty_conn, states[1], "downgrade -1 must undo 046", besides=ALEMBIC_BOOKKEEPING)
+    newest = helpers.NUMBERS[-1]
+    helpers.assert_catalog(empty_conn, states[-2], f"downgrade -1 must undo {newest}", besides=ALEMBIC_BOOKKEEPING)
     alembic(*run, "downgrade", "base")
     helpers.assert_catalog(empty_conn, states[0], "downgrade base: nothing left", besides=ALEMBIC_BOOKKEEPING)
     alembic(*run, "upgrade", "head")
-    helpers.assert_catalog(empty_conn, states[2], "upgrade again rebuilds both", besides=ALEMBIC_BOOKKEEPING)
+    helpers.assert_catalog(empty_conn, states[-1], "upgrade again rebuilds everything", besides=ALEMBIC_BOOKKEEPING)
     again = alembic(*run, "upgrade", "head")
     assert "Running upgrade" not in again, f"nothing may be pending: {again}"
 
@@ -140,7 +139,7 @@ def test_alembic_upgrade_downgrade_upgrade(
 def test_alembic_next_to_a_revision_of_its_own(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    """--after makes 045 revise the user's head; downgrade -1 then undoes 046."""
+    """--after makes 045 revise the user's head; downgrade -1 then undoes the newest of ours."""
     states = helpers.migration_states(empty_conn)
     versions = alembic_project(tmp_path)
     user = (ALEMBIC_PROJECT / "user_revision.py").read_text().replace("USER_VERSION", helpers.USER_VERSION)
@@ -154,11 +153,12 @@ def test_alembic_next_to_a_revision_of_its_own(
     export.export("alembic", versions, after=helpers.USER_VERSION)
     alembic(*run, "upgrade", "head")
     bookkeeping = (*ALEMBIC_BOOKKEEPING, helpers.USER_TABLE)
-    helpers.assert_catalog(empty_conn, states[2], "upgrade must build 045 and 046", besides=bookkeeping)
+    helpers.assert_catalog(empty_conn, states[-1], "upgrade must build every migration", besides=bookkeeping)
     alembic(*run, "downgrade", "-1")
-    helpers.assert_catalog(empty_conn, states[1], "downgrade -1 must undo 046", besides=bookkeeping)
+    newest = helpers.NUMBERS[-1]
+    helpers.assert_catalog(empty_conn, states[-2], f"downgrade -1 must undo {newest}", besides=bookkeeping)
     alembic(*run, "downgrade", helpers.USER_VERSION)  # the revision id of the user's newest
-    helpers.assert_catalog(empty_conn, states[0], "downgrade to the user's: 045 too", besides=bookkeeping)
+    helpers.assert_catalog(empty_conn, states[0], "downgrade to the user's: all of ours", besides=bookkeeping)
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own revision must stay applied"
 
 
@@ -200,13 +200,13 @@ def test_django_migrate_unapply_migrate(
     run = (tmp_path, pg_server, empty_database)
 
     django_admin(*run, "migrate", "shop")
-    helpers.assert_catalog(empty_conn, states[2], "migrate must build both", besides=DJANGO_BOOKKEEPING)
-    django_admin(*run, "migrate", "shop", "045_create_idempotency_records")
-    helpers.assert_catalog(empty_conn, states[1], "migrate to 045 undoes 046", besides=DJANGO_BOOKKEEPING)
+    helpers.assert_catalog(empty_conn, states[-1], "migrate must build everything", besides=DJANGO_BOOKKEEPING)
+    django_admin(*run, "migrate", "shop", helpers.STEMS[0])
+    helpers.assert_catalog(empty_conn, states[1], "migrate to 045 undoes the later ones", besides=DJANGO_BOOKKEEPING)
     django_admin(*run, "migrate", "shop", "zero")
     helpers.assert_catalog(empty_conn, states[0], "migrate shop zero: nothing left", besides=DJANGO_BOOKKEEPING)
     django_admin(*run, "migrate", "shop")
-    helpers.assert_catalog(empty_conn, states[2], "migrate again rebuilds both", besides=DJANGO_BOOKKEEPING)
+    helpers.assert_catalog(empty_conn, states[-1], "migrate again rebuilds everything", besides=DJANGO_BOOKKEEPING)
     again = django_admin(*run, "migrate", "shop")
     assert "No migrations to apply" in again, again
 
@@ -215,7 +215,7 @@ def test_django_next_to_a_migration_of_its_own(
     pg_server: Server, empty_database: str, empty_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
     """--after shop.NEWEST makes 045 depend on the app's newest migration; migrating back
-    to that one undoes 046 and 045 and keeps the user's."""
+    to that one undoes all of ours and keeps the user's."""
     states = helpers.migration_states(empty_conn)
     migrations = django_project(tmp_path, pg_server)
     user_name = f"{helpers.USER_VERSION}_create_shop_orders"
@@ -229,9 +229,10 @@ def test_django_next_to_a_migration_of_its_own(
     export.export("django", migrations, after=f"shop.{user_name}")
     django_admin(*run, "migrate", "shop")
     bookkeeping = (*DJANGO_BOOKKEEPING, helpers.USER_TABLE)
-    helpers.assert_catalog(empty_conn, states[2], "migrate must build 045 and 046", besides=bookkeeping)
-    django_admin(*run, "migrate", "shop", "045_create_idempotency_records")
-    helpers.assert_catalog(empty_conn, states[1], "migrate to 045 must undo 046", besides=bookkeeping)
+    helpers.assert_catalog(empty_conn, states[-1], "migrate must build every migration", besides=bookkeeping)
+    django_admin(*run, "migrate", "shop", helpers.STEMS[-2])
+    newest = helpers.NUMBERS[-1]
+    helpers.assert_catalog(empty_conn, states[-2], f"migrate to the one before must undo {newest}", besides=bookkeeping)
     django_admin(*run, "migrate", "shop", user_name)
-    helpers.assert_catalog(empty_conn, states[0], "migrate to the user's: 045 too", besides=bookkeeping)
+    helpers.assert_catalog(empty_conn, states[0], "migrate to the user's: all of ours", besides=bookkeeping)
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay applied"

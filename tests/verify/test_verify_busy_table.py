@@ -1,7 +1,9 @@
 """No application statement waits on the verification script. While the script runs again and
 again in full mode, application sessions store records that are already expired, save over them
 (the report's upsert, which locks the row), delete them and run the cleanup: exactly the rows the
-script's cleanup test would lock if it ran the cleanup in a snapshot that holds them. A monitor
+script's cleanup test would lock if it ran the cleanup in a snapshot that holds them. A protocol
+client (047) meanwhile claims keys, takes expired leases over, completes and releases them, while
+the script's own 047 tests claim and complete a key of their own. A monitor
 polls pg_blocking_pids() of every application session and records each blocker's pid with the
 pids of the script's sessions: the two sets never meet, every run passes, and the cleanup test
 does run in some of them."""
@@ -16,6 +18,7 @@ from collections.abc import Callable
 import psycopg
 
 from tests import verification
+from tests.protocol_calls import claim, complete, expire, release
 from tests.statements import REPORT_SAVE
 from tooling import records
 from tooling.records import save_params
@@ -31,6 +34,13 @@ SELECT
     ARRAY(SELECT a.pid FROM pg_stat_activity AS a WHERE a.application_name = %(script)s),
     ARRAY(
         SELECT DISTINCT blocker
+        FROM pg_stat_activity AS a
+        CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS blocker
+        WHERE a.application_name = %(app)s
+    ),
+    ARRAY(
+        SELECT DISTINCT format('%%s waited on %%s (%%s %%s): %%s', a.pid, blocker, a.wait_event_type, a.wait_event,
+            left(a.query, 80))
         FROM pg_stat_activity AS a
         CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS blocker
         WHERE a.application_name = %(app)s
@@ -69,22 +79,35 @@ def application(conn: psycopg.Connection, iteration: int) -> None:
     time.sleep(0.002)
 
 
+def protocol_client(conn: psycopg.Connection, iteration: int) -> None:
+    """A key claimed, its lease run out and taken over, then completed or released."""
+    key = uuid.uuid4()
+    claim(conn, key)
+    expire(conn, key)
+    token = claim(conn, key).token
+    assert token is not None, "an expired lease is taken over"
+    assert complete(conn, key, token) if iteration % 2 else release(conn, key, token)
+    time.sleep(0.002)
+
+
 class Monitor(Loop):
     def __init__(self, server: Server, dbname: str) -> None:
         super().__init__(server, dbname, "idempotency-monitor", self.observe)
         self.script_pids: set[int] = set()
         self.blockers: set[int] = set()
+        self.waits: set[str] = set()  # what each wait was, for the failure message
 
     def observe(self, conn: psycopg.Connection, _: int) -> None:
         row = conn.execute(OBSERVE, {"script": SCRIPT, "app": APP}).fetchone()
         assert row is not None
         self.script_pids.update(row[0])
         self.blockers.update(row[1])
+        self.waits.update(row[2])
 
 
 def test_no_application_statement_waits_on_the_script(pg_server: Server, database: str) -> None:
     monitor = Monitor(pg_server, database)
-    apps = [Loop(pg_server, database, APP, application) for _ in range(2)]
+    apps = [Loop(pg_server, database, APP, step) for step in (application, application, protocol_client)]
     for thread in (monitor, *apps):
         thread.start()
     runs = []
@@ -102,7 +125,8 @@ def test_no_application_statement_waits_on_the_script(pg_server: Server, databas
     assert monitor.iterations > RUNS, "the monitor polled throughout"
     assert len(monitor.script_pids) > 0, "the monitor saw the script's sessions"
     assert monitor.script_pids.isdisjoint(monitor.blockers), (
-        f"an application session waited on the script: blockers {monitor.blockers}, script {monitor.script_pids}"
+        f"an application session waited on the script: blockers {monitor.blockers}, script {monitor.script_pids}; "
+        f"waits seen: {sorted(monitor.waits)}"
     )
     for run in runs:
         verification.assert_passes(run)

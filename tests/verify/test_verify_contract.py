@@ -1,8 +1,9 @@
-"""The verification script's copy of what 046 creates is what 046 creates: the sha256 of the
-function's body and its settings, each written once in the script (one `\\set` line each), equal
-what applying sql/046 gives, in public and in a schema whose name needs quoting. A change of the
-body or the settings in 046 fails this test until the script is updated. A body one character off
-is not ok, with a HINT to apply 046 again; the same body with Windows line ends passes."""
+"""The verification script's copy of what 046 and 047 create is what they create: the sha256 of
+each function's body and their settings, each written once in the script (one `\\set` line each),
+equal what applying sql/046 and sql/047 gives, in public and in a schema whose name needs quoting.
+A change of a body or of the settings in 046 or 047 fails this test until the script is updated. A
+body one character off is not ok, with a HINT to apply the file again; the same body with Windows
+line ends passes."""
 
 from __future__ import annotations
 
@@ -17,45 +18,59 @@ from tests import verification
 from tests.helpers import UP_FILES
 from tooling.servers import Server
 
-SET_LINE = re.compile(r"^\\set (function_body_sha256|function_settings) (.*)$", re.MULTILINE)
+SET_LINE = re.compile(r"^\\set (\w+_sha256|\w+_settings) (.*)$", re.MULTILINE)
+# Each function and the `\\set` lines of its body and its settings.
+EMBEDDED = {
+    "cleanup_expired_idempotency_records": ("function_body_sha256", "function_settings"),
+    "idempotency_claim": ("claim_body_sha256", "protocol_settings"),
+    "idempotency_complete": ("complete_body_sha256", "protocol_settings"),
+    "idempotency_release": ("release_body_sha256", "protocol_settings"),
+    "idempotency_key": ("key_body_sha256", "function_settings"),
+}
 
 
 def embedded() -> dict[str, str]:
     """The values the script compares, from its `\\set` lines (each must be there once)."""
     found = SET_LINE.findall(verification.SCRIPT.read_text())
     names = [name for name, _ in found]
-    assert sorted(names) == ["function_body_sha256", "function_settings"], f"each written once: {names}"
+    wanted = {name for pair in EMBEDDED.values() for name in pair}
+    assert sorted(names) == sorted(wanted), f"each written once: {names}"
     return {name: value.strip("'") for name, value in found}
 
 
-def _function(conn: psycopg.Connection, schema: str) -> tuple[str, list[str]]:
+def _function(
+    conn: psycopg.Connection, schema: str, name: str = "cleanup_expired_idempotency_records"
+) -> tuple[str, list[str]]:
     row = conn.execute(
         "SELECT p.prosrc, coalesce(p.proconfig, '{}') FROM pg_proc AS p "
-        "WHERE p.pronamespace = %s::regnamespace AND p.proname = 'cleanup_expired_idempotency_records'",
-        (sql.Identifier(schema).as_string(conn),),
+        "WHERE p.pronamespace = %s::regnamespace AND p.proname = %s",
+        (sql.Identifier(schema).as_string(conn), name),
     ).fetchone()
-    assert row is not None, f"046 created no function in {schema}"
+    assert row is not None, f"no function {name} in {schema}"
     return row[0], sorted(row[1])
 
 
 @pytest.mark.parametrize("schema", ["public", 'we"ird app'])
-def test_the_embedded_body_and_settings_are_what_046_creates(empty_conn: psycopg.Connection, schema: str) -> None:
+def test_the_embedded_bodies_and_settings_are_what_046_and_047_create(
+    empty_conn: psycopg.Connection, schema: str
+) -> None:
     if schema != "public":
         verification.install(empty_conn, schema)
     else:
         for path in UP_FILES:
             empty_conn.execute(path.read_text())
-    body, settings = _function(empty_conn, schema)
     expected = embedded()
-    assert hashlib.sha256(body.replace("\r\n", "\n").encode()).hexdigest() == expected["function_body_sha256"], (
-        "sql/046 ships another body than the script compares: update \\set function_body_sha256 in "
-        f"{verification.SCRIPT.name} (and say in the guide what changed)"
-    )
-    row = empty_conn.execute("SELECT format(%s, %s::text)", (expected["function_settings"], schema)).fetchone()
-    assert row is not None
-    assert "; ".join(settings) == row[0], (
-        f"sql/046 sets {settings}: update \\set function_settings in {verification.SCRIPT.name}"
-    )
+    for name, (body_line, settings_line) in EMBEDDED.items():
+        body, settings = _function(empty_conn, schema, name)
+        assert hashlib.sha256(body.replace("\r\n", "\n").encode()).hexdigest() == expected[body_line], (
+            f"the migration ships another body of {name} than the script compares: update \\set {body_line} in "
+            f"{verification.SCRIPT.name} (and say in the guide what changed)"
+        )
+        row = empty_conn.execute("SELECT format(%s, %s::text)", (expected[settings_line], schema)).fetchone()
+        assert row is not None
+        assert "; ".join(settings) == row[0], (
+            f"{name} has the settings {settings}: update \\set {settings_line} in {verification.SCRIPT.name}"
+        )
 
 
 def _replace_body(conn: psycopg.Connection, body: str) -> None:
@@ -90,3 +105,23 @@ def test_the_same_body_with_windows_line_ends_passes(
     _replace_body(conn, body.replace("\n", "\r\n"))
     assert "\r\n" in _function(conn, "public")[0]
     verification.assert_passes(verification.run_script(pg_server, database))
+
+
+def test_a_047_body_one_character_off_is_not_ok_with_a_hint_to_apply_047_again(
+    pg_server: Server, database: str, conn: psycopg.Connection
+) -> None:
+    body, _ = _function(conn, "public", "idempotency_release")
+    conn.execute(
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION idempotency_release(request_id UUID, token UUID) RETURNS BOOLEAN "
+            "LANGUAGE plpgsql SET lock_timeout = '100ms' AS {}"
+        ).format(sql.Literal(body.replace("RETURN FOUND;", "RETURN  FOUND;")))
+    )
+    conn.execute("ALTER FUNCTION idempotency_release(UUID, UUID) SET search_path = pg_catalog, public, pg_temp")
+    run = verification.run_script(pg_server, database)
+    assert run.returncode != 0
+    ok, text = run.line("function idempotency_release of 047")
+    assert not ok and "another body (sha256 " in text, run.describe()
+    assert any("sql/047_create_idempotency_protocol.sql again" in hint for hint in run.diagnostics("HINT"))
+    assert run.not_ok == [text], "only the body differs"
+    assert len(run.behaviour_skipped) == verification.BEHAVIOUR_TESTS, "no test calls a function it does not trust"

@@ -1,10 +1,10 @@
 """The verification script runs no code of another role, in full mode and with catalog_only=1, as a
 superuser and as the application role: a role that may CREATE in the schema installs the table and
-the function there itself (045 and 046, as it is allowed to) and plants a trap of each kind
+the function there itself (045, 046 and 047, as it is allowed to) and plants a trap of each kind
 (tests/fixtures/verify_traps/): a row trigger, a statement trigger, a rule, a view named
 idempotency_records, a partitioned table with a trigger on its partition, an inheritance child, a
-policy calling its function, the function's body swapped, a column default and an index expression
-calling its function. Each trap counts itself on a sequence and records the role it ran as (neither
+policy calling its function, the function's body swapped (046's, and 047's claim), a column default
+and an index expression calling its function. Each trap counts itself on a sequence and records the role it ran as (neither
 undone by the script's rollback); first each is shown armed (the statement the behaviour tests
 would run does run it, as that role), then the script runs four ways and the count must not move.
 
@@ -46,6 +46,11 @@ EXPIRED = (
     "VALUES (gen_random_uuid(), 'old', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')"
 )
 CLEANUP = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
+# 047's claim, as the script's own tests call it
+CLAIM = (
+    "SELECT outcome FROM idempotency_claim(gen_random_uuid(), 'verify'::VARCHAR, "
+    "sha256(uuid_send(gen_random_uuid())), INTERVAL '1 minute')"
+)
 # the report's repository cleanup (IdempotencyRepository::cleanup_expired): without ONLY it reaches
 # every child table (the function says ONLY since a child's rows have ctids of their own)
 REPORT_CLEANUP = "DELETE FROM idempotency_records WHERE expires_at <= now()"
@@ -72,6 +77,7 @@ TRAP_KINDS = [
     Trap("inheritance_child", "no parent, child or partition", (EXPIRED, REPORT_CLEANUP)),
     Trap("policy", "no row security and no policy", (SAVE,), victim="app"),
     Trap("function_body", "function body is the one 046 ships", (CLEANUP,)),
+    Trap("protocol_function_body", "function idempotency_claim of 047", (CLAIM,)),
     Trap("column_default", "column created_at", (SAVE,)),
     Trap("index_expression", "other indexes:", (SAVE,)),
 ]
@@ -91,7 +97,7 @@ def roles(empty_conn: psycopg.Connection) -> Iterator[Roles]:
 
 
 def plant(conn: psycopg.Connection, roles: Roles, kind: str | None) -> None:
-    """As the hostile role: 045 and 046 where it may CREATE, the recorder, the trap, and the
+    """As the hostile role: the up files where it may CREATE, the recorder, the trap, and the
     guide's grants to the application role on what it made."""
     hostile = sql.Identifier(roles.hostile)
     conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(hostile))
@@ -158,7 +164,9 @@ def test_the_script_runs_no_trap(
         )
         assert "verify trap ran" not in run.stderr, f"{trap}, {label}: a trap ran\n{run.describe()}"
         assert trap_record(empty_conn) == before, f"{trap}, {label}: a trap ran (rolled back)\n{run.describe()}"
-        assert run.returncode != 0 and len(run.skipped) == verification.BEHAVIOUR_TESTS, f"{label}\n{run.describe()}"
+        assert run.returncode != 0 and len(run.behaviour_skipped) == verification.BEHAVIOUR_TESTS, (
+            f"{label}\n{run.describe()}"
+        )
         assert any(trap.check in text for text in run.not_ok), f"{trap}, {label}: {trap.check!r}\n{run.describe()}"
 
 
@@ -170,7 +178,7 @@ def test_an_install_the_untrusted_role_owns_fails_unless_named_trusted(
     behaviour tests run."""
     plant(empty_conn, roles, None)
     run = verification.run_script(pg_server, empty_database)
-    assert run.returncode != 0 and len(run.skipped) == verification.BEHAVIOUR_TESTS, run.describe()
+    assert run.returncode != 0 and len(run.behaviour_skipped) == verification.BEHAVIOUR_TESTS, run.describe()
     assert run.not_ok == [
         "their owner is a role you trust: you, a superuser, or the role named with -v owner: "
         f"found {roles.hostile} (not you, not a superuser, no -v owner), expected a trusted owner"
