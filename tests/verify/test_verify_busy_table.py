@@ -6,7 +6,10 @@ client (047) meanwhile claims keys, takes expired leases over, completes and rel
 the script's own 047 tests claim and complete a key of their own. A monitor
 polls pg_blocking_pids() of every application session and records each blocker's pid with the
 pids of the script's sessions: the two sets never meet, every run passes, and the cleanup test
-does run in some of them."""
+does run in some of them. One wait is not the script's: the relation extension lock, which any
+session inserting takes for the moment it adds a page to the table (and releases then, not at the
+end of its transaction), so two inserters may meet on it, the application's among themselves as
+well as with the script's; a session waiting on it is left out."""
 
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ SELECT
         SELECT DISTINCT blocker
         FROM pg_stat_activity AS a
         CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS blocker
-        WHERE a.application_name = %(app)s
+        WHERE a.application_name = %(app)s AND a.wait_event IS DISTINCT FROM 'extend'
     ),
     ARRAY(
         SELECT DISTINCT format('%%s waited on %%s (%%s %%s): %%s', a.pid, blocker, a.wait_event_type, a.wait_event,
