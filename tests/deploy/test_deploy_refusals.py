@@ -37,40 +37,43 @@ class Refusal:
         return f"{self.path.name}-{self.state}"
 
 
+# What a refusal of a second copy names: the install, and the user's schema it found.
+SECOND_COPY = (f"installed in another schema than {USER}", "public.idempotency_records", f"schema {USER}")
+
 REFUSALS = [
     # A function of that name made by another role is neither kept nor replaced.
-    Refusal(
-        "function_owned_by_another_role",
-        UP_046,
-        "42501",
-        ("public.cleanup_expired_idempotency_records()", f"owner {deployers.PLANTER}"),
+    *(
+        Refusal(
+            state,
+            UP_046,
+            "42501",
+            (f"public.cleanup_expired_idempotency_records({args})", f"owner {deployers.PLANTER}"),
+        )
+        for state, args in (
+            ("function_owned_by_another_role", ""),
+            ("function_overload_owned_by_another_role", "integer"),
+        )
     ),
-    Refusal(
-        "function_overload_owned_by_another_role",
-        UP_046,
-        "42501",
-        ("public.cleanup_expired_idempotency_records(integer)", f"owner {deployers.PLANTER}"),
+    # A table of that name another role made, with a trap trigger, is not taken over.
+    *(
+        Refusal("table_planted_with_a_trap_trigger", path, sqlstate, ("public.idempotency_records",), migrated=False)
+        for path, sqlstate in ((UP_045, "42501"), (UP_046, "55000"), (UP_047, "55000"))
     ),
-    Refusal("table_planted_with_a_trap_trigger", UP_045, "42501", ("public.idempotency_records",), migrated=False),
-    Refusal("table_planted_with_a_trap_trigger", UP_046, "55000", ("public.idempotency_records",), migrated=False),
     # A temporary table of that name never stands in for the install, up or down.
-    Refusal("temporary_table_in_the_session", DOWN_045, "3F000", ("temporary table",), session=True),
-    Refusal("temporary_table_in_the_session", UP_045, "3F000", ("temporary schema",), session=True),
-    Refusal("temporary_table_in_the_session", UP_046, "3F000", ("permanent schema",), session=True),
-    # A schema named after the user, first on the default search_path: no second copy.
-    Refusal(
-        "schema_named_after_the_user",
-        UP_045,
-        "42P07",
-        (f"installed in another schema than {USER}", "public.idempotency_records", f"schema {USER}"),
-        user_schema=True,
+    *(
+        Refusal("temporary_table_in_the_session", path, "3F000", (found,), session=True)
+        for path, found in (
+            (DOWN_045, "temporary table"),
+            (UP_045, "temporary schema"),
+            (UP_046, "permanent schema"),
+            (UP_047, "permanent schema"),
+            (DOWN_047, "temporary table"),
+        )
     ),
-    Refusal(
-        "schema_named_after_the_user",
-        UP_046,
-        "3F000",
-        (f"installed in another schema than {USER}", "public.idempotency_records", f"schema {USER}"),
-        user_schema=True,
+    # A schema named after the user, first on the default search_path: no second copy.
+    *(
+        Refusal("schema_named_after_the_user", path, sqlstate, SECOND_COPY, user_schema=True)
+        for path, sqlstate in ((UP_045, "42P07"), (UP_046, "3F000"), (UP_047, "3F000"))
     ),
     Refusal(
         "schema_named_after_the_user_with_a_second_table",
@@ -83,23 +86,13 @@ REFUSALS = [
         ),
         user_schema=True,
     ),
-    # 047 keeps no function of its names made by another role, acts on the install only, in no
-    # temporary schema, and starts no second copy.
+    # 047 keeps no function of its names made by another role (and, above, acts on the install
+    # only, in no temporary schema, and starts no second copy).
     Refusal(
         "protocol_function_owned_by_another_role",
         UP_047,
         "42723",
         ("schema public holds a function of 047's names", f"owned by {deployers.PLANTER}"),
-    ),
-    Refusal("table_planted_with_a_trap_trigger", UP_047, "55000", ("public.idempotency_records",), migrated=False),
-    Refusal("temporary_table_in_the_session", UP_047, "3F000", ("permanent schema",), session=True),
-    Refusal("temporary_table_in_the_session", DOWN_047, "3F000", ("temporary table",), session=True),
-    Refusal(
-        "schema_named_after_the_user",
-        UP_047,
-        "3F000",
-        (f"installed in another schema than {USER}", "public.idempotency_records", f"schema {USER}"),
-        user_schema=True,
     ),
     # What is not 045's is not removed by 045.down.
     Refusal("table_of_another_shape", DOWN_045, "55000", ("public.idempotency_records",), migrated=False),
@@ -164,43 +157,62 @@ def test_046_down_never_reads_or_calls_a_cron_schema_pg_cron_did_not_make(
     assert left == (1,), "the planted job table is untouched"
 
 
-def test_the_planted_function_never_runs_for_a_superuser_after_046(
-    pg_server: Server, database: str, conn: psycopg.Connection
+@dataclasses.dataclass(frozen=True)
+class Planted:
+    """A function of our names another role made before the file that installs it ran."""
+
+    state: str  # tests/fixtures/deploy_states/<state>.sql
+    path: Path  # the file that stops, then installs its own
+    error: type[psycopg.Error]  # what it stops with
+    drop: str  # the planted function, dropped by hand
+    owners: str  # the owners of what the file installs
+    call: str  # a call of what it installs
+    what: str  # what it installs, in a message
+
+    def __str__(self) -> str:
+        return self.path.name
+
+
+PLANTED = [
+    # The report's case: 046 applied anyway kept the planted function, and the next call by a
+    # superuser ran its body.
+    Planted(
+        "function_owned_by_another_role",
+        UP_046,
+        psycopg.errors.InsufficientPrivilege,
+        "DROP FUNCTION cleanup_expired_idempotency_records()",
+        "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = 'cleanup_expired_idempotency_records()'::regprocedure",
+        "SELECT deleted_count FROM cleanup_expired_idempotency_records()",
+        "the function 046 installs belongs",
+    ),
+    # A superuser's CREATE OR REPLACE keeps a function's owner, who can change its body later.
+    Planted(
+        "protocol_function_owned_by_another_role",
+        UP_047,
+        psycopg.errors.DuplicateFunction,
+        "DROP FUNCTION idempotency_key(TEXT, TEXT)",
+        "SELECT DISTINCT pg_get_userbyid(proowner) FROM pg_proc WHERE proname LIKE 'idempotency\\_%'",
+        "SELECT idempotency_key('tenant-a', 'order-1')",
+        "the functions 047 installs belong",
+    ),
+]
+
+
+@pytest.mark.parametrize("planted", PLANTED, ids=str)
+def test_the_planted_function_never_runs_for_a_superuser_after_the_file(
+    pg_server: Server, database: str, conn: psycopg.Connection, planted: Planted
 ) -> None:
-    """The report's case: 046 applied anyway kept the planted function, and the next call by a
-    superuser ran its body. Now 046 stops, and once the function is dropped it installs its own."""
+    """The file stops instead of keeping the planted function, and once it is dropped installs
+    its own, owned by the role applying it; no planted body ever runs."""
     warnings: list[str] = []
     conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary or ""))
     with deployers.planter_role(conn):
-        deployers.load_state(conn, "function_owned_by_another_role")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            apply(conn, UP_046)
-        conn.execute("DROP FUNCTION cleanup_expired_idempotency_records()")
-        apply(conn, UP_046)
-        owner = conn.execute(
-            "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = 'cleanup_expired_idempotency_records()'::regprocedure"
-        ).fetchone()
-        conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchall()
-    assert owner == (conn.info.user,), f"the function 046 installs belongs to the role applying it: {owner}"
-    assert [text for text in warnings if "TRAP" in text] == [], f"a planted body ran: {warnings}"
-
-
-def test_the_planted_protocol_function_never_runs_for_a_superuser_after_047(
-    pg_server: Server, database: str, conn: psycopg.Connection
-) -> None:
-    """A superuser's CREATE OR REPLACE keeps a function's owner, who can change its body later: 047
-    stops instead, and once the planted function is dropped it installs its own."""
-    warnings: list[str] = []
-    conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary or ""))
-    with deployers.planter_role(conn):
-        deployers.load_state(conn, "protocol_function_owned_by_another_role")
-        with pytest.raises(psycopg.errors.DuplicateFunction):
-            apply(conn, UP_047)
-        conn.execute("DROP FUNCTION idempotency_key(TEXT, TEXT)")
-        apply(conn, UP_047)
-        owners = conn.execute(
-            "SELECT DISTINCT pg_get_userbyid(proowner) FROM pg_proc WHERE proname LIKE 'idempotency\\_%'"
-        ).fetchall()
-        conn.execute("SELECT idempotency_key('tenant-a', 'order-1')").fetchall()
-    assert owners == [(conn.info.user,)], f"the functions 047 installs belong to the role applying it: {owners}"
+        deployers.load_state(conn, planted.state)
+        with pytest.raises(planted.error):
+            apply(conn, planted.path)
+        conn.execute(planted.drop)
+        apply(conn, planted.path)
+        owners = conn.execute(planted.owners).fetchall()
+        conn.execute(planted.call).fetchall()
+    assert owners == [(conn.info.user,)], f"{planted.what} to the role applying it: {owners}"
     assert [text for text in warnings if "TRAP" in text] == [], f"a planted body ran: {warnings}"

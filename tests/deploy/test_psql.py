@@ -14,7 +14,6 @@ A run cut off part way (a syntax error, or the connection terminated) leaves:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import subprocess
 import time
@@ -144,53 +143,6 @@ def remove_everything_with_psql(server: Server, db: str, conn: psycopg.Connectio
     assert helpers.catalog_snapshot(conn) == empty, "the down files must remove what a cut-off run left"
 
 
-def assert_what_a_cut_run_leaves(
-    target: deployers.Target,
-    step: Step,
-    k: int,
-    single: bool,
-    states: tuple[helpers.Snapshot, ...],
-    expected: helpers.Snapshot,
-    what: str,
-    run_again: Callable[[], subprocess.CompletedProcess[str]],
-    exit_code: int,
-) -> None:
-    """After a run of `step` cut after `k` statements: with -1 nothing is left, without it exactly
-    those statements; running the file again completes it; and from the same cut-off state (the
-    cut run again, exiting `exit_code`), the down files remove everything."""
-    left = "nothing" if single else f"exactly its first {k} statements"
-    assert helpers.catalog_snapshot(target.conn) == expected, (
-        f"with{'' if single else 'out'} -1 a {what} must leave {left}"
-    )
-    assert_ok(run_file(target.server, target.dbname, step.path, single=single), f"{step} re-run after the {what}")
-    assert helpers.catalog_snapshot(target.conn) == states[step.after], f"re-running {step} must complete it"
-    helpers.apply_all(target.conn, helpers.DOWN_FILES)
-    helpers.apply_all(target.conn, step.setup)
-    assert run_again().returncode == exit_code
-    remove_everything_with_psql(target.server, target.dbname, target.conn, states[0])
-
-
-BROKEN_CASES = [(step, k) for step in STEPS for k in cut_points(step)]
-
-
-@pytest.mark.parametrize("single", [False, True], ids=["-f", "-1"])
-@pytest.mark.parametrize(("step", "k"), BROKEN_CASES, ids=[f"{s}-error-after-{k}" for s, k in BROKEN_CASES])
-def test_a_broken_copy_leaves_nothing_with_single_transaction_and_a_completable_prefix_without(
-    target: deployers.Target, tmp_path: Path, step: Step, k: int, single: bool
-) -> None:
-    states = helpers.migration_states(target.conn)
-    statements = helpers.split_statements(step.path.read_text())
-    broken = write_statements(tmp_path / step.path.name, [*statements[:k], "THIS IS NOT SQL", *statements[k:]])
-    helpers.apply_all(target.conn, step.setup)
-    expected = states[step.before] if single else prefix_snapshot(target.conn, statements[:k])
-
-    result = run_file(target.server, target.dbname, broken, single=single)
-    assert result.returncode == EXIT_SCRIPT_ERROR, f"psql must stop at the syntax error: {result.stderr}"
-    assert 'syntax error at or near "THIS"' in result.stderr
-    run_again = functools.partial(run_file, target.server, target.dbname, broken, single=single)
-    assert_what_a_cut_run_leaves(target, step, k, single, states, expected, "failed file", run_again, EXIT_SCRIPT_ERROR)
-
-
 def wait_for_sleep(conn: psycopg.Connection, application_name: str, process: subprocess.Popen[str]) -> int:
     """The backend pid of the psql session once it sits in pg_sleep."""
     deadline = time.monotonic() + 30
@@ -226,28 +178,87 @@ def run_and_terminate(server: Server, db: str, script: Path, *, single: bool) ->
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
 
-# Cut each file after its first statement, which marks its checks in the session; the
-# second makes every change of the file, so the prefix changes no catalog row.
-TERMINATE_CASES = [(step, 1) for step in STEPS]
+def broken_copy(directory: Path, step: Step, statements: list[str], k: int) -> Path:
+    """The file with a line that is not SQL after its first `k` statements."""
+    return write_statements(directory / step.path.name, [*statements[:k], "THIS IS NOT SQL", *statements[k:]])
+
+
+def sleeping_copy(directory: Path, step: Step, statements: list[str], k: int) -> Path:
+    """The file's first `k` statements, a pg_sleep, then the rest, from a wrapper."""
+    head = write_statements(directory / "head.sql", statements[:k])
+    tail = write_statements(directory / "tail.sql", statements[k:])
+    return wrapper(directory, "cut.sql", (head, tail), between="SELECT pg_sleep(60);")
+
+
+def after_the_first_statement(step: Step) -> list[int]:
+    """Each file's first statement marks its checks in the session; the second makes every change
+    of the file, so the prefix changes no catalog row."""
+    return [1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """A way a psql run stops part way: the script it runs, how, and what psql says."""
+
+    name: str
+    what: str
+    script: Callable[[Path, Step, list[str], int], Path]
+    run: Callable[..., subprocess.CompletedProcess[str]]  # (server, db, script, *, single)
+    points: Callable[[Step], list[int]]  # after how many statements of a file it cuts the run
+    exit_code: int
+    reported: str  # what psql's exit code means
+    stderr: str  # what psql prints
+
+
+CUTS = (
+    Cut(
+        "error",
+        "failed file",
+        broken_copy,
+        run_file,
+        cut_points,
+        EXIT_SCRIPT_ERROR,
+        "psql must stop at the syntax error",
+        'syntax error at or near "THIS"',
+    ),
+    Cut(
+        "cut",
+        "terminated run",
+        sleeping_copy,
+        run_and_terminate,
+        after_the_first_statement,
+        EXIT_CONNECTION_LOST,
+        "psql must report the lost connection",
+        "terminating connection due to administrator command",
+    ),
+)
+CUT_CASES = [(cut, step, k) for cut in CUTS for step in STEPS for k in cut.points(step)]
 
 
 @pytest.mark.parametrize("single", [False, True], ids=["-f", "-1"])
-@pytest.mark.parametrize(("step", "k"), TERMINATE_CASES, ids=[f"{s}-cut-after-{k}" for s, k in TERMINATE_CASES])
-def test_a_terminated_connection_leaves_nothing_with_single_transaction_and_a_completable_prefix_without(
-    target: deployers.Target, tmp_path: Path, step: Step, k: int, single: bool
+@pytest.mark.parametrize(("cut", "step", "k"), CUT_CASES, ids=[f"{s}-{c.name}-after-{k}" for c, s, k in CUT_CASES])
+def test_a_run_cut_off_leaves_nothing_with_single_transaction_and_a_completable_prefix_without(
+    target: deployers.Target, tmp_path: Path, cut: Cut, step: Step, k: int, single: bool
 ) -> None:
+    """After a run of `step` cut after `k` statements: with -1 nothing is left, without it exactly
+    those statements; running the file again completes it; and from the same cut-off state (the
+    cut run again, exiting as it did), the down files remove everything."""
     states = helpers.migration_states(target.conn)
     statements = helpers.split_statements(step.path.read_text())
-    head = write_statements(tmp_path / "head.sql", statements[:k])
-    tail = write_statements(tmp_path / "tail.sql", statements[k:])
-    script = wrapper(tmp_path, "cut.sql", (head, tail), between="SELECT pg_sleep(60);")
+    script = cut.script(tmp_path, step, statements, k)
     helpers.apply_all(target.conn, step.setup)
     expected = states[step.before] if single else prefix_snapshot(target.conn, statements[:k])
 
-    result = run_and_terminate(target.server, target.dbname, script, single=single)
-    assert result.returncode == EXIT_CONNECTION_LOST, f"psql must report the lost connection: {result.stderr}"
-    assert "terminating connection due to administrator command" in result.stderr, result.stderr
-    run_again = functools.partial(run_and_terminate, target.server, target.dbname, script, single=single)
-    assert_what_a_cut_run_leaves(
-        target, step, k, single, states, expected, "terminated run", run_again, EXIT_CONNECTION_LOST
+    result = cut.run(target.server, target.dbname, script, single=single)
+    assert result.returncode == cut.exit_code, f"{cut.reported}: {result.stderr}"
+    assert cut.stderr in result.stderr, result.stderr
+    left = "nothing" if single else f"exactly its first {k} statements"
+    assert helpers.catalog_snapshot(target.conn) == expected, (
+        f"with{'' if single else 'out'} -1 a {cut.what} must leave {left}"
     )
+    assert_ok(run_file(target.server, target.dbname, step.path, single=single), f"{step} re-run after the {cut.what}")
+    assert helpers.catalog_snapshot(target.conn) == states[step.after], f"re-running {step} must complete it"
+    helpers.apply_all(target.conn, helpers.DOWN_FILES)
+    helpers.apply_all(target.conn, step.setup)
+    assert cut.run(target.server, target.dbname, script, single=single).returncode == cut.exit_code
+    remove_everything_with_psql(target.server, target.dbname, target.conn, states[0])

@@ -136,15 +136,37 @@ def backlog(conn: psycopg.Connection) -> None:
     conn.execute("ANALYZE idempotency_records")
 
 
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """A cleanup on BIG expired rows, against a second session's work."""
+
+    name: str
+    work: Callable[[psycopg.Connection], int]  # the second session's work
+    settings: tuple[str, ...] = ()  # the second session's settings
+    scans: tuple[str, str] | None = None  # the scans the two sessions must plan, checked before the race
+
+    def __str__(self) -> str:
+        return self.name
+
+
+BACKLOG_PAIRS = [
+    Pair("seq-scan-cleanup-and-index-scan-cleanup", cleanup, INDEX_SCAN_ONLY, ("seq", "index")),
+    Pair("cleanup-and-batched-recipe", batched),
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("run", range(1, RUNS + 1))
-def test_a_seq_scan_cleanup_and_an_index_scan_cleanup_both_finish(
-    pg_server: Server, database: str, conn: psycopg.Connection, run: int
+@pytest.mark.parametrize("pair", BACKLOG_PAIRS, ids=str)
+def test_a_cleanup_and_a_second_cleanup_of_the_backlog_both_finish(
+    pg_server: Server, database: str, conn: psycopg.Connection, pair: Pair, run: int
 ) -> None:
     backlog(conn)
-    with session(pg_server, database) as seq, session(pg_server, database, *INDEX_SCAN_ONLY) as index:
-        assert (scan_of(seq), scan_of(index)) == ("seq", "index"), "the two sessions scan in different orders"
-        outcomes = race([lambda: cleanup(seq), lambda: cleanup(index)])
+    with session(pg_server, database) as first, session(pg_server, database, *pair.settings) as second:
+        if pair.scans is not None:
+            scans = (scan_of(first), scan_of(second))
+            assert scans == pair.scans, "the two sessions scan in different orders"
+        outcomes = race([lambda: cleanup(first), lambda: pair.work(second)])
     assert_clean_finish(conn, outcomes, BIG)
 
 
@@ -193,17 +215,6 @@ def test_a_cached_index_plan_and_a_fresh_seq_plan_both_finish(
             assert scan_of(fresh) == "seq", "a fresh session, planning now, scans the table sequentially"
             outcomes = race([lambda: cleanup(pooled), lambda: cleanup(fresh)])
     assert_clean_finish(conn, outcomes, BIG + 3000 - SOON_EXPIRED)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("run", range(1, RUNS + 1))
-def test_the_cleanup_and_the_batched_recipe_both_finish(
-    pg_server: Server, database: str, conn: psycopg.Connection, run: int
-) -> None:
-    backlog(conn)
-    with session(pg_server, database) as function, session(pg_server, database) as batches:
-        outcomes = race([lambda: cleanup(function), lambda: batched(batches)])
-    assert_clean_finish(conn, outcomes, BIG)
 
 
 # The claim pair: an application transaction takes over two expired keys, FIRST then

@@ -7,6 +7,7 @@ line ends passes."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 
@@ -73,28 +74,71 @@ def test_the_embedded_bodies_and_settings_are_what_046_and_047_create(
         )
 
 
-def _replace_body(conn: psycopg.Connection, body: str) -> None:
-    """CREATE OR REPLACE the function with `body`, then pin it as 046 does."""
+@dataclasses.dataclass(frozen=True)
+class Shipped:
+    """A function as its migration creates it, and what the script says of another body."""
+
+    name: str
+    head: str  # CREATE OR REPLACE FUNCTION's text before AS: arguments, result, language, settings
+    signature: str  # its argument types, for ALTER FUNCTION
+    line: str  # what the script's line about its body says
+    found: str  # what that line says of a body one character off
+    hint: str  # what its HINT says
+    edit: tuple[str, str]  # a change of one character: text of the body, and its replacement
+    skips_behaviour: bool = False  # checked too: every behaviour test is skipped (none calls it untrusted)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+CLEANUP_FUNCTION = Shipped(
+    "cleanup_expired_idempotency_records",
+    "() RETURNS TABLE (deleted_count BIGINT) LANGUAGE plpgsql",
+    "()",
+    "function body is the one 046 ships",
+    "found another body (sha256 ",
+    "apply sql/046_create_idempotency_cleanup_job.sql again",
+    ("FOR UPDATE SKIP LOCKED", "FOR UPDATE  SKIP LOCKED"),
+)
+RELEASE_FUNCTION = Shipped(
+    "idempotency_release",
+    "(request_id UUID, token UUID) RETURNS BOOLEAN LANGUAGE plpgsql SET lock_timeout = '100ms'",
+    "(UUID, UUID)",
+    "function idempotency_release of 047",
+    "another body (sha256 ",
+    "sql/047_create_idempotency_protocol.sql again",
+    ("RETURN FOUND;", "RETURN  FOUND;"),
+    skips_behaviour=True,
+)
+
+
+def _replace_body(conn: psycopg.Connection, function: Shipped, body: str) -> None:
+    """CREATE OR REPLACE the function with `body`, then pin it as its migration does."""
+    name = sql.Identifier(function.name)
     conn.execute(
-        sql.SQL(
-            "CREATE OR REPLACE FUNCTION cleanup_expired_idempotency_records() RETURNS TABLE (deleted_count BIGINT) "
-            "LANGUAGE plpgsql AS {}"
-        ).format(sql.Literal(body))
+        sql.SQL("CREATE OR REPLACE FUNCTION {}{} AS {}").format(name, sql.SQL(function.head), sql.Literal(body))
     )
-    conn.execute("ALTER FUNCTION cleanup_expired_idempotency_records() SET search_path = pg_catalog, public, pg_temp")
+    conn.execute(
+        sql.SQL("ALTER FUNCTION {}{} SET search_path = pg_catalog, public, pg_temp").format(
+            name, sql.SQL(function.signature)
+        )
+    )
 
 
-def test_a_body_one_character_off_is_not_ok_with_a_hint_to_apply_046_again(
-    pg_server: Server, database: str, conn: psycopg.Connection
+@pytest.mark.parametrize("function", [CLEANUP_FUNCTION, RELEASE_FUNCTION], ids=str)
+def test_a_body_one_character_off_is_not_ok_with_a_hint_to_apply_its_file_again(
+    pg_server: Server, database: str, conn: psycopg.Connection, function: Shipped
 ) -> None:
-    body, _ = _function(conn, "public")
-    _replace_body(conn, body.replace("FOR UPDATE SKIP LOCKED", "FOR UPDATE  SKIP LOCKED"))
+    body, _ = _function(conn, "public", function.name)
+    _replace_body(conn, function, body.replace(*function.edit))
     run = verification.run_script(pg_server, database)
     assert run.returncode != 0
-    ok, text = run.line("function body is the one 046 ships")
-    assert not ok and "found another body (sha256 " in text, run.describe()
-    assert any("apply sql/046_create_idempotency_cleanup_job.sql again" in hint for hint in run.diagnostics("HINT"))
+    ok, text = run.line(function.line)
+    assert not ok and function.found in text, run.describe()
+    assert any(function.hint in hint for hint in run.diagnostics("HINT"))
     assert run.not_ok == [text], "only the body differs"
+    if function.skips_behaviour:
+        assert len(run.behaviour_skipped) == verification.BEHAVIOUR_TESTS, "no test calls a function it does not trust"
 
 
 def test_the_same_body_with_windows_line_ends_passes(
@@ -102,26 +146,6 @@ def test_the_same_body_with_windows_line_ends_passes(
 ) -> None:
     """A checkout with CRLF line ends (git on Windows) applies 046 with \\r\\n in the body."""
     body, _ = _function(conn, "public")
-    _replace_body(conn, body.replace("\n", "\r\n"))
+    _replace_body(conn, CLEANUP_FUNCTION, body.replace("\n", "\r\n"))
     assert "\r\n" in _function(conn, "public")[0]
     verification.assert_passes(verification.run_script(pg_server, database))
-
-
-def test_a_047_body_one_character_off_is_not_ok_with_a_hint_to_apply_047_again(
-    pg_server: Server, database: str, conn: psycopg.Connection
-) -> None:
-    body, _ = _function(conn, "public", "idempotency_release")
-    conn.execute(
-        sql.SQL(
-            "CREATE OR REPLACE FUNCTION idempotency_release(request_id UUID, token UUID) RETURNS BOOLEAN "
-            "LANGUAGE plpgsql SET lock_timeout = '100ms' AS {}"
-        ).format(sql.Literal(body.replace("RETURN FOUND;", "RETURN  FOUND;")))
-    )
-    conn.execute("ALTER FUNCTION idempotency_release(UUID, UUID) SET search_path = pg_catalog, public, pg_temp")
-    run = verification.run_script(pg_server, database)
-    assert run.returncode != 0
-    ok, text = run.line("function idempotency_release of 047")
-    assert not ok and "another body (sha256 " in text, run.describe()
-    assert any("sql/047_create_idempotency_protocol.sql again" in hint for hint in run.diagnostics("HINT"))
-    assert run.not_ok == [text], "only the body differs"
-    assert len(run.behaviour_skipped) == verification.BEHAVIOUR_TESTS, "no test calls a function it does not trust"
