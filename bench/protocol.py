@@ -30,6 +30,7 @@ from bench.database import (
     wal_lsn,
 )
 from bench.pgbench import payload_text, script
+from bench.save import NEW
 from tooling import SQL_DIR
 
 SCHEMA = "protocol"
@@ -38,7 +39,7 @@ PROTOCOL_FILE = SQL_DIR / "047_create_idempotency_protocol.sql"
 HASH = hashlib.sha256(b'{"amount_cents":1500,"currency":"EUR"}').digest()
 CONTENDERS = {
     "protocol-claim-complete": "protocol_claim_complete.sql",
-    "protocol-save-new": "save_new.sql",
+    "protocol-save-new": "save.sql",  # with :keys NEW, a new random key
     "protocol-replay": "protocol_replay.sql",
     "protocol-lookup": "lookup_hit_narrow.sql",
 }
@@ -117,6 +118,7 @@ def run(ctx: Context) -> None:
         "expired": 0,
         "payload": payload_text(LOOKUP_PAYLOAD),
         "hash": "\\x" + HASH.hex(),
+        "keys": NEW,
     }
     samples, last = ctx.samples, ctx.samples.last
     for round_ in range(ctx.config.rounds):
