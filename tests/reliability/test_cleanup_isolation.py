@@ -180,6 +180,11 @@ def cleanup_under_live_saves(
     started = time.monotonic()
     try:
         with pg_server.connect(database, autocommit=True) as cleaner:
+            # The saves are live before the first call (a writer still connecting would leave the
+            # first call the whole backlog, untouched by any save).
+            while tally.saves < 5 * writers and not failures:
+                assert time.monotonic() - started < 60, f"the writers made {tally.saves} saves in 60 s"
+                time.sleep(0.005)
             cleaner.execute("SELECT set_config('default_transaction_isolation', %s, false)", (isolation,))
             for _ in range(calls):
                 called = time.monotonic()
