@@ -34,10 +34,10 @@ from tests.protocol_calls import (
     expire,
     release,
 )
+from tests.shadowing_traps import HOSTILE_TRAPS, plant, trap_calls
 from tooling.servers import Server
 
-TRAPS = (FIXTURES / "hostile_shadowing_traps.sql", FIXTURES / "protocol_shadowing_traps.sql")
-TRAP_RAN = "shadowing trap ran"
+TRAPS = (HOSTILE_TRAPS, FIXTURES / "protocol_shadowing_traps.sql")
 PROBES = {
     "char_length(character varying)": "SELECT char_length('payment'::VARCHAR)",
     "<> (character varying, character varying)": "SELECT 'a'::VARCHAR <> 'b'::VARCHAR",
@@ -52,31 +52,9 @@ ANALYZED = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|IF|RAISE|RETURN (?!NEXT
 UNREACHED = "IF attempts >= 3 THEN"
 
 
-def plant(conn: psycopg.Connection) -> list[str]:
-    """Plant both fixtures; return the list the traps that run are appended to."""
-    for path in TRAPS:
-        apply(conn, path)
-    ran: list[str] = []
-
-    def notice(diagnostic: psycopg.errors.Diagnostic) -> None:
-        message = diagnostic.message_primary or ""
-        if message.startswith(TRAP_RAN):
-            ran.append(message.removeprefix(f"{TRAP_RAN}: "))
-
-    conn.add_notice_handler(notice)
-    return ran
-
-
-def trap_calls(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.shadowing_trap_calls")
-    found = row.fetchone()
-    assert found is not None
-    return int(found[0])
-
-
 @pytest.mark.parametrize("trap", sorted(PROBES))
 def test_each_trap_is_armed(empty_conn: psycopg.Connection, trap: str) -> None:
-    ran = plant(empty_conn)
+    ran = plant(empty_conn, TRAPS)
     empty_conn.execute(PROBES[trap]).fetchall()
     assert trap in ran and trap_calls(empty_conn) >= 1, f"the trap {trap} did not run: {ran}"
 
@@ -108,7 +86,7 @@ def test_applying_using_and_rolling_back_047_runs_no_trap(
     pg_server: Server, protocol_database: str, pconn: psycopg.Connection
 ) -> None:
     apply(pconn, PROTOCOL_DOWN)
-    ran = plant(pconn)
+    ran = plant(pconn, TRAPS)
     apply_protocol(pconn)
     apply_protocol(pconn)
     assert ran == [], f"applying 047 ran another role's code: {ran}"

@@ -43,7 +43,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import helpers, shadowable
+from tests import helpers, shadowable, shadowing_traps
 from tests.docblocks import (
     DOCUMENTS,
     GUIDE,
@@ -61,14 +61,14 @@ from tests.docblocks import (
     statements_of,
 )
 from tests.helpers import ROOT, UP_FILES, apply
+from tests.shadowing_traps import HOSTILE_TRAPS, TRAP_RAN, trap_calls
 from tooling import servers
 from tooling.servers import Server
 
 FIXTURES = ROOT / "tests" / "fixtures"
 # The traps of tests/security/test_shadowing.py (the migrations' and the verification script's calls), then
 # those of the calls the docs made before they cast.
-TRAPS = (FIXTURES / "hostile_shadowing_traps.sql", FIXTURES / "docs_shadowing_traps.sql")
-TRAP_RAN = "shadowing trap ran"
+TRAPS = (HOSTILE_TRAPS, FIXTURES / "docs_shadowing_traps.sql")
 
 # Each trap a call of the docs was caught by: that call as the docs wrote it, which runs the trap,
 # and as they write it now, which runs none (on a migrated database).
@@ -378,11 +378,8 @@ class Traps(Watch):
         self.counted: dict[int, int] = {}
 
     def start(self, conn: shadowable.Recording) -> None:
-        plant(conn.conn)
-        seen: list[str] = []
-        self.seen[id(conn.conn)] = seen
+        self.seen[id(conn.conn)] = plant(conn.conn)
         self.counted[id(conn.conn)] = 0
-        conn.conn.add_notice_handler(lambda d: _trap_notice(d, seen))
 
     def after(self, conn: shadowable.Recording, block: Block) -> None:
         key = id(conn.conn)
@@ -394,24 +391,10 @@ class Traps(Watch):
         self.checked += 1
 
 
-def _trap_notice(diagnostic: psycopg.errors.Diagnostic, seen: list[str]) -> None:
-    message = diagnostic.message_primary or ""
-    if message.startswith(TRAP_RAN):
-        seen.append(message.removeprefix(f"{TRAP_RAN}: "))
-
-
-def plant(conn: psycopg.Connection) -> None:
-    """Both fixtures, as a superuser: the role, its CREATE on public, the traps."""
-    for path in TRAPS:
-        apply(conn, path)
-
-
-def trap_calls(conn: psycopg.Connection) -> int:
-    """How many trap calls the sequence counted, rolled back or not."""
-    row = conn.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.shadowing_trap_calls")
-    found = row.fetchone()
-    assert found is not None
-    return int(found[0])
+def plant(conn: psycopg.Connection) -> list[str]:
+    """Both fixtures, as a superuser: the role, its CREATE on public, the traps; the list the
+    traps that run are appended to."""
+    return shadowing_traps.plant(conn, TRAPS)
 
 
 # The sequences of tests/docs/test_docs.py that hold sql blocks, each on its own database.
@@ -552,9 +535,7 @@ def test_every_trap_of_the_docs_has_its_probe() -> None:
 
 @pytest.mark.parametrize("trap", sorted(PROBES))
 def test_each_trap_runs_for_the_form_the_docs_had_and_not_for_theirs(conn: psycopg.Connection, trap: str) -> None:
-    plant(conn)
-    seen: list[str] = []
-    conn.add_notice_handler(lambda d: _trap_notice(d, seen))
+    seen = plant(conn)
     unsafe, safe = PROBES[trap]
     conn.execute(unsafe)
     assert trap in seen and trap_calls(conn) >= 1, f"the trap {trap} did not run for {unsafe}: {sorted(set(seen))}"
@@ -623,10 +604,8 @@ def test_a_payments_table_another_role_created_is_refused_not_written_to(conn: p
     """The recipes' example table: with IF NOT EXISTS, as the docs had it, the other role's table
     (and its trigger) would be kept and written to; the docs' block refuses it."""
     (block,) = [b for b in parse_blocks(ROOT / "docs" / "patterns.md") if "CREATE TABLE payments" in b.text]
-    plant(conn)
+    seen = plant(conn)
     apply(conn, PAYMENTS_OF_ANOTHER_ROLE)
-    seen: list[str] = []
-    conn.add_notice_handler(lambda d: _trap_notice(d, seen))
     with pytest.raises(psycopg.errors.DuplicateTable):
         conn.execute(block.text)
     assert (seen, trap_calls(conn)) == ([], 0)

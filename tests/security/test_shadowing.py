@@ -13,12 +13,10 @@ import psycopg
 import pytest
 
 from tests import verification
-from tests.helpers import DOWN_FILES, ROOT, UP_FILES, apply
+from tests.helpers import DOWN_FILES, UP_FILES, apply
+from tests.shadowing_traps import HOSTILE_TRAPS, TRAP_RAN, plant, trap_calls
 from tooling import records
 from tooling.servers import Server
-
-TRAPS = ROOT / "tests" / "fixtures" / "hostile_shadowing_traps.sql"
-TRAP_RAN = "shadowing trap ran"
 
 # One expression per trap, written as the files wrote them before they were made immune: proof that
 # each trap is armed (it does run under the default search_path), so a test below can fail.
@@ -53,38 +51,12 @@ PROBES = {
 }
 
 
-class Witness:
-    """The WARNINGs the traps raise on one connection."""
-
-    def __init__(self, conn: psycopg.Connection) -> None:
-        self.ran: list[str] = []
-        conn.add_notice_handler(self._notice)
-
-    def _notice(self, diagnostic: psycopg.errors.Diagnostic) -> None:
-        message = diagnostic.message_primary or ""
-        if message.startswith(TRAP_RAN) and message not in self.ran:
-            self.ran.append(message)
-
-
-def _plant(conn: psycopg.Connection) -> Witness:
-    apply(conn, TRAPS)
-    return Witness(conn)
-
-
-def _trap_calls(conn: psycopg.Connection) -> int:
-    """How many trap calls the sequence counted, rolled back or not."""
-    row = conn.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.shadowing_trap_calls")
-    found = row.fetchone()
-    assert found is not None
-    return int(found[0])
-
-
 @pytest.mark.parametrize("trap", sorted(PROBES))
 def test_each_trap_is_armed(empty_conn: psycopg.Connection, trap: str) -> None:
-    witness = _plant(empty_conn)
+    ran = plant(empty_conn, [HOSTILE_TRAPS])
     empty_conn.execute(PROBES[trap]).fetchall()
-    assert f"{TRAP_RAN}: {trap}" in witness.ran, f"the trap {trap} did not run: {witness.ran}"
-    assert _trap_calls(empty_conn) >= 1
+    assert trap in ran, f"the trap {trap} did not run: {ran}"
+    assert trap_calls(empty_conn) >= 1
 
 
 @pytest.mark.parametrize("step", range(len(UP_FILES)), ids=[path.name for path in UP_FILES])
@@ -92,11 +64,11 @@ def test_applying_and_reapplying_a_migration_runs_no_trap(empty_conn: psycopg.Co
     """The files before this one applied, then the traps planted, then this file applied twice."""
     for path in UP_FILES[:step]:
         apply(empty_conn, path)
-    witness = _plant(empty_conn)
+    ran = plant(empty_conn, [HOSTILE_TRAPS])
     for _ in range(2):
         apply(empty_conn, UP_FILES[step])
-        assert witness.ran == [], f"{UP_FILES[step].name} ran another role's code: {witness.ran}"
-    assert _trap_calls(empty_conn) == 0
+        assert ran == [], f"{UP_FILES[step].name} ran another role's code: {ran}"
+    assert trap_calls(empty_conn) == 0
     found = empty_conn.execute(
         "SELECT to_regclass('public.idempotency_records') IS NOT NULL, "
         "to_regprocedure('public.cleanup_expired_idempotency_records()') IS NOT NULL"
@@ -109,10 +81,10 @@ def test_the_cleanup_runs_no_trap(empty_conn: psycopg.Connection) -> None:
     for path in UP_FILES:
         apply(empty_conn, path)
     records.insert(empty_conn, records.expired(operation="old"))
-    witness = _plant(empty_conn)
+    ran = plant(empty_conn, [HOSTILE_TRAPS])
     deleted = empty_conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchall()
     assert deleted == [(1,)], "the cleanup deleted the expired record"
-    assert (witness.ran, _trap_calls(empty_conn)) == ([], 0), f"the cleanup ran another role's code: {witness.ran}"
+    assert (ran, trap_calls(empty_conn)) == ([], 0), f"the cleanup ran another role's code: {ran}"
 
 
 @pytest.mark.parametrize("variables", [(), ("catalog_only=1",)], ids=["full", "catalog_only"])
@@ -121,10 +93,10 @@ def test_the_verification_script_runs_no_trap(
 ) -> None:
     for path in UP_FILES:
         apply(empty_conn, path)
-    _plant(empty_conn)
+    plant(empty_conn, [HOSTILE_TRAPS])
     run = verification.run_script(pg_server, empty_database, *variables)
     assert TRAP_RAN not in run.stderr, f"the script ran another role's code:\n{run.describe()}"
-    assert _trap_calls(empty_conn) == 0, f"the script ran another role's code (rolled back):\n{run.describe()}"
+    assert trap_calls(empty_conn) == 0, f"the script ran another role's code (rolled back):\n{run.describe()}"
     assert run.returncode == 0 and run.not_ok == [], run.describe()
 
 
@@ -133,13 +105,13 @@ def test_the_down_migrations_run_no_trap(empty_conn: psycopg.Connection) -> None
     nothing: this guards their DO block's search_path switch against a later edit."""
     for path in UP_FILES:
         apply(empty_conn, path)
-    witness = _plant(empty_conn)
+    ran = plant(empty_conn, [HOSTILE_TRAPS])
     for path in (*DOWN_FILES, *DOWN_FILES):
         apply(empty_conn, path)
-        assert witness.ran == [], f"{path.name} ran another role's code: {witness.ran}"
+        assert ran == [], f"{path.name} ran another role's code: {ran}"
     found = empty_conn.execute(
         "SELECT to_regclass('public.idempotency_records'), "
         "to_regprocedure('public.cleanup_expired_idempotency_records()')"
     ).fetchone()
     assert found == (None, None), "the down migrations removed the table and the function"
-    assert _trap_calls(empty_conn) == 0
+    assert trap_calls(empty_conn) == 0

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests import verification
+from tests import deployers, verification
 from tests.helpers import UP_046, UP_FILES, apply, catalog_snapshot, count
 from tooling.servers import Server
 
@@ -35,7 +35,7 @@ class Damage:
     names: str = "public.idempotency_records"  # what the error message must name
     files: tuple[Path, ...] = UP_FILES  # re-applied in order
     migrated: bool = True  # the fixture starts from a migrated database, else an empty one
-    intruder: bool = False  # the fixture needs the role INTRUDER
+    role: str | None = None  # the untrusted role the fixture names, if any: created for it, dropped after
     options: str | None = None  # PGOPTIONS for the script's session (a session-level state)
 
     def __str__(self) -> str:
@@ -79,12 +79,12 @@ DAMAGES = [
     Damage("view_named_idempotency_records", EXISTS, "55000", migrated=False),
     Damage("foreign_table", EXISTS, "42P07", migrated=False),
     Damage("inheritance_child", "no parent, child or partition", "55000"),
-    Damage("table_owned_by_another_role", OWNED, "42501", intruder=True),
-    Damage("table_precreated_by_another_role_with_trigger", TRIGGER, "42501", migrated=False, intruder=True),
+    Damage("table_owned_by_another_role", OWNED, "42501", role=INTRUDER),
+    Damage("table_precreated_by_another_role_with_trigger", TRIGGER, "42501", migrated=False, role=deployers.PLANTER),
     Damage("statement_trigger", TRIGGER, "55000"),
     Damage("trigger_enabled_for_replicas_only", TRIGGER, "55000"),
-    Damage("trigger_privilege_granted_to_another_role", "may add triggers", "55000", intruder=True),
-    Damage("trigger_privilege_granted_to_another_role", "may add triggers", "55000", files=(UP_046,), intruder=True),
+    Damage("trigger_privilege_granted_to_another_role", "may add triggers", "55000", role=INTRUDER),
+    Damage("trigger_privilege_granted_to_another_role", "may add triggers", "55000", files=(UP_046,), role=INTRUDER),
     Damage("rule_on_delete", "no rule on idempotency_records", "55000"),
     Damage("rls_forced_with_policy", "no row security and no policy", "55000"),
     Damage("rls_forced_with_policy", "no row security and no policy", "55000", files=(UP_046,)),
@@ -113,7 +113,7 @@ DAMAGES = [
         "42501",
         "public.cleanup_expired_idempotency_records()",
         files=(UP_046,),
-        intruder=True,
+        role=INTRUDER,
     ),
     Damage("report_original_migrations", BODY, REPAIRED, migrated=False),
     # 047, the optional protocol, where it is installed
@@ -128,7 +128,7 @@ DAMAGES = [
         "function idempotency_key of 047",
         "42723",
         "schema public holds a function of 047's names",
-        intruder=True,
+        role=INTRUDER,
     ),
     Damage("protocol_overload_of_claim", "no other function of 047's names", "42723", "schema public"),
     Damage("protocol_release_of_another_result", "function idempotency_release of 047", "42723", "schema public"),
@@ -141,13 +141,13 @@ def test_every_fixture_file_is_a_case() -> None:
 
 
 @contextlib.contextmanager
-def intruder_role(conn: psycopg.Connection, needed: bool) -> Iterator[None]:
-    """The untrusted role the fixtures name; dropped with everything it owns afterwards."""
-    if not needed:
+def another_role(conn: psycopg.Connection, name: str | None) -> Iterator[None]:
+    """The untrusted role a fixture names, if any; dropped with everything it owns afterwards."""
+    if name is None:
         yield
         return
-    role = sql.Identifier(INTRUDER)
-    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (INTRUDER,)).fetchone() is None:
+    role = sql.Identifier(name)
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is None:
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
     try:
         yield
@@ -172,7 +172,7 @@ def test_a_damaged_database_is_named_by_the_script_and_repaired_or_refused(
     pg_server: Server, request: pytest.FixtureRequest, damage: Damage
 ) -> None:
     dbname = request.getfixturevalue("database" if damage.migrated else "empty_database")
-    with pg_server.connect(dbname, autocommit=True) as conn, intruder_role(conn, damage.intruder):
+    with pg_server.connect(dbname, autocommit=True) as conn, another_role(conn, damage.role):
         verification.load_fixture(conn, damage.state)
 
         for mode in ((), ("catalog_only=1",)):
