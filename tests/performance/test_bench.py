@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from bench.cleanup import create_anchor
 from bench.database import read_sql, script_statement
 from bench.pgbench import pgbench_binary
 from tests.docblocks import QUERIES
@@ -281,8 +282,7 @@ def expired_and_live(conn: psycopg.Connection, expired: int = 30, live: int = 70
 
 
 def test_bench_anchor_deletes_every_expired_row_and_counts_them(conn: psycopg.Connection) -> None:
-    with conn.transaction():
-        conn.execute(read_sql("cleanup_anchor.sql"))
+    create_anchor(conn)
     expired_and_live(conn)
     row = conn.execute("SELECT deleted_count FROM bench_cleanup_anchor()").fetchone()
     assert row == (30,), f"bench_cleanup_anchor(): expected deleted_count 30, got {row}"
@@ -291,13 +291,15 @@ def test_bench_anchor_deletes_every_expired_row_and_counts_them(conn: psycopg.Co
 
 
 def test_bench_anchor_has_the_contract_signature(conn: psycopg.Connection) -> None:
-    with conn.transaction():
-        conn.execute(read_sql("cleanup_anchor.sql"))
+    create_anchor(conn)
     row = conn.execute(
-        "SELECT pg_get_function_result(oid), prosecdef FROM pg_proc WHERE proname = 'bench_cleanup_anchor'"
+        "SELECT pg_get_function_result(oid), prosecdef, proconfig FROM pg_proc WHERE proname = 'bench_cleanup_anchor'"
     ).fetchone()
-    assert row == ("TABLE(deleted_count bigint)", False), (
-        f"bench_cleanup_anchor(): expected TABLE(deleted_count bigint), SECURITY INVOKER; got {row}"
+    search_path = conn.execute("SELECT 'search_path=' || current_setting('search_path')").fetchone()
+    assert search_path is not None
+    assert row == ("TABLE(deleted_count bigint)", False, [search_path[0]]), (
+        f"bench_cleanup_anchor(): expected TABLE(deleted_count bigint), SECURITY INVOKER, pinned to the "
+        f"session's search_path; got {row}"
     )
 
 
