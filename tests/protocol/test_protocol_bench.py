@@ -63,6 +63,6 @@ def test_the_replay_script_replays_a_loaded_record(pconn: psycopg.Connection) ->
 
 
 def test_the_anchors_are_the_report_save_and_the_plain_lookup() -> None:
-    assert protocol.CONTENDERS["protocol-save-new"] == "save_new.sql"
+    assert protocol.CONTENDERS["protocol-save-new"] == "save.sql", "the report's save (bench/save.sql)"
     assert protocol.CONTENDERS["protocol-lookup"] == "lookup_hit_narrow.sql"
     assert protocol.ANCHORS == {"protocol-claim-complete": "protocol-save-new", "protocol-replay": "protocol-lookup"}
