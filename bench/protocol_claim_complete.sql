@@ -2,7 +2,8 @@
 -- claim's token and the result, each statement its own transaction (pgbench runs them in
 -- autocommit), as docs/protocol.md says to call them. Measured against the report's single
 -- save of a new key (save.sql with :keys 2) on the same table. Keys are drawn as save.sql
--- draws a new one; the rare key drawn twice in a run is replayed, not claimed, and then not completed.
+-- draws a new one; the rare key drawn twice in a run is replayed, not claimed, and then not
+-- completed.
 -- :hash is the request's digest, :payload the result.
 \set i random(2 * :size + 1, :max_row)
 \set k :key_base + (:i * :key_step) % :key_modulus
