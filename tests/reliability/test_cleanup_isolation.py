@@ -213,13 +213,20 @@ def cleanup_under_live_saves(
     return tally
 
 
-def measure(pg_server: Server, fresh_database: Callable[[], str], calls: int, backlog: int) -> dict[str, Tally]:
+ARMS = (
+    ("previous function, REPEATABLE READ", "repeatable read", True),
+    ("current function, REPEATABLE READ", "repeatable read", False),
+    ("current function, READ COMMITTED", "read committed", False),
+)
+
+
+def measure(
+    pg_server: Server, fresh_database: Callable[[], str], calls: int, backlog: int, previous_too: bool = True
+) -> dict[str, Tally]:
     found = {}
-    for label, isolation, previous in (
-        ("previous function, REPEATABLE READ", "repeatable read", True),
-        ("current function, REPEATABLE READ", "repeatable read", False),
-        ("current function, READ COMMITTED", "read committed", False),
-    ):
+    for label, isolation, previous in ARMS:
+        if previous and not previous_too:
+            continue
         database = fresh_database()
         if previous:
             with pg_server.connect(database, autocommit=True) as conn:
@@ -230,8 +237,9 @@ def measure(pg_server: Server, fresh_database: Callable[[], str], calls: int, ba
 
 
 def check(found: dict[str, Tally]) -> None:
-    before = found["previous function, REPEATABLE READ"]
-    assert before.outcomes["40001"] > 0, f"the previous function fails with 40001 under live saves: {before}"
+    if "previous function, REPEATABLE READ" in found:
+        before = found["previous function, REPEATABLE READ"]
+        assert before.outcomes["40001"] > 0, f"the previous function fails with 40001 under live saves: {before}"
     after = found["current function, REPEATABLE READ"]
     assert after.outcomes == Counter({"25000": after.calls}), f"every call fails at once with 25000: {after}"
     assert after.deleted == 0, "nothing deleted"
@@ -243,7 +251,10 @@ def check(found: dict[str, Tally]) -> None:
 def test_with_live_saves_the_cleanup_works_under_read_committed_and_fails_at_once_otherwise(
     pg_server: Server, fresh_database: Callable[[], str]
 ) -> None:
-    check(measure(pg_server, fresh_database, calls=15, backlog=20_000))
+    # The previous function's 40001 needs a backlog record saved again between its snapshot and its
+    # lock: over 15 calls that is left to chance (often only the first call finds a backlog), so
+    # it is measured over 200 calls below, and shown at once by the tests above.
+    check(measure(pg_server, fresh_database, calls=15, backlog=20_000, previous_too=False))
 
 
 @pytest.mark.slow
