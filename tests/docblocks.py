@@ -500,8 +500,9 @@ def drop_roles(conn: psycopg.Connection, roles: set[str]) -> None:
 
 
 def load_data(conn: psycopg.Connection, name: str) -> None:
-    """A data fixture, statement by statement in autocommit (it may VACUUM)."""
-    for statement in helpers.split_statements((DATA / f"{name}.sql").read_text()):
+    """A data fixture, statement by statement in autocommit (it may VACUUM), with the fixtures it
+    includes (\\ir) in their place."""
+    for statement in helpers.split_statements(helpers.fixture_sql(DATA / f"{name}.sql")):
         conn.execute(statement)
 
 
