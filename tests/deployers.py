@@ -58,13 +58,14 @@ def state_path(state: str) -> Path:
 
 
 @contextlib.contextmanager
-def planter_role(conn: psycopg.Connection) -> Iterator[str]:
-    """The untrusted role of the fixture files; dropped with everything it owns afterwards."""
-    role = sql.Identifier(PLANTER)
-    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PLANTER,)).fetchone() is None:
+def planter_role(conn: psycopg.Connection, name: str = PLANTER) -> Iterator[str]:
+    """The untrusted role a fixture file names (PLANTER, the deploy states'); dropped with
+    everything it owns afterwards."""
+    role = sql.Identifier(name)
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is None:
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
     try:
-        yield PLANTER
+        yield name
     finally:
         conn.execute("RESET ROLE")
         conn.execute(sql.SQL("DROP OWNED BY {}").format(role))

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from tests import deployers, verification
 from tests.helpers import UP_046, UP_FILES, apply, catalog_snapshot, count
@@ -140,23 +138,6 @@ def test_every_fixture_file_is_a_case() -> None:
     assert files == {damage.state for damage in DAMAGES}, "one fixture file per damaged state, each tested"
 
 
-@contextlib.contextmanager
-def another_role(conn: psycopg.Connection, name: str | None) -> Iterator[None]:
-    """The untrusted role a fixture names, if any; dropped with everything it owns afterwards."""
-    if name is None:
-        yield
-        return
-    role = sql.Identifier(name)
-    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is None:
-        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
-    try:
-        yield
-    finally:
-        conn.execute("RESET ROLE")
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
-        conn.execute(sql.SQL("DROP ROLE {}").format(role))
-
-
 def reapply(conn: psycopg.Connection, files: tuple[Path, ...]) -> psycopg.Error | None:
     """Apply the files in order, each in its own transaction; the first error, or None."""
     for path in files:
@@ -172,7 +153,10 @@ def test_a_damaged_database_is_named_by_the_script_and_repaired_or_refused(
     pg_server: Server, request: pytest.FixtureRequest, damage: Damage
 ) -> None:
     dbname = request.getfixturevalue("database" if damage.migrated else "empty_database")
-    with pg_server.connect(dbname, autocommit=True) as conn, another_role(conn, damage.role):
+    with (
+        pg_server.connect(dbname, autocommit=True) as conn,
+        deployers.planter_role(conn, damage.role) if damage.role else contextlib.nullcontext(),
+    ):
         verification.load_fixture(conn, damage.state)
 
         for mode in ((), ("catalog_only=1",)):
