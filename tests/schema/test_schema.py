@@ -60,14 +60,9 @@ def test_no_column_is_missing_or_extra(conn: psycopg.Connection) -> None:
     assert sorted(_columns(conn)) == sorted({**EXPECTED_COLUMNS, **PROTOCOL_COLUMNS}), "the report's six and 047's two"
 
 
-@pytest.mark.parametrize("column", PROTOCOL_COLUMNS)
-def test_047s_columns_are_nullable_without_default(conn: psycopg.Connection, column: str) -> None:
-    assert _columns(conn)[column] == PROTOCOL_COLUMNS[column], f"column {column} of 047"
-
-
-@pytest.mark.parametrize("column", EXPECTED_COLUMNS)
+@pytest.mark.parametrize("column", {**EXPECTED_COLUMNS, **PROTOCOL_COLUMNS})
 def test_column_type_nullability_and_default(conn: psycopg.Connection, column: str) -> None:
-    expected_type, expected_notnull, expected_default = EXPECTED_COLUMNS[column]
+    expected_type, expected_notnull, expected_default = {**EXPECTED_COLUMNS, **PROTOCOL_COLUMNS}[column]
     got_type, got_notnull, got_default = _columns(conn)[column]
     assert got_type == expected_type, f"column {column}: expected {expected_type}, got {got_type}"
     assert got_notnull == expected_notnull, f"column {column}: expected NOT NULL={expected_notnull}, got {got_notnull}"
