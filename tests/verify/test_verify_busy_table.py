@@ -33,20 +33,18 @@ RUNS = 25
 DELETE = "DELETE FROM idempotency_records WHERE request_id = %s"
 CLEANUP = "SELECT deleted_count FROM cleanup_expired_idempotency_records()"
 OBSERVE = """
+WITH waits AS (
+    SELECT a.pid, blocker, a.wait_event_type, a.wait_event, left(a.query, 80) AS query
+    FROM pg_stat_activity AS a
+    CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS blocker
+    WHERE a.application_name = %(app)s
+)
 SELECT
     ARRAY(SELECT a.pid FROM pg_stat_activity AS a WHERE a.application_name = %(script)s),
+    ARRAY(SELECT DISTINCT blocker FROM waits WHERE wait_event IS DISTINCT FROM 'extend'),
     ARRAY(
-        SELECT DISTINCT blocker
-        FROM pg_stat_activity AS a
-        CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS blocker
-        WHERE a.application_name = %(app)s AND a.wait_event IS DISTINCT FROM 'extend'
-    ),
-    ARRAY(
-        SELECT DISTINCT format('%%s waited on %%s (%%s %%s): %%s', a.pid, blocker, a.wait_event_type, a.wait_event,
-            left(a.query, 80))
-        FROM pg_stat_activity AS a
-        CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS blocker
-        WHERE a.application_name = %(app)s
+        SELECT DISTINCT format('%%s waited on %%s (%%s %%s): %%s', pid, blocker, wait_event_type, wait_event, query)
+        FROM waits
     )
 """
 
