@@ -24,13 +24,14 @@ __all__ = ["ROOT", "SQL_DIR", "describe_plan", "plan_nodes"]
 # optional protocol's, 047, for the tests about it.
 UP_FILES = migrations.up_files()
 DOWN_FILES = migrations.down_files()
-_BY_NUMBER = {m.number: m for m in migrations.migrations() if m.number in ("045", "046", "047")}
+_MIGRATIONS = migrations.migrations()
+_BY_NUMBER = {m.number: m for m in _MIGRATIONS if m.number in ("045", "046", "047")}
 UP_045, DOWN_045 = _BY_NUMBER["045"].up, _BY_NUMBER["045"].down
 UP_046, DOWN_046 = _BY_NUMBER["046"].up, _BY_NUMBER["046"].down
 UP_047, DOWN_047 = _BY_NUMBER["047"].up, _BY_NUMBER["047"].down
 # Every migration's number and stem (NNN_name), in order: what the other tools record.
-NUMBERS = tuple(m.number for m in migrations.migrations())
-STEMS = tuple(m.stem for m in migrations.migrations())
+NUMBERS = tuple(m.number for m in _MIGRATIONS)
+STEMS = tuple(m.stem for m in _MIGRATIONS)
 
 
 def apply(conn: psycopg.Connection, path: Path) -> None:

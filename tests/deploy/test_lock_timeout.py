@@ -73,10 +73,6 @@ def test_every_psql_line_of_the_docs_carries_the_lock_timeout() -> None:
     assert not missing, "psql lines without PGOPTIONS='-c lock_timeout=2s':\n" + "\n".join(missing)
 
 
-def catalog(conn: psycopg.Connection) -> helpers.Snapshot:
-    return helpers.catalog_snapshot(conn)
-
-
 # The states a file meets a held lock in: the files before it applied, and a session that holds
 # a lock the file's own would wait for. Files that take no lock on the table go through.
 HELD = {
@@ -105,7 +101,7 @@ def test_every_file_waits_for_a_held_lock_at_most_its_default(target: Target, pa
     """No lock_timeout in the session (PGOPTIONS empty): the file either takes no lock the holder
     blocks and completes, or fails with 55P03 after its own 2 s, changing nothing, with -1 or not."""
     before(target.conn, path)
-    start = catalog(target.conn)
+    start = helpers.catalog_snapshot(target.conn)
     with target.server.connect(target.dbname) as holder:
         exists = holder.execute("SELECT to_regclass('idempotency_records') IS NOT NULL").fetchone() == (True,)
         if exists:
@@ -119,7 +115,7 @@ def test_every_file_waits_for_a_held_lock_at_most_its_default(target: Target, pa
     if run.failed:
         assert run.sqlstates[:1] == ["55P03"], f"{path.name}: the only failure is a lock timeout\n{run.output}"
         assert "lock timeout" in run.first_error(), run.output
-        assert catalog(target.conn) == start, f"{path.name}: a timed-out file changes nothing"
+        assert helpers.catalog_snapshot(target.conn) == start, f"{path.name}: a timed-out file changes nothing"
     else:
         assert run.returncode == 0, run.output
     assert took < 60, f"{path.name} waited {took:.0f} s"

@@ -226,7 +226,7 @@ def test_without_the_grants_the_behaviour_tests_are_skipped_with_what_is_missing
 
 @pytest.mark.parametrize("options", ["-c default_transaction_read_only=on", None], ids=["read-only", "catalog-only"])
 def test_a_session_that_must_not_write_runs_the_catalog_checks_and_skips_the_rest(
-    pg_server: Server, database: str, conn: psycopg.Connection, options: str | None
+    pg_server: Server, database: str, options: str | None
 ) -> None:
     """A read-only session (as a replica's) in full mode, and catalog_only=1: exit 0, the
     behaviour tests printed as skipped with the reason. That neither writes anything (no
