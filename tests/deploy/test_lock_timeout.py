@@ -138,7 +138,7 @@ def test_killing_psql_does_not_end_the_wait_the_lock_timeout_does(target: Target
     """The guide's Lock impact: psql killed while 045.down waits behind a reader, the server keeps
     the statement waiting until the lock timeout ends it; the table is still there."""
     helpers.apply_all(target.conn, helpers.UP_FILES)
-    helpers.apply(target.conn, helpers.DOWN_046)
+    helpers.apply_all(target.conn, helpers.DOWN_FILES[: helpers.DOWN_FILES.index(helpers.DOWN_045)])
     with target.server.connect(target.dbname) as reader:
         reader.execute("SELECT count(*) FROM idempotency_records")  # ACCESS SHARE, held
         command = deployers.psql_command(target.server, target.dbname, PLAIN, "-f", str(helpers.DOWN_045))
