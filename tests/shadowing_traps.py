@@ -6,12 +6,11 @@ sequence public.shadowing_trap_calls, which a rollback does not undo."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import psycopg
 
-from tests.helpers import FIXTURES, apply
+from tests.helpers import FIXTURES, apply_all
 
 TRAP_RAN = "shadowing trap ran"
 HOSTILE_TRAPS = FIXTURES / "hostile_shadowing_traps.sql"
@@ -31,11 +30,10 @@ def watch(conn: psycopg.Connection) -> list[str]:
     return ran
 
 
-def plant(conn: psycopg.Connection, paths: Iterable[Path]) -> list[str]:
+def plant(conn: psycopg.Connection, paths: tuple[Path, ...]) -> list[str]:
     """Plant the traps of these fixtures (as a superuser: the role, its CREATE on public, the
     traps); return the list the traps that run on this connection are appended to."""
-    for path in paths:
-        apply(conn, path)
+    apply_all(conn, paths)
     return watch(conn)
 
 

@@ -43,12 +43,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import helpers, shadowable, shadowing_traps
+from tests import helpers, shadowable
 from tests.docblocks import (
     DOCUMENTS,
     GUIDE,
+    PATTERNS,
     SEQUENCES,
     Block,
+    block_with,
     drop_roles,
     load_data,
     parse_blocks,
@@ -60,12 +62,11 @@ from tests.docblocks import (
     shells_to_run,
     statements_of,
 )
-from tests.helpers import ROOT, UP_FILES, apply
-from tests.shadowing_traps import HOSTILE_TRAPS, TRAP_RAN, trap_calls
+from tests.helpers import FIXTURES, UP_FILES, apply
+from tests.shadowing_traps import HOSTILE_TRAPS, TRAP_RAN, plant, trap_calls
 from tooling import servers
 from tooling.servers import Server
 
-FIXTURES = ROOT / "tests" / "fixtures"
 # The traps of tests/security/test_shadowing.py (the migrations' and the verification script's calls), then
 # those of the calls the docs made before they cast.
 TRAPS = (HOSTILE_TRAPS, FIXTURES / "docs_shadowing_traps.sql")
@@ -378,7 +379,7 @@ class Traps(Watch):
         self.counted: dict[int, int] = {}
 
     def start(self, conn: shadowable.Recording) -> None:
-        self.seen[id(conn.conn)] = plant(conn.conn)
+        self.seen[id(conn.conn)] = plant(conn.conn, TRAPS)
         self.counted[id(conn.conn)] = 0
 
     def after(self, conn: shadowable.Recording, block: Block) -> None:
@@ -389,12 +390,6 @@ class Traps(Watch):
         self.counted[key] = calls
         seen.clear()
         self.checked += 1
-
-
-def plant(conn: psycopg.Connection) -> list[str]:
-    """Both fixtures, as a superuser: the role, its CREATE on public, the traps; the list the
-    traps that run are appended to."""
-    return shadowing_traps.plant(conn, TRAPS)
 
 
 # The sequences of tests/docs/test_docs.py that hold sql blocks, each on its own database.
@@ -464,7 +459,7 @@ def test_no_trap_runs_in_the_shell_blocks(
     for shell, workdir in shells_to_run(path, tmp_path):
         dbname = fresh_database()
         with pg_server.connect(dbname, autocommit=True) as conn:
-            plant(conn)
+            plant(conn, TRAPS)
             done = run_shell(pg_server, dbname, shell, workdir)
             assert done.returncode == 0, f"{shell.where}: exit {done.returncode}\n{done.stdout}{done.stderr}"
             assert TRAP_RAN not in done.stderr, f"{shell.where} ran another role's code:\n{done.stderr}"
@@ -535,7 +530,7 @@ def test_every_trap_of_the_docs_has_its_probe() -> None:
 
 @pytest.mark.parametrize("trap", sorted(PROBES))
 def test_each_trap_runs_for_the_form_the_docs_had_and_not_for_theirs(conn: psycopg.Connection, trap: str) -> None:
-    seen = plant(conn)
+    seen = plant(conn, TRAPS)
     unsafe, safe = PROBES[trap]
     conn.execute(unsafe)
     assert trap in seen and trap_calls(conn) >= 1, f"the trap {trap} did not run for {unsafe}: {sorted(set(seen))}"
@@ -603,8 +598,8 @@ PAYMENT = "INSERT INTO payments (request_id, amount_cents) VALUES (gen_random_uu
 def test_a_payments_table_another_role_created_is_refused_not_written_to(conn: psycopg.Connection) -> None:
     """The recipes' example table: with IF NOT EXISTS, as the docs had it, the other role's table
     (and its trigger) would be kept and written to; the docs' block refuses it."""
-    (block,) = [b for b in parse_blocks(ROOT / "docs" / "patterns.md") if "CREATE TABLE payments" in b.text]
-    seen = plant(conn)
+    block = block_with("CREATE TABLE payments", PATTERNS)
+    seen = plant(conn, TRAPS)
     apply(conn, PAYMENTS_OF_ANOTHER_ROLE)
     with pytest.raises(psycopg.errors.DuplicateTable):
         conn.execute(block.text)

@@ -53,7 +53,7 @@ PROBES = {
 
 @pytest.mark.parametrize("trap", sorted(PROBES))
 def test_each_trap_is_armed(empty_conn: psycopg.Connection, trap: str) -> None:
-    ran = plant(empty_conn, [HOSTILE_TRAPS])
+    ran = plant(empty_conn, (HOSTILE_TRAPS,))
     empty_conn.execute(PROBES[trap]).fetchall()
     assert trap in ran, f"the trap {trap} did not run: {ran}"
     assert trap_calls(empty_conn) >= 1
@@ -64,7 +64,7 @@ def test_applying_and_reapplying_a_migration_runs_no_trap(empty_conn: psycopg.Co
     """The files before this one applied, then the traps planted, then this file applied twice."""
     for path in UP_FILES[:step]:
         apply(empty_conn, path)
-    ran = plant(empty_conn, [HOSTILE_TRAPS])
+    ran = plant(empty_conn, (HOSTILE_TRAPS,))
     for _ in range(2):
         apply(empty_conn, UP_FILES[step])
         assert ran == [], f"{UP_FILES[step].name} ran another role's code: {ran}"
@@ -81,7 +81,7 @@ def test_the_cleanup_runs_no_trap(empty_conn: psycopg.Connection) -> None:
     for path in UP_FILES:
         apply(empty_conn, path)
     records.insert(empty_conn, records.expired(operation="old"))
-    ran = plant(empty_conn, [HOSTILE_TRAPS])
+    ran = plant(empty_conn, (HOSTILE_TRAPS,))
     deleted = empty_conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()").fetchall()
     assert deleted == [(1,)], "the cleanup deleted the expired record"
     assert (ran, trap_calls(empty_conn)) == ([], 0), f"the cleanup ran another role's code: {ran}"
@@ -93,7 +93,7 @@ def test_the_verification_script_runs_no_trap(
 ) -> None:
     for path in UP_FILES:
         apply(empty_conn, path)
-    plant(empty_conn, [HOSTILE_TRAPS])
+    plant(empty_conn, (HOSTILE_TRAPS,))
     run = verification.run_script(pg_server, empty_database, *variables)
     assert TRAP_RAN not in run.stderr, f"the script ran another role's code:\n{run.describe()}"
     assert trap_calls(empty_conn) == 0, f"the script ran another role's code (rolled back):\n{run.describe()}"
@@ -105,7 +105,7 @@ def test_the_down_migrations_run_no_trap(empty_conn: psycopg.Connection) -> None
     nothing: this guards their DO block's search_path switch against a later edit."""
     for path in UP_FILES:
         apply(empty_conn, path)
-    ran = plant(empty_conn, [HOSTILE_TRAPS])
+    ran = plant(empty_conn, (HOSTILE_TRAPS,))
     for path in (*DOWN_FILES, *DOWN_FILES):
         apply(empty_conn, path)
         assert ran == [], f"{path.name} ran another role's code: {ran}"
