@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,22 @@ def assert_catalog(
 ) -> None:
     """The catalog is `expected`, but for the rows about the tables `besides` (a tool's bookkeeping)."""
     assert without(catalog_snapshot(conn), besides) == expected, message
+
+
+def assert_undone_newest_first(
+    conn: psycopg.Connection,
+    states: tuple[Snapshot, ...],
+    undo: Callable[[], object],
+    message: str,
+    *,
+    besides: tuple[str, ...] = (),
+) -> None:
+    """Call a tool's one-step undo once per migration of sql/: each call must undo the newest
+    still applied, leaving the catalog of the migrations before it (`states`, as
+    migration_states gives them). `message` names the migration undone as {number}."""
+    for left in reversed(range(len(NUMBERS))):
+        undo()
+        assert_catalog(conn, states[left], message.format(number=NUMBERS[left]), besides=besides)
 
 
 def require(program: str) -> str:

@@ -14,6 +14,7 @@ sqlx-cli cannot be installed here, so `SqlxEmulation` does what its migrator doe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 import time
@@ -103,10 +104,10 @@ def test_dbmate_next_to_a_timestamped_history(
     after = [str(int(helpers.USER_VERSION) + n) for n in range(1, len(helpers.NUMBERS) + 1)]
     assert applied == [helpers.USER_VERSION, *after], applied
 
-    for left in reversed(range(len(helpers.NUMBERS))):
-        helpers.run_tool([*dbmate_args, "rollback"], cwd=tmp_path, env=env)
-        undone = helpers.NUMBERS[left]
-        helpers.assert_catalog(empty_conn, states[left], f"the next rollback must undo {undone}", besides=bookkeeping)
+    rollback = functools.partial(helpers.run_tool, [*dbmate_args, "rollback"], cwd=tmp_path, env=env)
+    helpers.assert_undone_newest_first(
+        empty_conn, states, rollback, "the next rollback must undo {number}", besides=bookkeeping
+    )
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay applied"
 
 

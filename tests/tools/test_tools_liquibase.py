@@ -7,6 +7,7 @@ The connection goes through LIQUIBASE_COMMAND_* environment variables, never arg
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -109,8 +110,8 @@ def test_liquibase_next_to_a_changelog_of_its_own(
     helpers.run_tool([*command, "update"], cwd=tmp_path, env=env)
     bookkeeping = (*BOOKKEEPING, helpers.USER_TABLE)
     helpers.assert_catalog(empty_conn, states[-1], "update must build every migration", besides=bookkeeping)
-    for left in reversed(range(len(helpers.STEMS))):
-        helpers.run_tool([*command, "rollback-count", "--count=1"], cwd=tmp_path, env=env)
-        undone = helpers.NUMBERS[left]
-        helpers.assert_catalog(empty_conn, states[left], f"rollback-count 1 must undo {undone}", besides=bookkeeping)
+    rollback_one = functools.partial(helpers.run_tool, [*command, "rollback-count", "--count=1"], cwd=tmp_path, env=env)
+    helpers.assert_undone_newest_first(
+        empty_conn, states, rollback_one, "rollback-count 1 must undo {number}", besides=bookkeeping
+    )
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own changeset must stay applied"

@@ -4,6 +4,7 @@ DATABASE_URL in their environment."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import psycopg
@@ -39,10 +40,10 @@ def test_node_pg_migrate_up_down_up(
 
     node_pg_migrate(tmp_path, "up", **run)
     helpers.assert_catalog(empty_conn, states[-1], "up must build every migration", besides=NPM_BOOKKEEPING)
-    for left in reversed(range(len(helpers.STEMS))):  # each down undoes the newest left
-        node_pg_migrate(tmp_path, "down", **run)
-        undone = helpers.NUMBERS[left]
-        helpers.assert_catalog(empty_conn, states[left], f"down must undo {undone} only", besides=NPM_BOOKKEEPING)
+    down = functools.partial(node_pg_migrate, tmp_path, "down", **run)
+    helpers.assert_undone_newest_first(
+        empty_conn, states, down, "down must undo {number} only", besides=NPM_BOOKKEEPING
+    )
     assert npm_applied(empty_conn) == []
     node_pg_migrate(tmp_path, "up", **run)
     helpers.assert_catalog(empty_conn, states[-1], "up again must rebuild everything", besides=NPM_BOOKKEEPING)
@@ -68,10 +69,10 @@ def test_node_pg_migrate_next_to_a_timestamped_history(
     node_pg_migrate(tmp_path, "up", **run)
     bookkeeping = (*NPM_BOOKKEEPING, helpers.USER_TABLE)
     helpers.assert_catalog(empty_conn, states[-1], "up must build every migration", besides=bookkeeping)
-    for left in reversed(range(len(helpers.STEMS))):
-        node_pg_migrate(tmp_path, "down", **run)
-        undone = helpers.NUMBERS[left]
-        helpers.assert_catalog(empty_conn, states[left], f"the next down must undo {undone}", besides=bookkeeping)
+    down = functools.partial(node_pg_migrate, tmp_path, "down", **run)
+    helpers.assert_undone_newest_first(
+        empty_conn, states, down, "the next down must undo {number}", besides=bookkeeping
+    )
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay applied"
 
 

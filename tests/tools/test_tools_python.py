@@ -5,6 +5,7 @@ environment, never in argv."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -62,10 +63,10 @@ def test_yoyo_apply_rollback_apply(
 
     yoyo(tmp_path, "apply")
     helpers.assert_catalog(empty_conn, states[-1], "apply must build every migration", besides=YOYO_BOOKKEEPING)
-    for left in reversed(range(len(helpers.STEMS))):  # each rollback undoes the newest left
-        yoyo(tmp_path, "rollback")
-        undone = helpers.NUMBERS[left]
-        helpers.assert_catalog(empty_conn, states[left], f"rollback must undo {undone} only", besides=YOYO_BOOKKEEPING)
+    rollback = functools.partial(yoyo, tmp_path, "rollback")
+    helpers.assert_undone_newest_first(
+        empty_conn, states, rollback, "rollback must undo {number} only", besides=YOYO_BOOKKEEPING
+    )
     assert yoyo_applied(empty_conn) == []
     yoyo(tmp_path, "apply")
     helpers.assert_catalog(empty_conn, states[-1], "apply again must rebuild everything", besides=YOYO_BOOKKEEPING)
@@ -87,10 +88,10 @@ def test_yoyo_next_to_a_timestamped_history(
     yoyo(tmp_path, "apply")
     bookkeeping = (*YOYO_BOOKKEEPING, helpers.USER_TABLE)
     helpers.assert_catalog(empty_conn, states[-1], "apply must build every migration", besides=bookkeeping)
-    for left in reversed(range(len(helpers.STEMS))):
-        yoyo(tmp_path, "rollback")
-        undone = helpers.NUMBERS[left]
-        helpers.assert_catalog(empty_conn, states[left], f"the next rollback must undo {undone}", besides=bookkeeping)
+    rollback = functools.partial(yoyo, tmp_path, "rollback")
+    helpers.assert_undone_newest_first(
+        empty_conn, states, rollback, "the next rollback must undo {number}", besides=bookkeeping
+    )
     assert helpers.has_table(empty_conn, helpers.USER_TABLE), "the user's own migration must stay applied"
 
 
