@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from tests import helpers, roles
-from tests.docblocks import GUIDE, QUERIES, Block, parse_blocks, run_block
+from tests.docblocks import GUIDE, QUERIES, block_with, parse_blocks, run_block
 from tests.helpers import ROOT, fixture_sql
 from tooling import records
 from tooling.records import DAY
@@ -29,13 +29,6 @@ COUNTERS = """
     SELECT n_dead_tup, n_mod_since_analyze, n_tup_ins, n_tup_upd
     FROM pg_stat_user_tables WHERE relid = 'idempotency_records'::regclass
 """
-
-
-def guide_block(snippet: str) -> Block:
-    """The one sql block of the guide that contains `snippet`."""
-    found = [block for block in parse_blocks(GUIDE) if snippet in block.text]
-    assert len(found) == 1, f"the guide has exactly one sql block containing {snippet!r}, found {len(found)}"
-    return found[0]
 
 
 def counters(conn: psycopg.Connection, until: str = "TRUE") -> dict[str, int]:
@@ -62,11 +55,11 @@ def test_reindex_table_blocks_reads_of_the_table_until_it_ends(
             with pg_server.connect(database, autocommit=True) as reader:
                 reader.execute("SET lock_timeout = '50ms'")
                 with pytest.raises(psycopg.errors.LockNotAvailable):
-                    reader.execute(guide_block("AND expires_at > now();\n-- returns:").text)
+                    reader.execute(block_with("AND expires_at > now();\n-- returns:", GUIDE).text)
         finally:
             reindex.rollback()
-    run_block(conn, guide_block("REINDEX TABLE CONCURRENTLY"))
-    run_block(conn, guide_block("REINDEX INDEX CONCURRENTLY"))
+    run_block(conn, block_with("REINDEX TABLE CONCURRENTLY", GUIDE))
+    run_block(conn, block_with("REINDEX INDEX CONCURRENTLY", GUIDE))
 
 
 REBUILD = (
@@ -75,7 +68,7 @@ REBUILD = (
 
 
 def test_an_invalid_index_is_listed_invalid_and_the_guide_repairs_it(conn: psycopg.Connection) -> None:
-    diagnosis = guide_block("i.indisvalid AS valid")
+    diagnosis = block_with("i.indisvalid AS valid", GUIDE)
     (rebuild,) = [block for block in parse_blocks(GUIDE) if block.text.strip() == REBUILD]
     conn.execute(fixture_sql(STATES / "expires_index_invalid.sql"))
     listed = {row[0]: row[1] for row in conn.execute(diagnosis.text)}
@@ -85,7 +78,7 @@ def test_an_invalid_index_is_listed_invalid_and_the_guide_repairs_it(conn: psyco
     run_block(conn, rebuild)
     with pytest.raises(AssertionError, match="rows"):
         run_block(conn, diagnosis)  # IF NOT EXISTS took the invalid index for present
-    run_block(conn, guide_block("DROP INDEX CONCURRENTLY IF EXISTS idx_idempotency_expires"))
+    run_block(conn, block_with("DROP INDEX CONCURRENTLY IF EXISTS idx_idempotency_expires", GUIDE))
     run_block(conn, rebuild)
     run_block(conn, diagnosis)  # now the guide's result: three valid indexes, their definitions
 
@@ -110,8 +103,8 @@ def test_pg_stat_reset_zeroes_what_autovacuum_reads(conn: psycopg.Connection) ->
 
 
 def test_the_new_keys_alert_does_not_see_retries_and_n_tup_upd_does(conn: psycopg.Connection) -> None:
-    (alert,) = [block for block in parse_blocks(QUERIES) if "AS inserts_per_minute" in block.text]
-    (upsert,) = [block for block in parse_blocks(QUERIES) if "PREPARE idempotency_save (UUID" in block.text]
+    alert = block_with("AS inserts_per_minute", QUERIES)
+    upsert = block_with("PREPARE idempotency_save (UUID", QUERIES)
     run_block(conn, upsert)
     before = counters(conn)
     for _ in range(10):  # one request, then nine retries of the same key
@@ -210,7 +203,7 @@ def test_an_index_cancelled_before_it_was_ready_is_not_updated_by_writes_and_045
 def test_an_open_transaction_holds_back_vacuum_and_the_guide_lists_it(
     pg_server: Server, database: str, conn: psycopg.Connection
 ) -> None:
-    holders = guide_block("FROM pg_prepared_xacts")
+    holders = block_with("FROM pg_prepared_xacts", GUIDE)
     with pg_server.connect(database) as report:
         report.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         report.execute("SELECT count(*) FROM idempotency_records")  # its snapshot stays open

@@ -23,7 +23,7 @@ import pytest
 
 from tests import deployers, helpers
 from tests.cron_runs import FIRE_TIMEOUT, finished_runs
-from tests.docblocks import GUIDE, Block, parse_blocks, pg_cron_blocks, run_block
+from tests.docblocks import GUIDE, Block, block_with, pg_cron_blocks, run_block
 from tooling import records, servers
 
 CRON_DATABASE = "idempotency_cron"
@@ -89,8 +89,7 @@ def test_the_documented_pg_cron_blocks_all_run(cron: psycopg.Connection) -> None
 def guide_role_and_grants(conn: psycopg.Connection) -> None:
     """The guide's application role and its grants ("Least privilege"), which the job runs with."""
     for snippet in ("CREATE ROLE jive_api_user LOGIN", "GRANT UPDATE (operation, result_payload"):
-        (block,) = [block for block in parse_blocks(GUIDE) if snippet in block.text]
-        run_block(conn, block)
+        run_block(conn, block_with(snippet, GUIDE))
 
 
 def documented_grants(conn: psycopg.Connection) -> None:
