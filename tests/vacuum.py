@@ -9,6 +9,7 @@ import time
 
 import psycopg
 
+from tests.docblocks import GUIDE, block_with
 from tooling import records
 
 # The guide's "What holds back vacuum" query as it printed it before: sessions by backend_xmin
@@ -28,6 +29,11 @@ SELECT 'prepared transaction', gid, age(transaction), 'prepared', prepared
 FROM pg_prepared_xacts
 ORDER BY xmin_age DESC
 """
+
+
+def guide_holders() -> str:
+    """The guide's "What holds back vacuum" query, as it prints it now."""
+    return block_with("FROM pg_prepared_xacts", GUIDE).text
 
 
 def holders(conn: psycopg.Connection, query: str) -> set[tuple[str, str]]:

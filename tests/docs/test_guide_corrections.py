@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests import helpers, roles
+from tests import helpers, roles, vacuum
 from tests.docblocks import GUIDE, QUERIES, block_with, parse_blocks, run_block
 from tests.helpers import ROOT, fixture_sql
 from tooling import records
@@ -203,7 +203,6 @@ def test_an_index_cancelled_before_it_was_ready_is_not_updated_by_writes_and_045
 def test_an_open_transaction_holds_back_vacuum_and_the_guide_lists_it(
     pg_server: Server, database: str, conn: psycopg.Connection
 ) -> None:
-    holders = block_with("FROM pg_prepared_xacts", GUIDE)
     with pg_server.connect(database) as report:
         report.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         report.execute("SELECT count(*) FROM idempotency_records")  # its snapshot stays open
@@ -211,8 +210,8 @@ def test_an_open_transaction_holds_back_vacuum_and_the_guide_lists_it(
         conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()")
         conn.execute("VACUUM idempotency_records")
         assert counters(conn)["n_dead_tup"] >= 100, "vacuum could not remove the rows the open snapshot may see"
-        listed = conn.execute(holders.text).fetchall()
-        assert ("session", str(report.info.backend_pid)) in {(row[0], row[1]) for row in listed}, listed
+        listed = vacuum.holders(conn, vacuum.guide_holders())
+        assert ("session", str(report.info.backend_pid)) in listed, listed
         report.rollback()
     conn.execute("VACUUM idempotency_records")
     assert counters(conn, "n_dead_tup = 0")["n_dead_tup"] == 0, "once it ended, vacuum removed them"
