@@ -160,7 +160,7 @@ def test_the_upsert_role_can_empty_the_table_with_delete_but_not_truncate(conn: 
     with roles.acting_as(conn, role):
         assert helpers.sqlstate_of(conn, "TRUNCATE idempotency_records") == "42501", "TRUNCATE is refused"
         conn.execute("DELETE FROM idempotency_records")
-    assert conn.execute("SELECT count(*) FROM idempotency_records").fetchone() == (0,), "DELETE emptied it"
+    assert helpers.count(conn) == 0, "DELETE emptied it"
     text = " ".join(GUIDE.read_text().split())
     assert "It cannot empty" not in text, "the guide no longer says the role cannot empty the table"
     assert "it can delete any record, every one of them with one `DELETE`" in text
@@ -175,8 +175,7 @@ def test_an_index_cancelled_before_it_was_ready_is_not_updated_by_writes_and_045
     045 stops on either with 55000."""
     conn.execute("DROP INDEX idx_idempotency_operation")
     with pg_server.connect(database) as writer:
-        live_one = "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) VALUES "
-        writer.execute(live_one + "(gen_random_uuid(), 'payment', '{}', now() + INTERVAL '1 day')")
+        live(writer, 1)  # its transaction stays open
         conn.execute("SET lock_timeout = '200ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):
             conn.execute("CREATE INDEX CONCURRENTLY idx_idempotency_operation ON idempotency_records (operation)")
