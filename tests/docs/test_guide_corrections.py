@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from tests import helpers, roles, vacuum
-from tests.docblocks import GUIDE, QUERIES, block_with, parse_blocks, run_block
+from tests.docblocks import GUIDE, QUERIES, block_with, parse_blocks, prose, run_block
 from tests.helpers import ROOT, fixture_sql
 from tooling import records
 from tooling.records import DAY
@@ -148,7 +148,7 @@ def test_cluster_too_writes_a_file_without_a_deleted_payload(conn: psycopg.Conne
     deleted_and_vacuumed(conn)
     conn.execute("CLUSTER idempotency_records USING idempotency_records_pkey")
     assert not in_table_file(conn), "CLUSTER writes a new file without it"
-    text = " ".join(GUIDE.read_text().split())
+    text = prose()
     assert "only a rewrite of the table, `VACUUM FULL` or `CLUSTER`" in text, "the guide names both"
 
 
@@ -161,7 +161,7 @@ def test_the_upsert_role_can_empty_the_table_with_delete_but_not_truncate(conn: 
         assert helpers.sqlstate_of(conn, "TRUNCATE idempotency_records") == "42501", "TRUNCATE is refused"
         conn.execute("DELETE FROM idempotency_records")
     assert helpers.count(conn) == 0, "DELETE emptied it"
-    text = " ".join(GUIDE.read_text().split())
+    text = prose()
     assert "It cannot empty" not in text, "the guide no longer says the role cannot empty the table"
     assert "it can delete any record, every one of them with one `DELETE`" in text
 
@@ -195,7 +195,7 @@ def test_an_index_cancelled_before_it_was_ready_is_not_updated_by_writes_and_045
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as refused:
         helpers.apply(conn, helpers.UP_045)
     assert "is invalid" in str(refused.value), str(refused.value)
-    text = " ".join(GUIDE.read_text().split())
+    text = prose()
     assert "every write updates it" not in text and "045 stops on it with SQLSTATE 55000" in text
 
 

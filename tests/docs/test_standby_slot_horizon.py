@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from tests import helpers, vacuum
-from tests.docblocks import GUIDE
+from tests.docblocks import prose
 from tooling import records, servers
 
 DBNAME = "jive_money"
@@ -142,7 +142,7 @@ def test_a_standbys_slot_holds_back_this_table_only_with_hot_standby_feedback(
         assert isinstance(still, psycopg.Error) and conflicts >= 1, (
             f"replay cancelled the standby's transaction instead: {still!r}, {conflicts} conflicts"
         )
-    guide = " ".join(GUIDE.read_text().split())
+    guide = prose()
     assert "a standby's slot with `hot_standby_feedback = on`" in guide, "the guide states the condition"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import psycopg
 
 from tests import helpers, roles
-from tests.docblocks import GUIDE, block_with, run_block
+from tests.docblocks import GUIDE, block_with, prose, run_block
 from tests.vacuum import expired_and_cleaned_up, statistics
 
 VACUUM = block_with("VACUUM (ANALYZE) idempotency_records;", GUIDE)
@@ -42,7 +42,7 @@ def test_the_application_roles_vacuum_warns_and_vacuums_nothing_and_the_owners_v
     assert len(warnings) == 1 and "skipping" in warnings[0] and '"idempotency_records"' in warnings[0], warnings
     assert statistics(conn) == before, f"the application role's VACUUM vacuumed nothing: {before}"
     run_block(conn, VACUUM)  # as the owner
-    guide = " ".join(GUIDE.read_text().split())
+    guide = prose()
     assert "outside a transaction block, **as the table's owner**" in guide, "the guide says who runs it"
     assert "Vacuum right after a large cleanup**, as the table's owner" in guide
     count, dead = statistics(conn, f"vacuum_count > {before[0]}")

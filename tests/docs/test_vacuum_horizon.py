@@ -20,7 +20,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from tests.docblocks import GUIDE, block_with
+from tests.docblocks import GUIDE, block_with, prose
 from tests.vacuum import OLD_HOLDERS, dead_rows_after_cleanup, guide_holders, holders
 from tooling.servers import Server
 
@@ -82,4 +82,4 @@ def test_nothing_ends_a_forgotten_session_unless_idle_in_transaction_session_tim
         assert ended.value.sqlstate == "25P03", f"ended by the timeout: {ended.value}"
     block = block_with("SET idle_in_transaction_session_timeout = '5min'", GUIDE)
     assert block.text.startswith("ALTER ROLE jive_api_user"), "the guide sets it for the application's role"
-    assert "ends forgotten sessions by itself" not in " ".join(GUIDE.read_text().split()), "as it said before"
+    assert "ends forgotten sessions by itself" not in prose(), "as it said before"

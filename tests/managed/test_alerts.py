@@ -16,7 +16,7 @@ from __future__ import annotations
 import psycopg
 
 from tests.cron_runs import OLD_FAILED_RUNS
-from tests.docblocks import GUIDE, QUERIES, block_with
+from tests.docblocks import GUIDE, QUERIES, block_with, prose
 from tests.managed_service import ADMIN, CRON_DATABASE, Managed, run_as_login
 from tests.vacuum import OLD_HOLDERS, dead_rows_after_cleanup, guide_holders, holders
 from tooling import records
@@ -88,7 +88,7 @@ def test_a_logical_slot_nobody_reads_holds_wal_not_this_tables_dead_rows(managed
         assert dead_rows_after_cleanup(conn, 100) == 0, "vacuum removed this table's dead rows despite the slot"
         assert ("replication slot", "jive_unread") in holders(conn, OLD_HOLDERS), "the old query named it a holder"
         assert ("replication slot", "jive_unread") not in holders(conn, guide_holders())
-        guide = " ".join(GUIDE.read_text().split())
+        guide = prose()
         assert "or a logical slot nobody reads)" not in guide, "the guide no longer names it a holder"
         kept = {row[0]: row[3] for row in conn.execute(block_with(WAL_KEPT, QUERIES).text)}
         assert kept.get("jive_unread") is not None, f"the WAL query lists it, with the WAL it keeps: {kept}"
