@@ -25,24 +25,12 @@ def expired(conn: psycopg.Connection, rows: int, payload: str = "{}") -> None:
     records.insert_many(conn, rows, records.expired(result_payload=payload))
 
 
-COUNTERS = """
-    SELECT n_dead_tup, n_mod_since_analyze, n_tup_ins, n_tup_upd
-    FROM pg_stat_user_tables WHERE relid = 'idempotency_records'::regclass
-"""
+COUNTERS = ("n_dead_tup", "n_mod_since_analyze", "n_tup_ins", "n_tup_upd")
 
 
 def counters(conn: psycopg.Connection, until: str = "TRUE") -> dict[str, int]:
-    """The table's statistics counters, once this session's pending counts are flushed and
-    `until` (a condition on them) holds: the counters arrive asynchronously, no time is assumed."""
-    for _ in range(1000):
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(f"SELECT *, {until} FROM ({COUNTERS}) AS c").fetchone()
-        assert row is not None
-        if row[-1]:
-            return dict(zip(("n_dead_tup", "n_mod_since_analyze", "n_tup_ins", "n_tup_upd"), row[:-1], strict=True))
-        conn.execute("SELECT pg_sleep(0.01)")
-    raise AssertionError(f"the statistics never showed {until}")
+    """The table's statistics counters, by name, once `until` (a condition on them) holds."""
+    return dict(zip(COUNTERS, vacuum.statistics(conn, until, COUNTERS), strict=True))
 
 
 def test_reindex_table_blocks_reads_of_the_table_until_it_ends(
