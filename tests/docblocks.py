@@ -159,6 +159,12 @@ def shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def prose(path: Path = GUIDE) -> str:
+    """The document's text with every run of white space one space: a sentence is found in it
+    wherever the lines break."""
+    return " ".join(path.read_text().split())
+
+
 def parse_annotation(text: str, where: str) -> dict[str, str]:
     """The directives of one `<!-- test: ... -->` comment; unknown ones raise."""
     found: dict[str, str] = {}

@@ -9,6 +9,7 @@ import time
 
 import psycopg
 
+from tests.docblocks import GUIDE, block_with
 from tooling import records
 
 # The guide's "What holds back vacuum" query as it printed it before: sessions by backend_xmin
@@ -30,6 +31,11 @@ ORDER BY xmin_age DESC
 """
 
 
+def guide_holders() -> str:
+    """The guide's "What holds back vacuum" query, as it prints it now."""
+    return block_with("FROM pg_prepared_xacts", GUIDE).text
+
+
 def holders(conn: psycopg.Connection, query: str) -> set[tuple[str, str]]:
     """What a holders query (the guide's, or the old one) lists: (holder, id) pairs."""
     return {(row[0], row[1]) for row in conn.execute(query)}
@@ -46,19 +52,22 @@ def expired_and_cleaned_up(conn: psycopg.Connection, rows: int) -> None:
     clean_up(conn, rows)
 
 
-def statistics(conn: psycopg.Connection, until: str = "TRUE") -> tuple[int, int]:
-    """vacuum_count and n_dead_tup of the table, once `until` holds; this session's own counts
-    are flushed first, so that none of them arrives afterwards."""
+def statistics(
+    conn: psycopg.Connection, until: str = "TRUE", columns: tuple[str, ...] = ("vacuum_count", "n_dead_tup")
+) -> tuple[int, ...]:
+    """The table's statistics `columns` (of pg_stat_user_tables: vacuum_count and n_dead_tup unless
+    told), once `until` holds; this session's own counts are flushed first, so that none of them
+    arrives afterwards."""
     for _ in range(400):
         conn.execute("SELECT pg_stat_force_next_flush()")
         conn.execute("SELECT pg_stat_clear_snapshot()")
         row = conn.execute(
-            f"SELECT vacuum_count, n_dead_tup, {until} FROM pg_stat_user_tables "
+            f"SELECT {', '.join(columns)}, {until} FROM pg_stat_user_tables "
             "WHERE relid = 'idempotency_records'::regclass"
         ).fetchone()
         assert row is not None
-        if row[2]:
-            return int(row[0]), int(row[1])
+        if row[-1]:
+            return tuple(int(value) for value in row[:-1])
         time.sleep(0.05)
     raise AssertionError(f"the table's statistics never showed {until}")
 

@@ -22,7 +22,7 @@ import pytest
 
 from tests import deployers, helpers
 from tests.deployers import PLAIN, SINGLE, Target
-from tests.docblocks import DOCUMENTS, GUIDE, parse_shells, shown
+from tests.docblocks import DOCUMENTS, parse_shells, prose, shown
 from tests.helpers import ROOT, SQL_DIR
 
 DEFAULT = "2s"
@@ -45,7 +45,7 @@ def test_every_file_sets_the_same_default_and_says_so() -> None:
 def test_the_makefile_and_the_guide_tell_the_same_story() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(rf"^LOCK_TIMEOUT \?= {DEFAULT}$", makefile, re.MULTILINE), "make migrate/rollback: 2s"
-    guide = " ".join(GUIDE.read_text().split())
+    guide = prose()
     assert guide.count("**The lock timeout, one rule.**") == 1, "the guide states the rule once"
     squawk = (ROOT / ".squawk.toml").read_text()
     assert f"sets its own lock_timeout ({DEFAULT} where the session has none" in " ".join(squawk.split())

@@ -7,8 +7,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests import helpers, roles
-from tests.docblocks import GUIDE, QUERIES, Block, parse_blocks, run_block
+from tests import helpers, roles, vacuum
+from tests.docblocks import GUIDE, QUERIES, block_with, parse_blocks, prose, run_block
 from tests.helpers import ROOT, fixture_sql
 from tooling import records
 from tooling.records import DAY
@@ -25,31 +25,12 @@ def expired(conn: psycopg.Connection, rows: int, payload: str = "{}") -> None:
     records.insert_many(conn, rows, records.expired(result_payload=payload))
 
 
-COUNTERS = """
-    SELECT n_dead_tup, n_mod_since_analyze, n_tup_ins, n_tup_upd
-    FROM pg_stat_user_tables WHERE relid = 'idempotency_records'::regclass
-"""
-
-
-def guide_block(snippet: str) -> Block:
-    """The one sql block of the guide that contains `snippet`."""
-    found = [block for block in parse_blocks(GUIDE) if snippet in block.text]
-    assert len(found) == 1, f"the guide has exactly one sql block containing {snippet!r}, found {len(found)}"
-    return found[0]
+COUNTERS = ("n_dead_tup", "n_mod_since_analyze", "n_tup_ins", "n_tup_upd")
 
 
 def counters(conn: psycopg.Connection, until: str = "TRUE") -> dict[str, int]:
-    """The table's statistics counters, once this session's pending counts are flushed and
-    `until` (a condition on them) holds: the counters arrive asynchronously, no time is assumed."""
-    for _ in range(1000):
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(f"SELECT *, {until} FROM ({COUNTERS}) AS c").fetchone()
-        assert row is not None
-        if row[-1]:
-            return dict(zip(("n_dead_tup", "n_mod_since_analyze", "n_tup_ins", "n_tup_upd"), row[:-1], strict=True))
-        conn.execute("SELECT pg_sleep(0.01)")
-    raise AssertionError(f"the statistics never showed {until}")
+    """The table's statistics counters, by name, once `until` (a condition on them) holds."""
+    return dict(zip(COUNTERS, vacuum.statistics(conn, until, COUNTERS), strict=True))
 
 
 def test_reindex_table_blocks_reads_of_the_table_until_it_ends(
@@ -62,11 +43,11 @@ def test_reindex_table_blocks_reads_of_the_table_until_it_ends(
             with pg_server.connect(database, autocommit=True) as reader:
                 reader.execute("SET lock_timeout = '50ms'")
                 with pytest.raises(psycopg.errors.LockNotAvailable):
-                    reader.execute(guide_block("AND expires_at > now();\n-- returns:").text)
+                    reader.execute(block_with("AND expires_at > now();\n-- returns:", GUIDE).text)
         finally:
             reindex.rollback()
-    run_block(conn, guide_block("REINDEX TABLE CONCURRENTLY"))
-    run_block(conn, guide_block("REINDEX INDEX CONCURRENTLY"))
+    run_block(conn, block_with("REINDEX TABLE CONCURRENTLY", GUIDE))
+    run_block(conn, block_with("REINDEX INDEX CONCURRENTLY", GUIDE))
 
 
 REBUILD = (
@@ -75,7 +56,7 @@ REBUILD = (
 
 
 def test_an_invalid_index_is_listed_invalid_and_the_guide_repairs_it(conn: psycopg.Connection) -> None:
-    diagnosis = guide_block("i.indisvalid AS valid")
+    diagnosis = block_with("i.indisvalid AS valid", GUIDE)
     (rebuild,) = [block for block in parse_blocks(GUIDE) if block.text.strip() == REBUILD]
     conn.execute(fixture_sql(STATES / "expires_index_invalid.sql"))
     listed = {row[0]: row[1] for row in conn.execute(diagnosis.text)}
@@ -85,7 +66,7 @@ def test_an_invalid_index_is_listed_invalid_and_the_guide_repairs_it(conn: psyco
     run_block(conn, rebuild)
     with pytest.raises(AssertionError, match="rows"):
         run_block(conn, diagnosis)  # IF NOT EXISTS took the invalid index for present
-    run_block(conn, guide_block("DROP INDEX CONCURRENTLY IF EXISTS idx_idempotency_expires"))
+    run_block(conn, block_with("DROP INDEX CONCURRENTLY IF EXISTS idx_idempotency_expires", GUIDE))
     run_block(conn, rebuild)
     run_block(conn, diagnosis)  # now the guide's result: three valid indexes, their definitions
 
@@ -110,8 +91,8 @@ def test_pg_stat_reset_zeroes_what_autovacuum_reads(conn: psycopg.Connection) ->
 
 
 def test_the_new_keys_alert_does_not_see_retries_and_n_tup_upd_does(conn: psycopg.Connection) -> None:
-    (alert,) = [block for block in parse_blocks(QUERIES) if "AS inserts_per_minute" in block.text]
-    (upsert,) = [block for block in parse_blocks(QUERIES) if "PREPARE idempotency_save (UUID" in block.text]
+    alert = block_with("AS inserts_per_minute", QUERIES)
+    upsert = block_with("PREPARE idempotency_save (UUID", QUERIES)
     run_block(conn, upsert)
     before = counters(conn)
     for _ in range(10):  # one request, then nine retries of the same key
@@ -155,7 +136,7 @@ def test_cluster_too_writes_a_file_without_a_deleted_payload(conn: psycopg.Conne
     deleted_and_vacuumed(conn)
     conn.execute("CLUSTER idempotency_records USING idempotency_records_pkey")
     assert not in_table_file(conn), "CLUSTER writes a new file without it"
-    text = " ".join(GUIDE.read_text().split())
+    text = prose()
     assert "only a rewrite of the table, `VACUUM FULL` or `CLUSTER`" in text, "the guide names both"
 
 
@@ -167,8 +148,8 @@ def test_the_upsert_role_can_empty_the_table_with_delete_but_not_truncate(conn: 
     with roles.acting_as(conn, role):
         assert helpers.sqlstate_of(conn, "TRUNCATE idempotency_records") == "42501", "TRUNCATE is refused"
         conn.execute("DELETE FROM idempotency_records")
-    assert conn.execute("SELECT count(*) FROM idempotency_records").fetchone() == (0,), "DELETE emptied it"
-    text = " ".join(GUIDE.read_text().split())
+    assert helpers.count(conn) == 0, "DELETE emptied it"
+    text = prose()
     assert "It cannot empty" not in text, "the guide no longer says the role cannot empty the table"
     assert "it can delete any record, every one of them with one `DELETE`" in text
 
@@ -182,8 +163,7 @@ def test_an_index_cancelled_before_it_was_ready_is_not_updated_by_writes_and_045
     045 stops on either with 55000."""
     conn.execute("DROP INDEX idx_idempotency_operation")
     with pg_server.connect(database) as writer:
-        live_one = "INSERT INTO idempotency_records (request_id, operation, result_payload, expires_at) VALUES "
-        writer.execute(live_one + "(gen_random_uuid(), 'payment', '{}', now() + INTERVAL '1 day')")
+        live(writer, 1)  # its transaction stays open
         conn.execute("SET lock_timeout = '200ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):
             conn.execute("CREATE INDEX CONCURRENTLY idx_idempotency_operation ON idempotency_records (operation)")
@@ -203,14 +183,13 @@ def test_an_index_cancelled_before_it_was_ready_is_not_updated_by_writes_and_045
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as refused:
         helpers.apply(conn, helpers.UP_045)
     assert "is invalid" in str(refused.value), str(refused.value)
-    text = " ".join(GUIDE.read_text().split())
+    text = prose()
     assert "every write updates it" not in text and "045 stops on it with SQLSTATE 55000" in text
 
 
 def test_an_open_transaction_holds_back_vacuum_and_the_guide_lists_it(
     pg_server: Server, database: str, conn: psycopg.Connection
 ) -> None:
-    holders = guide_block("FROM pg_prepared_xacts")
     with pg_server.connect(database) as report:
         report.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         report.execute("SELECT count(*) FROM idempotency_records")  # its snapshot stays open
@@ -218,8 +197,8 @@ def test_an_open_transaction_holds_back_vacuum_and_the_guide_lists_it(
         conn.execute("SELECT deleted_count FROM cleanup_expired_idempotency_records()")
         conn.execute("VACUUM idempotency_records")
         assert counters(conn)["n_dead_tup"] >= 100, "vacuum could not remove the rows the open snapshot may see"
-        listed = conn.execute(holders.text).fetchall()
-        assert ("session", str(report.info.backend_pid)) in {(row[0], row[1]) for row in listed}, listed
+        listed = vacuum.holders(conn, vacuum.guide_holders())
+        assert ("session", str(report.info.backend_pid)) in listed, listed
         report.rollback()
     conn.execute("VACUUM idempotency_records")
     assert counters(conn, "n_dead_tup = 0")["n_dead_tup"] == 0, "once it ended, vacuum removed them"

@@ -19,13 +19,12 @@ import psycopg
 import pytest
 
 from tests import helpers, vacuum
-from tests.docblocks import GUIDE, block_with
+from tests.docblocks import prose
 from tooling import records, servers
 
 DBNAME = "jive_money"
 SLOT = "jive_standby"
 ROWS = 100
-HOLDERS = block_with("FROM pg_prepared_xacts", GUIDE).text
 TIMEOUT = 30.0  # seconds for the standby to replay and report (it reports every second)
 
 
@@ -125,7 +124,7 @@ def test_a_standbys_slot_holds_back_this_table_only_with_hot_standby_feedback(
                 slot = conn.execute("SELECT xmin FROM pg_replication_slots WHERE slot_name = %s", (SLOT,))
                 assert slot.fetchone() == (None,), "without feedback the standby's slot has no xmin"
             dead = dead_rows_after_vacuum(conn)
-            named = ("replication slot", SLOT) in vacuum.holders(conn, HOLDERS)
+            named = ("replication slot", SLOT) in vacuum.holders(conn, vacuum.guide_holders())
             replayed(conn)
             try:
                 still = reader.execute("SELECT count(*) FROM idempotency_records").fetchone()
@@ -143,7 +142,7 @@ def test_a_standbys_slot_holds_back_this_table_only_with_hot_standby_feedback(
         assert isinstance(still, psycopg.Error) and conflicts >= 1, (
             f"replay cancelled the standby's transaction instead: {still!r}, {conflicts} conflicts"
         )
-    guide = " ".join(GUIDE.read_text().split())
+    guide = prose()
     assert "a standby's slot with `hot_standby_feedback = on`" in guide, "the guide states the condition"
 
 
@@ -168,7 +167,7 @@ def test_a_standby_without_a_slot_holds_back_this_table_through_its_wal_sender(p
         )
         found = conn.execute(sender).fetchone()
         dead = dead_rows_after_vacuum(conn)
-        listed = vacuum.holders(conn, HOLDERS)
+        listed = vacuum.holders(conn, vacuum.guide_holders())
         reader.rollback()
     assert found is not None and found[1], f"the WAL sender belongs to no database: {found}"
     assert dead >= ROWS, f"the standby's snapshot, through its WAL sender, keeps the dead rows: {dead}"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import psycopg
 
-from tests import roles
-from tests.docblocks import GUIDE, block_with, run_block
+from tests import helpers, roles
+from tests.docblocks import GUIDE, block_with, prose, run_block
 from tests.vacuum import expired_and_cleaned_up, statistics
 
 VACUUM = block_with("VACUUM (ANALYZE) idempotency_records;", GUIDE)
@@ -42,7 +42,7 @@ def test_the_application_roles_vacuum_warns_and_vacuums_nothing_and_the_owners_v
     assert len(warnings) == 1 and "skipping" in warnings[0] and '"idempotency_records"' in warnings[0], warnings
     assert statistics(conn) == before, f"the application role's VACUUM vacuumed nothing: {before}"
     run_block(conn, VACUUM)  # as the owner
-    guide = " ".join(GUIDE.read_text().split())
+    guide = prose()
     assert "outside a transaction block, **as the table's owner**" in guide, "the guide says who runs it"
     assert "Vacuum right after a large cleanup**, as the table's owner" in guide
     count, dead = statistics(conn, f"vacuum_count > {before[0]}")
@@ -50,16 +50,10 @@ def test_the_application_roles_vacuum_warns_and_vacuums_nothing_and_the_owners_v
 
 
 def test_from_postgresql_17_maintain_lets_another_role_vacuum(conn: psycopg.Connection, role: str) -> None:
-    version = conn.execute("SELECT current_setting('server_version_num')::INTEGER").fetchone()
-    assert version is not None
     grant = f"GRANT MAINTAIN ON idempotency_records TO {role}"
-    if version[0] < 170000:
-        error = None
-        try:
-            conn.execute(grant)
-        except psycopg.Error as raised:
-            error = raised
-        assert error is not None and error.sqlstate == "42601", f"no MAINTAIN privilege before 17: {error}"
+    if conn.info.server_version < 170000:
+        refused = helpers.sqlstate_of(conn, grant)
+        assert refused == "42601", f"no MAINTAIN privilege before 17: {refused}"
         return
     conn.execute(grant)
     before = cleaned(conn)

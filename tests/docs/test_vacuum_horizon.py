@@ -20,15 +20,9 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from tests.docblocks import GUIDE, block_with
-from tests.vacuum import OLD_HOLDERS, dead_rows_after_cleanup
+from tests.docblocks import GUIDE, block_with, prose
+from tests.vacuum import OLD_HOLDERS, dead_rows_after_cleanup, guide_holders, holders
 from tooling.servers import Server
-
-HOLDERS = block_with("FROM pg_prepared_xacts", GUIDE).text
-
-
-def sessions(conn: psycopg.Connection, query: str) -> set[str]:
-    return {row[1] for row in conn.execute(query) if row[0] == "session"}
 
 
 def test_a_write_left_idle_in_transaction_holds_back_vacuum_and_only_the_guides_query_names_it(
@@ -48,8 +42,8 @@ def test_a_write_left_idle_in_transaction_holds_back_vacuum_and_only_the_guides_
         ).fetchone()
         assert state == (True, True, "idle in transaction"), f"backend_xid set, backend_xmin empty: {state}"
         assert dead_rows_after_cleanup(conn, 1000) >= 1000, "it keeps the cleanup's dead rows"
-        assert pid in sessions(conn, HOLDERS), "the guide's query names it"
-        assert pid not in sessions(conn, OLD_HOLDERS), "the old one, on backend_xmin only, missed it"
+        assert ("session", pid) in holders(conn, guide_holders()), "the guide's query names it"
+        assert ("session", pid) not in holders(conn, OLD_HOLDERS), "the old one, on backend_xmin only, missed it"
         writer.rollback()
     assert dead_rows_after_cleanup(conn, 10) == 0, "once it ended, vacuum removed them"
 
@@ -62,8 +56,10 @@ def test_a_session_of_another_database_does_not_hold_back_this_table(
         other.execute("SELECT count(*) FROM pg_class")  # its snapshot stays open, in its own database
         pid = str(other.info.backend_pid)
         assert dead_rows_after_cleanup(conn, 1000) == 0, "vacuum here removed every dead row"
-        assert pid in sessions(conn, OLD_HOLDERS), "the old query raised the alarm for it"
-        assert pid not in sessions(conn, HOLDERS), "the guide's query lists this database's sessions only"
+        assert ("session", pid) in holders(conn, OLD_HOLDERS), "the old query raised the alarm for it"
+        assert ("session", pid) not in holders(conn, guide_holders()), (
+            "the guide's query lists this database's sessions only"
+        )
         other.rollback()
 
 
@@ -86,4 +82,4 @@ def test_nothing_ends_a_forgotten_session_unless_idle_in_transaction_session_tim
         assert ended.value.sqlstate == "25P03", f"ended by the timeout: {ended.value}"
     block = block_with("SET idle_in_transaction_session_timeout = '5min'", GUIDE)
     assert block.text.startswith("ALTER ROLE jive_api_user"), "the guide sets it for the application's role"
-    assert "ends forgotten sessions by itself" not in " ".join(GUIDE.read_text().split()), "as it said before"
+    assert "ends forgotten sessions by itself" not in prose(), "as it said before"

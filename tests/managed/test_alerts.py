@@ -16,13 +16,12 @@ from __future__ import annotations
 import psycopg
 
 from tests.cron_runs import OLD_FAILED_RUNS
-from tests.docblocks import GUIDE, QUERIES, block_with
+from tests.docblocks import GUIDE, QUERIES, block_with, prose
 from tests.managed_service import ADMIN, CRON_DATABASE, Managed, run_as_login
-from tests.vacuum import OLD_HOLDERS, dead_rows_after_cleanup, holders
+from tests.vacuum import OLD_HOLDERS, dead_rows_after_cleanup, guide_holders, holders
 from tooling import records
 
 FAILED_RUNS = "count(*) FILTER (WHERE r.status = 'failed') AS failed_runs"
-HOLDERS = "FROM pg_prepared_xacts"
 WAL_KEPT = "AS wal_kept"
 
 
@@ -61,7 +60,7 @@ def test_the_admin_sees_since_when_a_session_holds_back_vacuum_and_the_applicati
         run_as_login(conn, block_with("CREATE ROLE jive_api_user LOGIN", GUIDE))
         run_as_login(conn, block_with("GRANT UPDATE (operation, result_payload", GUIDE))
     managed.login("jive_api_user")
-    query = block_with(HOLDERS, GUIDE).text
+    query = guide_holders()
     with managed.connect() as writer:
         writer.execute("BEGIN")
         records.insert(writer, records.live())  # a write, then idle in transaction
@@ -88,8 +87,8 @@ def test_a_logical_slot_nobody_reads_holds_wal_not_this_tables_dead_rows(managed
     with managed.connect() as conn:
         assert dead_rows_after_cleanup(conn, 100) == 0, "vacuum removed this table's dead rows despite the slot"
         assert ("replication slot", "jive_unread") in holders(conn, OLD_HOLDERS), "the old query named it a holder"
-        assert ("replication slot", "jive_unread") not in holders(conn, block_with(HOLDERS, GUIDE).text)
-        guide = " ".join(GUIDE.read_text().split())
+        assert ("replication slot", "jive_unread") not in holders(conn, guide_holders())
+        guide = prose()
         assert "or a logical slot nobody reads)" not in guide, "the guide no longer names it a holder"
         kept = {row[0]: row[3] for row in conn.execute(block_with(WAL_KEPT, QUERIES).text)}
         assert kept.get("jive_unread") is not None, f"the WAL query lists it, with the WAL it keeps: {kept}"
@@ -97,7 +96,7 @@ def test_a_logical_slot_nobody_reads_holds_wal_not_this_tables_dead_rows(managed
 
 def test_a_prepared_transaction_holds_back_its_own_database_only(managed: Managed) -> None:
     managed.install()
-    query = block_with(HOLDERS, GUIDE).text
+    query = guide_holders()
     with managed.connect(dbname=CRON_DATABASE) as elsewhere:
         elsewhere.execute("BEGIN")
         elsewhere.execute("SELECT txid_current()")

@@ -13,12 +13,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.docblocks import PATTERNS, parse_blocks
+from tests.docblocks import PATTERNS, block_with
 
 # The docs' example of time-based partitions with the store's primary key, as the page prints it.
-RANGE_WITH_KEY_PK = next(
-    block.text for block in parse_blocks(PATTERNS) if "PARTITION BY RANGE (expires_at)" in block.text
-)
+RANGE_WITH_KEY_PK = block_with("PARTITION BY RANGE (expires_at)", PATTERNS).text
 
 # The store's columns, with their types, NOT NULL and defaults, and nothing else of it.
 COLUMNS = "LIKE idempotency_records INCLUDING DEFAULTS"

@@ -23,7 +23,7 @@ import pytest
 
 from tests import deployers, helpers
 from tests.cron_runs import FIRE_TIMEOUT, finished_runs
-from tests.docblocks import GUIDE, Block, parse_blocks, pg_cron_blocks, run_block
+from tests.docblocks import GUIDE, Block, block_with, pg_cron_blocks, prose, run_block
 from tooling import records, servers
 
 CRON_DATABASE = "idempotency_cron"
@@ -89,8 +89,7 @@ def test_the_documented_pg_cron_blocks_all_run(cron: psycopg.Connection) -> None
 def guide_role_and_grants(conn: psycopg.Connection) -> None:
     """The guide's application role and its grants ("Least privilege"), which the job runs with."""
     for snippet in ("CREATE ROLE jive_api_user LOGIN", "GRANT UPDATE (operation, result_payload"):
-        (block,) = [block for block in parse_blocks(GUIDE) if snippet in block.text]
-        run_block(conn, block)
+        run_block(conn, block_with(snippet, GUIDE))
 
 
 def documented_grants(conn: psycopg.Connection) -> None:
@@ -110,7 +109,7 @@ def test_the_documented_schedule_creates_one_job_however_often_it_runs(cron: psy
     assert len(first) == 1, f"scheduling creates one job named {JOB}, found {first}"
     assert again == first, f"scheduling again keeps the one job (same jobid), found {again}"
     assert first[0][1] == "0 * * * *", "the documented schedule is hourly, on the hour"
-    guide = " ".join(GUIDE.read_text().split())
+    guide = prose()
     assert "the job is updated (since pg_cron 1.3, which named jobs)" in guide, "not since 1.4, as it said"
     assert "cleanup_expired_idempotency_records()" in first[0][2], "the job calls the cleanup function"
 
@@ -380,7 +379,7 @@ def test_a_superuser_removes_another_roles_job_by_its_jobid_not_by_its_name(cron
     assert _jobs(cron) == before, "the application role's job is still there"
     run_block(cron, dataclasses.replace(documented(UNSCHEDULE), role=None))
     assert _jobs(cron) == [], "by jobid, the documented block removes it as a superuser"
-    text = " ".join(GUIDE.read_text().split())
+    text = prose()
     assert "a superuser can remove any role's job the same way" not in text
     assert "`cron.unschedule('cleanup-idempotency')`, by name, looks only at the caller's own jobs" in text
 
