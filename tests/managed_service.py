@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 from tests import helpers
-from tests.docblocks import Block, Result, run_block
+from tests.docblocks import Block, Result, drop_roles, run_block, server_roles
 from tooling.servers import Server
 
 ADMIN = "jive_admin"
@@ -109,7 +109,7 @@ def application_database(superuser: Server, admin: Server) -> Iterator[Managed]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(APP_DATABASE)))
     managed = Managed(superuser, admin)
     with superuser.connect(CRON_DATABASE, autocommit=True) as conn:
-        roles = {row[0] for row in conn.execute("SELECT rolname FROM pg_roles")}
+        roles = server_roles(conn)
     try:
         yield managed
     finally:
@@ -147,7 +147,4 @@ def clean(superuser: Server, roles: set[str]) -> None:
         ).fetchall()
         for (name,) in databases:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-        made = sorted({row[0] for row in conn.execute("SELECT rolname FROM pg_roles")} - roles)
-        for role in made:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        drop_roles(conn, server_roles(conn) - roles)
