@@ -373,10 +373,7 @@ class LocalServer:
         """Stop cleanly and start again in recovery (standby.signal): a hot standby of what the
         server held, accepting read-only sessions, with no primary to follow."""
         self.stop("fast")
-        signal = self.datadir / "standby.signal"
-        os.close(os.open(signal, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-        if self.as_user:
-            os.chown(signal, self.owner, -1)
+        private.write_secret(self.datadir / "standby.signal", "", owner=self.owner if self.as_user else None)
         self.start()
 
     def server(self) -> Server:
