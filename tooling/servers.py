@@ -276,11 +276,13 @@ class LocalServer:
         with os.fdopen(self.open_file(name, os.O_RDONLY)) as handle:
             return handle.read()
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.as_user, *args], env=server_environment(), capture_output=True, text=True)
+    def _run(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """One of the server's programs, as the server's user, in `env` (server_environment())."""
+        env = server_environment() if env is None else env
+        return subprocess.run([*self.as_user, *args], env=env, capture_output=True, text=True)
 
-    def _check(self, *args: str) -> None:
-        result = self._run(*args)
+    def _check(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+        result = self._run(*args, env=env)
         if result.returncode != 0:
             log = self.read_file(self.logfile.name) if self.logfile.exists() else ""
             raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}{log}")
@@ -459,32 +461,24 @@ def streaming_standby(primary: LocalServer, slot: str | None, settings: Mapping[
     if standby.as_user:
         os.chown(datadir, standby.owner, -1)
     try:
-        env = {**server_environment(), "PGPASSWORD": password}
-        copy = subprocess.run(
-            [
-                *standby.as_user,
-                str(standby.bindir / "pg_basebackup"),
-                "-D",
-                str(datadir),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(primary.port),
-                "-U",
-                "postgres",
-                "-X",
-                "stream",
-                *(("-C", "-S", slot) if slot else ()),
-                "-R",
-                "--checkpoint=fast",
-                "--no-sync",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
+        standby._check(
+            str(standby.bindir / "pg_basebackup"),
+            "-D",
+            str(datadir),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-X",
+            "stream",
+            *(("-C", "-S", slot) if slot else ()),
+            "-R",
+            "--checkpoint=fast",
+            "--no-sync",
+            env={**server_environment(), "PGPASSWORD": password},
         )
-        if copy.returncode != 0:
-            raise RuntimeError(f"pg_basebackup failed:\n{copy.stdout}{copy.stderr}")
         standby.configure({**settings, "port": str(_free_port())})
         standby.start()
         yield standby
