@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import psycopg
@@ -422,13 +422,21 @@ def session_server(
 
 @contextlib.contextmanager
 def throwaway_local(
-    prefix: str, major: str | None = None, settings: Mapping[str, str] = FAST_SETTINGS, *, in_memory: bool = False
+    prefix: str,
+    major: str | None = None,
+    settings: Mapping[str, str] = FAST_SETTINGS,
+    *,
+    in_memory: bool = False,
+    prepare: Callable[[LocalServer], Mapping[str, str]] | None = None,
 ) -> Iterator[LocalServer]:
-    """A local server with `settings`, started here, stopped and removed afterwards."""
+    """A local server with `settings`, started here, stopped and removed afterwards. `prepare`
+    runs between initdb and the start; the settings it returns are configured after `settings`."""
     datadir = throwaway_datadir(prefix, in_memory=in_memory)
     local = LocalServer(datadir, major)
     try:
         local.initdb(settings)
+        if prepare is not None:
+            local.configure(prepare(local))
         local.start()
         yield local
     finally:
@@ -556,10 +564,8 @@ def pg_cron_local(
     stopped and removed afterwards. Its jobs run in background workers, or
     (background_workers=False, pg_cron's default) over libpq, through a socket of their own.
     Check pg_cron_missing() first."""
-    datadir = throwaway_datadir(prefix, in_memory=True)
-    local = LocalServer(datadir, PG_CRON_MAJOR)
-    try:
-        local.initdb(settings)
+
+    def preload(local: LocalServer) -> dict[str, str]:
         cron = {
             "shared_preload_libraries": "'pg_cron'",
             "cron.database_name": f"'{cron_database}'",
@@ -568,8 +574,9 @@ def pg_cron_local(
         }
         if not background_workers:
             cron.update(_trust_pg_cron_socket(local))
-        local.configure(cron)
-        local.start()
+        return cron
+
+    with throwaway_local(prefix, PG_CRON_MAJOR, settings, in_memory=True, prepare=preload) as local:
         server = local.server()
         if cron_database != "postgres":
             with server.connect(autocommit=True) as admin:
@@ -578,9 +585,6 @@ def pg_cron_local(
             with server.connect(cron_database, autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION pg_cron")
         yield local
-    finally:
-        local.stop("immediate")
-        shutil.rmtree(datadir.parent, ignore_errors=True)
 
 
 @contextlib.contextmanager
