@@ -52,8 +52,8 @@ def tool(server: servers.Server, name: str, *args: str, cwd: Path) -> subprocess
 
 
 def scheduled(managed: Managed) -> None:
+    managed.install()
     with managed.connect() as conn:
-        helpers.apply_all(conn, helpers.UP_FILES)
         for snippet in GRANTS:
             run_as_login(conn, block_with(snippet, GUIDE))
     with managed.connect(dbname=CRON_DATABASE) as conn:
