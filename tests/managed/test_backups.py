@@ -18,12 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests import helpers
-from tests.docblocks import GUIDE, MANAGED, block_with
-from tests.managed_service import ADMIN, CRON_DATABASE, Managed, run_as_login
+from tests.docblocks import GUIDE, block_with
+from tests.managed_service import ADMIN, CRON_DATABASE, GRANTS, Managed, run_as_login
 from tooling import records, servers
-
-SCHEDULE = "SELECT cron.schedule_in_database(\n    'cleanup-idempotency'"
-GRANTS = ("CREATE ROLE jive_api_user LOGIN", "GRANT UPDATE (operation, result_payload")
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +53,7 @@ def scheduled(managed: Managed) -> None:
     with managed.connect() as conn:
         for snippet in GRANTS:
             run_as_login(conn, block_with(snippet, GUIDE))
-    with managed.connect(dbname=CRON_DATABASE) as conn:
-        run_as_login(conn, block_with(SCHEDULE, MANAGED))
+    managed.schedule_cleanup()
 
 
 def staging_jobs(staging: servers.Server) -> list[tuple[object, ...]]:

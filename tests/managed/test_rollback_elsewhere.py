@@ -20,21 +20,15 @@ from psycopg import sql
 
 from tests import helpers
 from tests.docblocks import MANAGED, block_with
-from tests.managed_service import ADMIN, CRON_DATABASE, Managed, run_as_login
+from tests.managed_service import ADMIN, CRON_DATABASE, UNSCHEDULE, Managed, run_as_login
 
-SCHEDULE = "SELECT cron.schedule_in_database(\n    'cleanup-idempotency'"
-UNSCHEDULE = "SELECT cron.unschedule(jobid)\nFROM cron.job\nWHERE database = 'jive_money'"
 CHECKED = "SET idempotency.cron_jobs_checked = on"
 
 
 def installed_and_scheduled(managed: Managed) -> int:
     """As the admin: 045 and 046 in the application's database, the managed page's job in postgres."""
     managed.install()
-    with managed.connect(dbname=CRON_DATABASE) as conn:
-        run_as_login(conn, block_with(SCHEDULE, MANAGED))
-        row = conn.execute("SELECT jobid FROM cron.job WHERE database = 'jive_money'").fetchone()
-    assert row is not None, "the admin's job for jive_money"
-    return int(row[0])
+    return managed.schedule_cleanup()
 
 
 def deployer_owns_the_function(managed: Managed, create_role: str) -> None:
