@@ -42,10 +42,16 @@ def documented_dump() -> str:
     return found[0]
 
 
+def client_env(server: servers.Server) -> dict[str, str]:
+    """The environment a client program reaches `server` through."""
+    return {**server.client_env(), "PGHOST": server.host, "PGPORT": str(server.port), "PGUSER": server.user}
+
+
 def tool(server: servers.Server, name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """pg_dump or pg_restore of the server's own build, connecting through the environment."""
-    env = {**server.client_env(), "PGHOST": server.host, "PGPORT": str(server.port), "PGUSER": server.user}
-    return subprocess.run([server.tool(name), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [server.tool(name), *args], cwd=cwd, env=client_env(server), capture_output=True, text=True, timeout=120
+    )
 
 
 def scheduled(managed: Managed) -> None:
@@ -83,13 +89,7 @@ def test_a_dump_of_pg_crons_database_brings_the_job_back_on_staging_unless_left_
     done = subprocess.run(
         ["bash", "-c", command],
         cwd=tmp_path,
-        env={
-            **managed.superuser.client_env(),
-            "PGHOST": managed.superuser.host,
-            "PGPORT": str(managed.superuser.port),
-            "PGUSER": managed.superuser.user,
-            "PATH": f"{managed.superuser.bindir}:/usr/bin:/bin",
-        },
+        env={**client_env(managed.superuser), "PATH": f"{managed.superuser.bindir}:/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=120,
