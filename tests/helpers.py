@@ -284,3 +284,9 @@ def tool_env(**settings: str) -> dict[str, str]:
 def has_table(conn: psycopg.Connection, name: str) -> bool:
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
     return bool(row and row[0])
+
+
+def has_function(conn: psycopg.Connection, signature: str) -> bool:
+    """Whether the search_path finds the function `signature` (name and argument types)."""
+    row = conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", [signature]).fetchone()
+    return bool(row and row[0])

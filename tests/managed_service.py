@@ -26,13 +26,19 @@ import psycopg
 from psycopg import sql
 
 from tests import helpers
-from tests.docblocks import Block, Result, run_block
+from tests.docblocks import MANAGED, Block, Result, block_with, drop_roles, run_block, server_roles
 from tooling.servers import Server
 
 ADMIN = "jive_admin"
 APP_ROLE = "jive_api_user"  # the guide's application role
 APP_DATABASE = "jive_money"  # the guide's database
 CRON_DATABASE = "postgres"
+# The docs' blocks the managed tests run, by a line of theirs: the managed page's cleanup job and
+# its unschedule, the guide's failed-runs alert and its application role with its grants.
+SCHEDULE = "SELECT cron.schedule_in_database(\n    'cleanup-idempotency'"
+UNSCHEDULE = "SELECT cron.unschedule(jobid)\nFROM cron.job\nWHERE database = 'jive_money'"
+FAILED_RUNS = "count(*) FILTER (WHERE r.status = 'failed') AS failed_runs"
+GRANTS = ("CREATE ROLE jive_api_user LOGIN", "GRANT UPDATE (operation, result_payload")
 SETTINGS = {
     # Logical replication on, as a service's parameter switches it (rds.logical_replication ...).
     "wal_level": "logical",
@@ -90,6 +96,17 @@ class Managed:
         with self.connect() as conn:
             helpers.apply_all(conn, helpers.UP_FILES)
 
+    def schedule_cleanup(self) -> int:
+        """As the admin in postgres: the managed page's cleanup job, for the application database;
+        its jobid."""
+        with self.connect(dbname=CRON_DATABASE) as conn:
+            run_as_login(conn, block_with(SCHEDULE, MANAGED))
+            row = conn.execute(
+                "SELECT jobid FROM cron.job WHERE jobname = 'cleanup-idempotency' AND database = %s", (self.database,)
+            ).fetchone()
+        assert row is not None, f"the admin's cleanup job for {self.database}"
+        return int(row[0])
+
     def as_superuser(self, dbname: str | None = None) -> psycopg.Connection:
         return self.superuser.connect(dbname or self.database, autocommit=True)
 
@@ -109,7 +126,7 @@ def application_database(superuser: Server, admin: Server) -> Iterator[Managed]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(APP_DATABASE)))
     managed = Managed(superuser, admin)
     with superuser.connect(CRON_DATABASE, autocommit=True) as conn:
-        roles = {row[0] for row in conn.execute("SELECT rolname FROM pg_roles")}
+        roles = server_roles(conn)
     try:
         yield managed
     finally:
@@ -147,7 +164,4 @@ def clean(superuser: Server, roles: set[str]) -> None:
         ).fetchall()
         for (name,) in databases:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-        made = sorted({row[0] for row in conn.execute("SELECT rolname FROM pg_roles")} - roles)
-        for role in made:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        drop_roles(conn, server_roles(conn) - roles)

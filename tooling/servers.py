@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import psycopg
@@ -276,11 +276,13 @@ class LocalServer:
         with os.fdopen(self.open_file(name, os.O_RDONLY)) as handle:
             return handle.read()
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.as_user, *args], env=server_environment(), capture_output=True, text=True)
+    def _run(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """One of the server's programs, as the server's user, in `env` (server_environment())."""
+        env = server_environment() if env is None else env
+        return subprocess.run([*self.as_user, *args], env=env, capture_output=True, text=True)
 
-    def _check(self, *args: str) -> None:
-        result = self._run(*args)
+    def _check(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+        result = self._run(*args, env=env)
         if result.returncode != 0:
             log = self.read_file(self.logfile.name) if self.logfile.exists() else ""
             raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}{log}")
@@ -373,10 +375,7 @@ class LocalServer:
         """Stop cleanly and start again in recovery (standby.signal): a hot standby of what the
         server held, accepting read-only sessions, with no primary to follow."""
         self.stop("fast")
-        signal = self.datadir / "standby.signal"
-        os.close(os.open(signal, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-        if self.as_user:
-            os.chown(signal, self.owner, -1)
+        private.write_secret(self.datadir / "standby.signal", "", owner=self.owner if self.as_user else None)
         self.start()
 
     def server(self) -> Server:
@@ -423,13 +422,21 @@ def session_server(
 
 @contextlib.contextmanager
 def throwaway_local(
-    prefix: str, major: str | None = None, settings: Mapping[str, str] = FAST_SETTINGS, *, in_memory: bool = False
+    prefix: str,
+    major: str | None = None,
+    settings: Mapping[str, str] = FAST_SETTINGS,
+    *,
+    in_memory: bool = False,
+    prepare: Callable[[LocalServer], Mapping[str, str]] | None = None,
 ) -> Iterator[LocalServer]:
-    """A local server with `settings`, started here, stopped and removed afterwards."""
+    """A local server with `settings`, started here, stopped and removed afterwards. `prepare`
+    runs between initdb and the start; the settings it returns are configured after `settings`."""
     datadir = throwaway_datadir(prefix, in_memory=in_memory)
     local = LocalServer(datadir, major)
     try:
         local.initdb(settings)
+        if prepare is not None:
+            local.configure(prepare(local))
         local.start()
         yield local
     finally:
@@ -462,32 +469,24 @@ def streaming_standby(primary: LocalServer, slot: str | None, settings: Mapping[
     if standby.as_user:
         os.chown(datadir, standby.owner, -1)
     try:
-        env = {**server_environment(), "PGPASSWORD": password}
-        copy = subprocess.run(
-            [
-                *standby.as_user,
-                str(standby.bindir / "pg_basebackup"),
-                "-D",
-                str(datadir),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(primary.port),
-                "-U",
-                "postgres",
-                "-X",
-                "stream",
-                *(("-C", "-S", slot) if slot else ()),
-                "-R",
-                "--checkpoint=fast",
-                "--no-sync",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
+        standby._check(
+            str(standby.bindir / "pg_basebackup"),
+            "-D",
+            str(datadir),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-X",
+            "stream",
+            *(("-C", "-S", slot) if slot else ()),
+            "-R",
+            "--checkpoint=fast",
+            "--no-sync",
+            env={**server_environment(), "PGPASSWORD": password},
         )
-        if copy.returncode != 0:
-            raise RuntimeError(f"pg_basebackup failed:\n{copy.stdout}{copy.stderr}")
         standby.configure({**settings, "port": str(_free_port())})
         standby.start()
         yield standby
@@ -565,10 +564,8 @@ def pg_cron_local(
     stopped and removed afterwards. Its jobs run in background workers, or
     (background_workers=False, pg_cron's default) over libpq, through a socket of their own.
     Check pg_cron_missing() first."""
-    datadir = throwaway_datadir(prefix, in_memory=True)
-    local = LocalServer(datadir, PG_CRON_MAJOR)
-    try:
-        local.initdb(settings)
+
+    def preload(local: LocalServer) -> dict[str, str]:
         cron = {
             "shared_preload_libraries": "'pg_cron'",
             "cron.database_name": f"'{cron_database}'",
@@ -577,8 +574,9 @@ def pg_cron_local(
         }
         if not background_workers:
             cron.update(_trust_pg_cron_socket(local))
-        local.configure(cron)
-        local.start()
+        return cron
+
+    with throwaway_local(prefix, PG_CRON_MAJOR, settings, in_memory=True, prepare=preload) as local:
         server = local.server()
         if cron_database != "postgres":
             with server.connect(autocommit=True) as admin:
@@ -587,9 +585,6 @@ def pg_cron_local(
             with server.connect(cron_database, autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION pg_cron")
         yield local
-    finally:
-        local.stop("immediate")
-        shutil.rmtree(datadir.parent, ignore_errors=True)
 
 
 @contextlib.contextmanager

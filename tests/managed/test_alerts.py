@@ -17,11 +17,10 @@ import psycopg
 
 from tests.cron_runs import OLD_FAILED_RUNS
 from tests.docblocks import GUIDE, QUERIES, block_with, prose
-from tests.managed_service import ADMIN, CRON_DATABASE, Managed, run_as_login
+from tests.managed_service import ADMIN, CRON_DATABASE, FAILED_RUNS, GRANTS, Managed, run_as_login
 from tests.vacuum import OLD_HOLDERS, dead_rows_after_cleanup, guide_holders, holders
 from tooling import records
 
-FAILED_RUNS = "count(*) FILTER (WHERE r.status = 'failed') AS failed_runs"
 WAL_KEPT = "AS wal_kept"
 
 
@@ -32,9 +31,7 @@ def sessions(conn: psycopg.Connection, query: str) -> dict[str, tuple[str | None
 
 def test_a_run_that_could_not_connect_is_counted_by_the_alert_not_by_the_old_one(managed: Managed) -> None:
     managed.install()
-    with managed.connect(dbname=CRON_DATABASE) as conn:
-        run_as_login(conn, block_with("SELECT cron.schedule_in_database(\n    'cleanup-idempotency'"))
-        (jobid,) = conn.execute("SELECT jobid FROM cron.job WHERE jobname = 'cleanup-idempotency'").fetchone()
+    jobid = managed.schedule_cleanup()
     with managed.as_superuser(CRON_DATABASE) as su:
         # A run that succeeded, then one that could not connect, as pg_cron 1.4.2 records them.
         su.execute(
@@ -57,8 +54,8 @@ def test_the_admin_sees_since_when_a_session_holds_back_vacuum_and_the_applicati
 ) -> None:
     managed.install()
     with managed.connect() as conn:
-        run_as_login(conn, block_with("CREATE ROLE jive_api_user LOGIN", GUIDE))
-        run_as_login(conn, block_with("GRANT UPDATE (operation, result_payload", GUIDE))
+        for snippet in GRANTS:
+            run_as_login(conn, block_with(snippet, GUIDE))
     managed.login("jive_api_user")
     query = guide_holders()
     with managed.connect() as writer:

@@ -18,12 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests import helpers
-from tests.docblocks import GUIDE, MANAGED, block_with
-from tests.managed_service import ADMIN, CRON_DATABASE, Managed, run_as_login
+from tests.docblocks import GUIDE, block_with
+from tests.managed_service import ADMIN, CRON_DATABASE, GRANTS, Managed, run_as_login
 from tooling import records, servers
-
-SCHEDULE = "SELECT cron.schedule_in_database(\n    'cleanup-idempotency'"
-GRANTS = ("CREATE ROLE jive_api_user LOGIN", "GRANT UPDATE (operation, result_payload")
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +42,24 @@ def documented_dump() -> str:
     return found[0]
 
 
+def client_env(server: servers.Server) -> dict[str, str]:
+    """The environment a client program reaches `server` through."""
+    return {**server.client_env(), "PGHOST": server.host, "PGPORT": str(server.port), "PGUSER": server.user}
+
+
 def tool(server: servers.Server, name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """pg_dump or pg_restore of the server's own build, connecting through the environment."""
-    env = {**server.client_env(), "PGHOST": server.host, "PGPORT": str(server.port), "PGUSER": server.user}
-    return subprocess.run([server.tool(name), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [server.tool(name), *args], cwd=cwd, env=client_env(server), capture_output=True, text=True, timeout=120
+    )
 
 
 def scheduled(managed: Managed) -> None:
+    managed.install()
     with managed.connect() as conn:
-        helpers.apply_all(conn, helpers.UP_FILES)
         for snippet in GRANTS:
             run_as_login(conn, block_with(snippet, GUIDE))
-    with managed.connect(dbname=CRON_DATABASE) as conn:
-        run_as_login(conn, block_with(SCHEDULE, MANAGED))
+    managed.schedule_cleanup()
 
 
 def staging_jobs(staging: servers.Server) -> list[tuple[object, ...]]:
@@ -87,13 +89,7 @@ def test_a_dump_of_pg_crons_database_brings_the_job_back_on_staging_unless_left_
     done = subprocess.run(
         ["bash", "-c", command],
         cwd=tmp_path,
-        env={
-            **managed.superuser.client_env(),
-            "PGHOST": managed.superuser.host,
-            "PGPORT": str(managed.superuser.port),
-            "PGUSER": managed.superuser.user,
-            "PATH": f"{managed.superuser.bindir}:/usr/bin:/bin",
-        },
+        env={**client_env(managed.superuser), "PATH": f"{managed.superuser.bindir}:/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=120,

@@ -14,23 +14,26 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import helpers, verification
+from tests import helpers, managed_service, verification
 from tests.cron_runs import FIRE_TIMEOUT, OLD_FAILED_RUNS, finished_runs
 from tests.docblocks import GUIDE, MANAGED, QUERIES, block_with, run_shell, shell_with
-from tests.managed_service import ADMIN, APP_ROLE, CRON_DATABASE, Managed, run_as_login
+from tests.managed_service import (
+    ADMIN,
+    APP_ROLE,
+    CRON_DATABASE,
+    FAILED_RUNS,
+    SCHEDULE,
+    UNSCHEDULE,
+    Managed,
+    run_as_login,
+)
 from tests.vacuum import expired_and_cleaned_up, statistics
 from tooling import records
 
 APPLY = "-U jive_admin \\\n     -d jive_money -f sql/045_create_idempotency_records.sql"
 APP_VERIFY = "-v catalog_only=1 -v owner=jive_admin"
-GRANTS = (
-    "CREATE ROLE jive_api_user LOGIN",
-    "GRANT UPDATE (operation, result_payload",
-    "REVOKE EXECUTE ON FUNCTION cleanup_expired_idempotency_records() FROM PUBLIC;",
-)
-SCHEDULE = "SELECT cron.schedule_in_database(\n    'cleanup-idempotency'"
+GRANTS = (*managed_service.GRANTS, "REVOKE EXECUTE ON FUNCTION cleanup_expired_idempotency_records() FROM PUBLIC;")
 VACUUM_JOB = "SELECT cron.schedule_in_database(\n    'vacuum-idempotency'"
-UNSCHEDULE = "SELECT cron.unschedule(jobid)\nFROM cron.job\nWHERE database = 'jive_money'"
 GUIDE_ROLLBACK = "-d jive_money -f sql/046_create_idempotency_cleanup_job.down.sql"
 MANAGED_ROLLBACK = "idempotency.cron_jobs_checked=on' psql"
 ALERTS = (
@@ -38,7 +41,6 @@ ALERTS = (
     "AS overdue, count(*) > 0 AS alert",
     "FROM pg_prepared_xacts",
 )
-FAILED_RUNS = "count(*) FILTER (WHERE r.status = 'failed') AS failed_runs"
 VACUUM = "VACUUM (ANALYZE) idempotency_records;"
 
 
@@ -66,8 +68,8 @@ def grant(managed: Managed) -> None:
 
 def schedule(managed: Managed) -> None:
     """Step 3, as the admin in postgres: the managed page's two jobs."""
+    managed.schedule_cleanup()
     with managed.connect(dbname=CRON_DATABASE) as conn:
-        run_as_login(conn, block_with(SCHEDULE, MANAGED))
         run_as_login(conn, block_with(VACUUM_JOB, MANAGED))
 
 
@@ -171,8 +173,7 @@ def test_the_admin_rolls_back_after_unscheduling_in_postgres(managed: Managed, t
     assert refused.returncode != 0, "the guide's Rollback stops at 046.down while the job is there"
     assert "pg_cron runs in database postgres" in refused.stderr, refused.stderr
     with managed.connect() as conn:
-        row = conn.execute("SELECT to_regprocedure('cleanup_expired_idempotency_records()') IS NOT NULL").fetchone()
-        assert row == (True,), "nothing was dropped"
+        assert helpers.has_function(conn, "cleanup_expired_idempotency_records()"), "nothing was dropped"
     with managed.connect(dbname=CRON_DATABASE) as conn:
         run_as_login(conn, block_with(UNSCHEDULE, MANAGED))
         assert conn.execute("SELECT count(*) FROM cron.job").fetchone() == (0,), "both jobs are gone"

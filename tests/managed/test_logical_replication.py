@@ -19,15 +19,11 @@ from tooling import records
 REPLICA = "jive_money_replica"
 
 
-def count(conn: psycopg.Connection) -> int:
-    return helpers.count(conn)
-
-
 def wait_until(conn: psycopg.Connection, rows: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while count(conn) != rows:
+    while helpers.count(conn) != rows:
         if time.monotonic() > deadline:
-            raise AssertionError(f"the subscriber holds {count(conn)} records, expected {rows}")
+            raise AssertionError(f"the subscriber holds {helpers.count(conn)} records, expected {rows}")
         time.sleep(0.1)
 
 
@@ -35,8 +31,8 @@ def wait_until(conn: psycopg.Connection, rows: int, timeout: float = 60) -> None
 def test_the_publishers_cleanup_empties_the_subscriber_of_expired_records_unless_deletes_are_not_published(
     managed: Managed, publish: str
 ) -> None:
+    managed.install()
     with managed.connect() as publisher:
-        helpers.apply_all(publisher, helpers.UP_FILES)
         records.insert_many(publisher, 30, records.expired())
         records.insert_many(publisher, 5, records.live(lifetime=records.DAY))
         publisher.execute(f"CREATE PUBLICATION jive_records FOR TABLE idempotency_records WITH (publish = '{publish}')")

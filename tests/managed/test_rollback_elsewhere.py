@@ -20,21 +20,16 @@ from psycopg import sql
 
 from tests import helpers
 from tests.docblocks import MANAGED, block_with
-from tests.managed_service import ADMIN, CRON_DATABASE, Managed, run_as_login
+from tests.managed_service import ADMIN, CRON_DATABASE, UNSCHEDULE, Managed, run_as_login
 
-SCHEDULE = "SELECT cron.schedule_in_database(\n    'cleanup-idempotency'"
-UNSCHEDULE = "SELECT cron.unschedule(jobid)\nFROM cron.job\nWHERE database = 'jive_money'"
 CHECKED = "SET idempotency.cron_jobs_checked = on"
+FUNCTION = "cleanup_expired_idempotency_records()"
 
 
 def installed_and_scheduled(managed: Managed) -> int:
     """As the admin: 045 and 046 in the application's database, the managed page's job in postgres."""
     managed.install()
-    with managed.connect(dbname=CRON_DATABASE) as conn:
-        run_as_login(conn, block_with(SCHEDULE, MANAGED))
-        row = conn.execute("SELECT jobid FROM cron.job WHERE database = 'jive_money'").fetchone()
-    assert row is not None, "the admin's job for jive_money"
-    return int(row[0])
+    return managed.schedule_cleanup()
 
 
 def deployer_owns_the_function(managed: Managed, create_role: str) -> None:
@@ -58,11 +53,6 @@ def down(conn: psycopg.Connection, *settings: str) -> psycopg.Error | None:
     except psycopg.Error as error:
         return error
     return None
-
-
-def function_exists(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT to_regprocedure('cleanup_expired_idempotency_records()') IS NOT NULL").fetchone()
-    return bool(row and row[0])
 
 
 def jobs(managed: Managed) -> list[tuple[int, str]]:
@@ -102,7 +92,7 @@ def test_046_down_stops_while_pg_cron_runs_in_another_database_then_goes_on_once
     connect = managed.connect if who == "the admin" else managed.as_superuser
     with connect() as conn:
         assert_stops_naming_postgres(down(conn), who)
-        assert function_exists(conn), f"{who}: the function is not dropped"
+        assert helpers.has_function(conn, FUNCTION), f"{who}: the function is not dropped"
     assert jobs(managed) == [(jobid, ADMIN)], "the job is untouched"
     # What the hint says, in postgres, as the job's role: the managed page's block.
     with managed.connect(dbname=CRON_DATABASE) as conn:
@@ -111,7 +101,7 @@ def test_046_down_stops_while_pg_cron_runs_in_another_database_then_goes_on_once
     with connect() as conn:
         assert down(conn) is not None, f"{who}: without the setting it still stops (it cannot see the job is gone)"
         assert down(conn, CHECKED) is None, f"{who}: with idempotency.cron_jobs_checked = on it goes on"
-        assert not function_exists(conn), f"{who}: the function is dropped"
+        assert not helpers.has_function(conn, FUNCTION), f"{who}: the function is dropped"
         assert down(conn) is None, f"{who}: run again, with the function gone, it succeeds"
 
 
@@ -128,9 +118,9 @@ def test_a_role_that_cannot_read_cron_database_name_is_refused_and_told_why(mana
         assert "cron.database_name unreadable" in (error.diag.message_detail or ""), error.diag.message_detail
         assert "pg_read_all_settings" in (error.diag.message_detail or "")
         assert (error.diag.message_hint or "").startswith("Nothing was dropped."), error.diag.message_hint
-        assert function_exists(conn)
+        assert helpers.has_function(conn, FUNCTION)
         assert down(conn, CHECKED) is None, "with the setting (once the job is gone) it drops the function"
-        assert not function_exists(conn)
+        assert not helpers.has_function(conn, FUNCTION)
 
 
 def test_a_member_of_pg_read_all_settings_alone_is_told_the_database(managed: Managed) -> None:
@@ -158,9 +148,10 @@ def test_plain_psql_stops_the_rest_of_the_rollback(managed: Managed) -> None:
     assert run.returncode == 0, "plain psql exits 0 whatever failed"
     assert "ERROR:  55000: pg_cron runs in database postgres" in run.stderr, run.stderr
     with managed.connect() as conn:
-        assert function_exists(conn), "the function stays"
-        row = conn.execute("SELECT to_regclass('idempotency_records') IS NOT NULL").fetchone()
-        assert row == (True,), "and so does the table: 045.down ran nothing after the refusal"
+        assert helpers.has_function(conn, FUNCTION), "the function stays"
+        assert helpers.has_table(conn, "idempotency_records"), (
+            "and so does the table: 045.down ran nothing after the refusal"
+        )
 
 
 def test_a_job_scheduled_in_postgres_runs_in_the_application_database(managed: Managed) -> None:

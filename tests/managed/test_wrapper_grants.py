@@ -16,6 +16,7 @@ from psycopg import sql
 from tests.docblocks import block_with
 from tests.managed_service import Managed, run_as_login
 from tests.roles import maintenance_wrapper
+from tooling import records
 
 IMMUTABLE_ROLE = "CREATE ROLE jive_api_immutable LOGIN"
 WRAPPER = "CREATE OR REPLACE FUNCTION idempotency_cleanup_as_maintenance()"
@@ -79,10 +80,7 @@ def test_the_documented_block_runs_as_the_admin_and_the_wrapper_cleans_up(instal
         assert owner == ("jive_maintenance", True), f"a SECURITY DEFINER function of jive_maintenance: {owner}"
         can_create = conn.execute("SELECT has_schema_privilege('jive_maintenance', 'public', 'CREATE')").fetchone()
         assert can_create == (False,), "the maintenance role's right to create in the schema was taken back"
-        conn.execute(
-            "INSERT INTO idempotency_records (request_id, operation, result_payload, created_at, expires_at) "
-            "VALUES (gen_random_uuid(), 'transfer', '{}', now() - INTERVAL '2 hours', now() - INTERVAL '1 hour')"
-        )
+        records.insert(conn, records.expired(operation="transfer"))
     installed.login("jive_api_immutable")
     with installed.connect("jive_api_immutable") as immutable:
         cleaned = run_as_login(immutable, block_with(THROUGH_THE_WRAPPER))
